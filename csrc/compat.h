@@ -1,0 +1,80 @@
+/* compat.h - thin shims for syscalls newer than the oldest libc we build with.
+ *
+ * Every call goes through syscall(2) with the number right on x86_64 and
+ * aarch64 (syscalls numbered 424 and up share one table on every
+ * architecture).  Availability is probed once per stack (layers.c), so a
+ * kernel without a call, or a seccomp filter that refuses it, degrades to
+ * the older path instead of failing.
+ */
+#ifndef OVL_COMPAT_H
+#define OVL_COMPAT_H
+
+#include <errno.h>
+#include <stdint.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+
+#ifndef __NR_openat2
+#define __NR_openat2 437
+#endif
+#ifndef __NR_getxattrat
+#define __NR_getxattrat 464
+#endif
+#ifndef __NR_listxattrat
+#define __NR_listxattrat 465
+#endif
+
+#ifndef RESOLVE_NO_XDEV
+#define RESOLVE_NO_XDEV 0x01
+#define RESOLVE_NO_MAGICLINKS 0x02
+#define RESOLVE_NO_SYMLINKS 0x04
+#define RESOLVE_BENEATH 0x08
+#define RESOLVE_IN_ROOT 0x10
+#define RESOLVE_CACHED 0x20
+#endif
+
+struct ovl_open_how {
+	uint64_t flags;
+	uint64_t mode;
+	uint64_t resolve;
+};
+
+struct ovl_xattr_args {
+	uint64_t value;
+	uint32_t size;
+	uint32_t flags;
+};
+
+/* Return a file descriptor or -errno. */
+static inline int ovl_sys_openat2(int dfd, const char *path, uint64_t flags,
+				  uint64_t resolve)
+{
+	struct ovl_open_how how = { .flags = flags, .mode = 0, .resolve = resolve };
+	long r = syscall(__NR_openat2, dfd, path, &how, sizeof(how));
+
+	return r < 0 ? -errno : (int)r;
+}
+
+/* Return the value length or -errno. */
+static inline long ovl_sys_getxattrat(int dfd, const char *path, unsigned at_flags,
+				      const char *name, void *buf, size_t size)
+{
+	struct ovl_xattr_args args = {
+		.value = (uint64_t)(uintptr_t)buf, .size = (uint32_t)size, .flags = 0,
+	};
+	long r = syscall(__NR_getxattrat, dfd, path, at_flags, name, &args,
+			 sizeof(args));
+
+	return r < 0 ? -errno : r;
+}
+
+/* Return the list length or -errno. */
+static inline long ovl_sys_listxattrat(int dfd, const char *path, unsigned at_flags,
+				       char *buf, size_t size)
+{
+	long r = syscall(__NR_listxattrat, dfd, path, at_flags, buf, size);
+
+	return r < 0 ? -errno : r;
+}
+
+#endif /* OVL_COMPAT_H */

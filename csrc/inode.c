@@ -1,0 +1,574 @@
+/* inode.c - what a resolved entry looks like: its metadata as the overlay
+ * reports it (inode.c:ovl_getattr), metacopy data (namei.c metacopy rules),
+ * symlink targets, opening the data, and overlay-visible xattrs.
+ */
+#define _GNU_SOURCE
+#include <errno.h>
+#include <fcntl.h>
+#include <limits.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <sys/sysmacros.h>
+#include <sys/xattr.h>
+#include <unistd.h>
+
+#include "ovl_internal.h"
+
+void ovl_kstat_from_stat(struct ovl_kstat *k, const struct stat *st)
+{
+	k->mode = st->st_mode;
+	k->nlink = (uint32_t)st->st_nlink;
+	k->uid = st->st_uid;
+	k->gid = st->st_gid;
+	k->blksize = (uint32_t)st->st_blksize;
+	k->rdev = (major(st->st_rdev) << 20) | (minor(st->st_rdev) & 0xfffff);
+	k->size = st->st_size;
+	k->blocks = st->st_blocks;
+	k->atime = st->st_atim.tv_sec;
+	k->atime_nsec = (uint32_t)st->st_atim.tv_nsec;
+	k->mtime = st->st_mtim.tv_sec;
+	k->mtime_nsec = (uint32_t)st->st_mtim.tv_nsec;
+	k->ctime = st->st_ctim.tv_sec;
+	k->ctime_nsec = (uint32_t)st->st_ctim.tv_nsec;
+}
+
+static bool list_has(const char *list, long n, const char *name)
+{
+	for (const char *p = list; p < list + n; p += strlen(p) + 1)
+		if (!strcmp(p, name))
+			return true;
+	return false;
+}
+
+/* Is the regular file at (layer, relpath) a metacopy?  1 yes, 0 no, or -errno. */
+static int file_is_metacopy(const struct ovl_stack *s, int layer, const char *relpath)
+{
+	int fd = ovl_layer_open(s, layer, relpath, O_RDONLY | O_NONBLOCK | O_NOCTTY);
+	long r;
+
+	if (fd < 0)
+		return fd;
+	r = ovl_fd_getxattr(fd, s->x_metacopy, NULL, 0);
+	close(fd);
+	if (r >= 0 || r == -ERANGE)
+		return 1;
+	return r == -ENODATA || r == -EOPNOTSUPP ? 0 : (int)r;
+}
+
+/* Probe (layer, relpath) for the data of a metacopy file: 1 found (*st set),
+ * 0 keep looking, -EIO the search ends here without data, <0 error. */
+static int probe_data(const struct ovl_stack *s, int layer, const char *relpath,
+		      struct stat *st)
+{
+	int fd = ovl_layer_open(s, layer, relpath, O_PATH);
+	int r;
+
+	if (fd == -ENOENT)
+		return 0;
+	if (fd == -ENOTDIR || fd == -ELOOP)
+		return -EIO;
+	if (fd < 0)
+		return fd;
+	r = fstat(fd, st) < 0 ? -errno : 0;
+	close(fd);
+	if (r)
+		return r;
+	if (!S_ISREG(st->st_mode))
+		return -EIO;	/* a directory, device or whiteout below */
+	if (!ovl_kernel_wh(s) || layer > s->nlower)
+		return 1;
+	r = file_is_metacopy(s, layer, relpath);
+	if (r < 0)
+		return r;
+	return r ? 0 : 1;	/* an intermediate metacopy: keep going */
+}
+
+/* Find the data of metacopy entry e of d (namei.c: the search goes on below
+ * by name, or by the file's redirect; data-only layers only by an absolute
+ * redirect). */
+static int metacopy_data(struct ovl_stack *s, struct ovl_dir *d, struct ovl_ent *e,
+			 int pfd)
+{
+	char redirect[PATH_MAX];
+	long rlen = ovl_at_getxattr(s, pfd, e->name, s->x_redirect, redirect,
+				    sizeof(redirect) - 1);
+	int top_layer = d->stack[e->top].layer, found_layer = -1, r = 0;
+	char *found = NULL;
+	struct stat st;
+
+	if (rlen >= 0) {
+		redirect[rlen] = '\0';
+		if (strlen(redirect) != (size_t)rlen || ovl_check_redirect(redirect))
+			return -EINVAL;
+		if (s->cfg & OVL_CFG_REDIRECT_NOFOLLOW)
+			return -EPERM;
+	} else if (rlen != -ENODATA && rlen != -EOPNOTSUPP) {
+		return rlen == -ERANGE ? -EINVAL : (int)rlen;
+	}
+	if (rlen >= 0 && redirect[0] == '/') {
+		for (int l = top_layer + 1; l < s->nlayers && r == 0; l++) {
+			r = probe_data(s, l, redirect + 1, &st);
+			if (r == 1) {
+				found_layer = l;
+				found = strdup(redirect + 1);
+			}
+		}
+	} else {
+		const char *name = rlen >= 0 ? redirect : e->name;
+
+		for (uint32_t si = e->top + 1u; si < d->nstack && r == 0; si++) {
+			char *p = ovl_path_join(d->stack[si].path,
+						strlen(d->stack[si].path), name,
+						strlen(name));
+
+			if (!p)
+				return -ENOMEM;
+			r = probe_data(s, d->stack[si].layer, p, &st);
+			if (r == 1) {
+				found_layer = d->stack[si].layer;
+				found = p;
+			} else {
+				free(p);
+			}
+		}
+	}
+	if (r < 0 && r != -EIO)
+		return r;
+	if (found_layer < 0)
+		return -EIO;	/* "metacopy with no lower data found" */
+	if (!found)
+		return -ENOMEM;
+	size_t len = strlen(found);
+	struct ovl_mcdata *mc = ovl_arena_alloc(&d->arena, sizeof(*mc) + len + 1);
+
+	if (!mc) {
+		free(found);
+		return -ENOMEM;
+	}
+	mc->blocks = st.st_blocks;
+	mc->layer = (uint16_t)found_layer;
+	memcpy(mc->path, found, len + 1);
+	free(found);
+	e->ext = mc;
+	e->flags |= OVL_E_METACOPY;
+	return 0;
+}
+
+/* Read the metadata of non-directory entry e of d (the first time it is
+ * used).  Return 0, -ENOENT if it turns out to be an xattr whiteout (or was
+ * removed behind our back), -EPERM/-EIO/-EINVAL for metacopy trouble. */
+int ovl_ent_fill(struct ovl_walk *w, struct ovl_dir *d, struct ovl_ent *e)
+{
+	struct ovl_stack *s = w->s;
+	const struct ovl_layer *l = &s->layers[d->stack[e->top].layer];
+	struct ovl_kstat *ks;
+	struct stat st;
+	int pfd, err;
+
+	pfd = ovl_fdcache_get(s, d, e->top);
+	if (pfd < 0)
+		return pfd;
+	if (fstatat(pfd, e->name, &st, AT_SYMLINK_NOFOLLOW) < 0)
+		return -errno;
+	if (st.st_dev != l->dev)
+		return -EXDEV;	/* a mount point inside the layer */
+	e->dtype = (uint8_t)IFTODT(st.st_mode);
+	if (S_ISREG(st.st_mode) && ovl_kernel_wh(s)) {
+		char *list;
+		long n = ovl_at_listxattr(s, pfd, e->name, &list);
+		bool wh, mc;
+
+		if (n < 0 && n != -EOPNOTSUPP)
+			return (int)n;
+		wh = n > 0 && list_has(list, n, s->x_whiteout);
+		mc = n > 0 && list_has(list, n, s->x_metacopy);
+		free(list);
+		if (wh && st.st_size == 0) {
+			/* An xattr whiteout hides the name from every lookup. */
+			e->flags |= OVL_E_WHITEOUT | OVL_E_STOPPED;
+			return -ENOENT;
+		}
+		if (mc) {
+			if (!(s->cfg & OVL_CFG_METACOPY) && !s->ndata)
+				return -EPERM;	/* "refusing to follow metacopy origin" */
+			err = metacopy_data(s, d, e, pfd);
+			if (err)
+				return err;
+		}
+	} else if (S_ISLNK(st.st_mode)) {
+		char buf[PATH_MAX];
+		ssize_t n = readlinkat(pfd, e->name, buf, sizeof(buf));
+		char *target;
+
+		if (n < 0)
+			return -errno;
+		if ((size_t)n >= sizeof(buf))
+			return -ENAMETOOLONG;
+		target = ovl_arena_alloc(&d->arena, (size_t)n + 1);
+		if (!target)
+			return -ENOMEM;
+		memcpy(target, buf, (size_t)n);
+		target[n] = '\0';
+		e->ext = target;
+	}
+	ks = ovl_arena_alloc(&d->arena, sizeof(*ks));
+	if (!ks)
+		return -ENOMEM;
+	ovl_kstat_from_stat(ks, &st);
+	e->ino = st.st_ino;
+	e->st = ks;
+	e->flags |= OVL_E_FILLED;
+	ovl_dir_account(s, d);
+	return 0;
+}
+
+/* The layer and layer-relative path of entry e held by d. */
+int ovl_ent_relpath(const struct ovl_stack *s, const struct ovl_dir *d,
+		    const struct ovl_ent *e, int *layer, char **out)
+{
+	if (e == s->root_ent) {
+		*layer = s->root->stack[0].layer;
+		*out = strdup("");
+	} else {
+		const struct ovl_dlayer *dl = &d->stack[e->top];
+
+		*layer = dl->layer;
+		*out = ovl_path_join(dl->path, strlen(dl->path), e->name, e->namelen);
+	}
+	return *out ? 0 : -ENOMEM;
+}
+
+/* Make sure the entry a walk ended on is ready to be described: directories
+ * built (their stack decides st_nlink), the root included. */
+static int settle(struct ovl_walk *w, struct ovl_dir **dirnode)
+{
+	*dirnode = NULL;
+	if (w->ent->dtype == DT_DIR)
+		return ovl_ent_dir(w, w->dir, w->ent, dirnode);
+	return 0;
+}
+
+static int lookup_op(struct ovl_walk *w, void *arg)
+{
+	struct ovl_info *info = arg;
+	struct ovl_stack *s = w->s;
+	const struct ovl_ent *e = w->ent;
+	const struct ovl_kstat *k;
+	struct ovl_dir *node;
+	int err = settle(w, &node);
+
+	if (err)
+		return err;
+	k = e->st;
+	memset(info, 0, sizeof(*info));
+	info->layer = e == s->root_ent ? s->root->stack[0].layer :
+		      w->dir->stack[e->top].layer;
+	info->data_layer = info->layer;
+	info->st.st_dev = s->layers[info->layer].dev;
+	info->st.st_ino = e->ino;
+	info->st.st_mode = k->mode;
+	info->st.st_nlink = k->nlink;
+	info->st.st_uid = k->uid;
+	info->st.st_gid = k->gid;
+	info->st.st_rdev = makedev(k->rdev >> 20, k->rdev & 0xfffff);
+	info->st.st_size = k->size;
+	info->st.st_blksize = k->blksize;
+	info->st.st_blocks = k->blocks;
+	info->st.st_atim.tv_sec = k->atime;
+	info->st.st_atim.tv_nsec = k->atime_nsec;
+	info->st.st_mtim.tv_sec = k->mtime;
+	info->st.st_mtim.tv_nsec = k->mtime_nsec;
+	info->st.st_ctim.tv_sec = k->ctime;
+	info->st.st_ctim.tv_nsec = k->ctime_nsec;
+	if (node) {
+		if (node->nstack > 1) {
+			/* inode.c:ovl_getattr: merged dirs report one link and,
+			 * on one filesystem, the inode of the top-most lower. */
+			info->flags |= OVL_INFO_MERGED;
+			info->st.st_nlink = 1;
+			if (s->samefs)
+				info->st.st_ino = node->origin_ino;
+		}
+		if (node->opaque)
+			info->flags |= OVL_INFO_OPAQUE;
+	} else if (e->flags & OVL_E_METACOPY) {
+		const struct ovl_mcdata *mc = e->ext;
+
+		info->flags |= OVL_INFO_METACOPY;
+		info->data_layer = mc->layer;
+		info->st.st_blocks = mc->blocks;
+	}
+	return 0;
+}
+
+int ovl_lookup(struct ovl_stack *s, const char *path, unsigned flags,
+	       struct ovl_info *out)
+{
+	return ovl_run(s, path, flags, lookup_op, out);
+}
+
+struct realpath_arg {
+	int want_data;
+	char *buf;
+	size_t size;
+	int layer;
+	long len;
+};
+
+static int realpath_op(struct ovl_walk *w, void *arg)
+{
+	struct realpath_arg *a = arg;
+	struct ovl_stack *s = w->s;
+	const struct ovl_ent *e = w->ent;
+	const struct ovl_layer *l;
+	char *rel = NULL;
+	size_t rlen;
+	int err;
+
+	if (e == s->root_ent && !s->root) {
+		struct ovl_dir *node;
+
+		err = ovl_ent_dir(w, NULL, w->ent, &node);
+		if (err)
+			return err;
+	}
+	if (a->want_data && (e->flags & OVL_E_METACOPY)) {
+		const struct ovl_mcdata *mc = e->ext;
+
+		a->layer = mc->layer;
+		rel = strdup(mc->path);
+		if (!rel)
+			return -ENOMEM;
+	} else {
+		err = ovl_ent_relpath(s, w->dir, e, &a->layer, &rel);
+		if (err)
+			return err;
+	}
+	l = &s->layers[a->layer];
+	rlen = strlen(rel);
+	if (l->pathlen + 1 + rlen + 1 > a->size) {
+		free(rel);
+		return -ERANGE;
+	}
+	memcpy(a->buf, l->path, l->pathlen);
+	a->len = (long)l->pathlen;
+	if (rlen) {
+		if (!l->pathlen || l->path[l->pathlen - 1] != '/')
+			a->buf[a->len++] = '/';
+		memcpy(a->buf + a->len, rel, rlen);
+		a->len += (long)rlen;
+	}
+	a->buf[a->len] = '\0';
+	free(rel);
+	return 0;
+}
+
+long ovl_realpath(struct ovl_stack *s, const char *path, unsigned flags,
+		  int want_data, char *buf, size_t bufsize, int *layer)
+{
+	struct realpath_arg a = { .want_data = want_data, .buf = buf, .size = bufsize };
+	int err = ovl_run(s, path, flags, realpath_op, &a);
+
+	if (err)
+		return err;
+	if (layer)
+		*layer = a.layer;
+	return a.len;
+}
+
+struct readlink_arg {
+	char *buf;
+	size_t size;
+	long len;
+};
+
+static int readlink_op(struct ovl_walk *w, void *arg)
+{
+	struct readlink_arg *a = arg;
+	const struct ovl_ent *e = w->ent;
+	size_t n;
+
+	if (e->dtype != DT_LNK)
+		return -EINVAL;
+	n = strlen(e->ext);
+	if (n > a->size)
+		n = a->size;
+	memcpy(a->buf, e->ext, n);
+	a->len = (long)n;
+	return 0;
+}
+
+long ovl_readlink(struct ovl_stack *s, const char *path, char *buf, size_t bufsize)
+{
+	struct readlink_arg a = { .buf = buf, .size = bufsize };
+	int err = ovl_run(s, path, 0, readlink_op, &a);
+
+	return err ? err : a.len;
+}
+
+struct open_arg {
+	int oflags;
+	int fd;
+};
+
+static int open_op(struct ovl_walk *w, void *arg)
+{
+	struct open_arg *a = arg;
+	struct ovl_stack *s = w->s;
+	const struct ovl_ent *e = w->ent;
+	char *rel;
+	int layer, err;
+
+	if (e->dtype == DT_DIR)
+		return -EISDIR;
+	if (e->flags & OVL_E_METACOPY) {
+		const struct ovl_mcdata *mc = e->ext;
+
+		layer = mc->layer;
+		rel = strdup(mc->path);
+		if (!rel)
+			return -ENOMEM;
+	} else {
+		err = ovl_ent_relpath(s, w->dir, e, &layer, &rel);
+		if (err)
+			return err;
+	}
+	a->fd = ovl_layer_open(s, layer, rel, a->oflags);
+	free(rel);
+	return a->fd < 0 ? a->fd : 0;
+}
+
+int ovl_open(struct ovl_stack *s, const char *path, int oflags)
+{
+	struct open_arg a = { .fd = -1 };
+	const int allowed = O_NONBLOCK | O_CLOEXEC | O_NOATIME | O_NOFOLLOW | O_NOCTTY;
+	int err;
+
+	if ((oflags & O_ACCMODE) != O_RDONLY || (oflags & (O_CREAT | O_TRUNC | O_APPEND)))
+		return -EROFS;
+	if (oflags & ~(O_ACCMODE | allowed))
+		return -EINVAL;
+	a.oflags = oflags & ~O_NOFOLLOW;
+	err = ovl_run(s, path, (oflags & O_NOFOLLOW) ? 0 : OVL_LOOKUP_FOLLOW, open_op, &a);
+	if (!err && (oflags & O_NOFOLLOW)) {
+		struct stat st;
+
+		if (fstat(a.fd, &st) == 0 && S_ISLNK(st.st_mode)) {
+			close(a.fd);
+			return -ELOOP;
+		}
+	}
+	return err ? err : a.fd;
+}
+
+struct xattr_arg {
+	const char *name;	/* real name (getxattr) or NULL (listxattr) */
+	char *buf;
+	size_t size;
+	long len;
+};
+
+/* An O_PATH fd of the directory holding e in its layer, and e's name there
+ * ("." for the root).  The caller closes the fd. */
+static int parent_fd(struct ovl_walk *w, const char **name)
+{
+	struct ovl_stack *s = w->s;
+	const struct ovl_ent *e = w->ent;
+
+	if (e == s->root_ent) {
+		*name = ".";
+		return ovl_layer_open(s, s->root->stack[0].layer, "", O_PATH | O_DIRECTORY);
+	}
+	*name = e->name;
+	return ovl_layer_open(s, w->dir->stack[e->top].layer, w->dir->stack[e->top].path,
+			      O_PATH | O_DIRECTORY);
+}
+
+static int xattr_op(struct ovl_walk *w, void *arg)
+{
+	struct xattr_arg *a = arg;
+	struct ovl_stack *s = w->s;
+	struct ovl_dir *node;
+	const char *name;
+	char *list = NULL;
+	long n;
+	int pfd, err = settle(w, &node);
+
+	if (err)
+		return err;
+	pfd = parent_fd(w, &name);
+	if (pfd < 0)
+		return pfd;
+	if (a->name) {
+		n = ovl_at_getxattr(s, pfd, name, a->name, a->buf, a->size);
+		close(pfd);
+		if (n < 0)
+			return (int)n;
+		a->len = n;
+		return 0;
+	}
+	n = ovl_at_listxattr(s, pfd, name, &list);
+	close(pfd);
+	if (n < 0)
+		return (int)n;
+	/* Hide private names; show escaped ones without the escape. */
+	a->len = 0;
+	for (const char *p = list; p && p < list + n; p += strlen(p) + 1) {
+		const char *shown = p;
+		size_t len;
+
+		if (ovl_xattr_is_private(s, p))
+			continue;
+		if (!strncmp(p, s->xprefix, s->xprefixlen))
+			shown = p + 8;	/* "<ns>.overlay.overlay.X" -> "<ns>.overlay.X" */
+		len = strlen(shown) + 1;
+		if (a->size) {
+			if ((size_t)a->len + len > a->size) {
+				free(list);
+				return -ERANGE;
+			}
+			if (shown != p) {
+				memcpy(a->buf + a->len, s->xprefix, s->xprefixlen);
+				memcpy(a->buf + a->len + s->xprefixlen,
+				       p + s->xprefixlen + 8, len - s->xprefixlen);
+			} else {
+				memcpy(a->buf + a->len, p, len);
+			}
+		}
+		a->len += (long)len;
+	}
+	free(list);
+	return 0;
+}
+
+long ovl_getxattr(struct ovl_stack *s, const char *path, unsigned flags,
+		  const char *name, void *buf, size_t size)
+{
+	struct xattr_arg a = { .buf = buf, .size = size };
+	char *real = NULL;
+	int err;
+
+	if (!strncmp(name, s->xprefix, s->xprefixlen)) {
+		/* A user's "<ns>.overlay.X" is stored escaped. */
+		real = malloc(strlen(name) + 9);
+		if (!real)
+			return -ENOMEM;
+		memcpy(real, s->xprefix, s->xprefixlen);
+		strcpy(real + s->xprefixlen, "overlay.");
+		strcpy(real + s->xprefixlen + 8, name + s->xprefixlen);
+	}
+	a.name = real ? real : name;
+	err = ovl_run(s, path, flags & OVL_LOOKUP_FOLLOW, xattr_op, &a);
+	free(real);
+	return err ? err : a.len;
+}
+
+long ovl_listxattr(struct ovl_stack *s, const char *path, unsigned flags,
+		   char *buf, size_t size)
+{
+	struct xattr_arg a = { .buf = buf, .size = size };
+	int err = ovl_run(s, path, flags & OVL_LOOKUP_FOLLOW, xattr_op, &a);
+
+	return err ? err : a.len;
+}

@@ -1,0 +1,369 @@
+/* layers.c - opening the stack and contained access to layer contents.
+ *
+ * Every layer root is opened once.  Anything inside a layer is reached
+ * relative to that root fd with openat2(RESOLVE_BENEATH|RESOLVE_NO_SYMLINKS|
+ * RESOLVE_NO_XDEV), or on kernels without openat2 by a walk of single
+ * components opened with O_NOFOLLOW, so no symlink, '..' or concurrent swap
+ * inside a layer can lead outside of it.
+ */
+#define _GNU_SOURCE
+#include <errno.h>
+#include <fcntl.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <sys/xattr.h>
+#include <unistd.h>
+
+#include "ovl_internal.h"
+
+#define OVL_RESOLVE (RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS | RESOLVE_NO_MAGICLINKS | \
+		     RESOLVE_NO_XDEV)
+
+char *ovl_path_join(const char *a, size_t alen, const char *b, size_t blen)
+{
+	char *p = malloc(alen + blen + 2);
+	size_t n = 0;
+
+	if (!p)
+		return NULL;
+	if (alen) {
+		memcpy(p, a, alen);
+		n = alen;
+		if (blen)
+			p[n++] = '/';
+	}
+	memcpy(p + n, b, blen);
+	p[n + blen] = '\0';
+	return p;
+}
+
+/* Component-wise fallback for kernels without openat2. */
+static int open_walk(const struct ovl_layer *l, const char *relpath, int oflags)
+{
+	int fd = l->fd, next;
+	const char *p = relpath;
+	char name[OVL_NAME_MAX + 1];
+	struct stat st;
+
+	if (!*p) {
+		next = openat(fd, ".", oflags | O_CLOEXEC);
+		return next < 0 ? -errno : next;
+	}
+	for (;;) {
+		const char *slash = strchr(p, '/');
+		size_t len = slash ? (size_t)(slash - p) : strlen(p);
+		bool last = !slash;
+
+		if (len == 0 || len > OVL_NAME_MAX ||
+		    (len == 1 && p[0] == '.') || (len == 2 && p[0] == '.' && p[1] == '.')) {
+			next = -EINVAL;
+			goto out;
+		}
+		memcpy(name, p, len);
+		name[len] = '\0';
+		next = openat(fd, name, (last ? oflags : O_PATH | O_DIRECTORY) |
+			      O_NOFOLLOW | O_CLOEXEC);
+		if (next < 0)
+			next = -errno;
+		else if (fstat(next, &st) < 0 || st.st_dev != l->dev) {
+			close(next);
+			next = -EXDEV;
+		}
+out:
+		if (fd != l->fd)
+			close(fd);
+		if (next < 0 || last)
+			return next;
+		fd = next;
+		p = slash + 1;
+	}
+}
+
+/* Open relpath ("" is the root) inside layer with oflags (O_NOFOLLOW is
+ * implied).  Return an fd or -errno (-ELOOP for a symlink, -EXDEV for a
+ * mount point on the way). */
+int ovl_layer_open(const struct ovl_stack *s, int layer, const char *relpath,
+		   int oflags)
+{
+	const struct ovl_layer *l = &s->layers[layer];
+
+	if (s->have_openat2)
+		return ovl_sys_openat2(l->fd, *relpath ? relpath : ".",
+				       (uint64_t)(oflags | O_NOFOLLOW | O_CLOEXEC),
+				       OVL_RESOLVE);
+	return open_walk(l, relpath, oflags);
+}
+
+int ovl_layer_open_dir(const struct ovl_stack *s, int layer, const char *relpath)
+{
+	return ovl_layer_open(s, layer, relpath, O_RDONLY | O_DIRECTORY);
+}
+
+/* getxattr on an fd opened for reading.  Return the length or -errno. */
+long ovl_fd_getxattr(int fd, const char *name, void *buf, size_t size)
+{
+	ssize_t r = fgetxattr(fd, name, buf, size);
+
+	return r < 0 ? -errno : r;
+}
+
+/* List the xattr names of dfd/name (not following a final symlink) into a
+ * malloc'd buffer.  Return the length (0: none, *buf NULL) or -errno. */
+long ovl_at_listxattr(const struct ovl_stack *s, int dfd, const char *name,
+		      char **buf)
+{
+	char small[1024];
+	long n;
+	int fd = -1;
+
+	*buf = NULL;
+	if (s->have_xattrat) {
+		n = ovl_sys_listxattrat(dfd, name, AT_SYMLINK_NOFOLLOW, small,
+					sizeof(small));
+		if (n == -ERANGE)
+			n = ovl_sys_listxattrat(dfd, name, AT_SYMLINK_NOFOLLOW, NULL, 0);
+	} else {
+		fd = openat(dfd, name, O_RDONLY | O_NOFOLLOW | O_NONBLOCK | O_NOCTTY |
+			    O_CLOEXEC);
+		if (fd < 0)
+			return errno == ELOOP ? 0 : -errno;
+		n = flistxattr(fd, small, sizeof(small));
+		if (n < 0 && errno == ERANGE)
+			n = flistxattr(fd, NULL, 0);
+		if (n < 0)
+			n = -errno;
+	}
+	if (n <= 0)
+		goto out;
+	if ((size_t)n <= sizeof(small)) {
+		*buf = malloc((size_t)n);
+		if (!*buf) {
+			n = -ENOMEM;
+			goto out;
+		}
+		memcpy(*buf, small, (size_t)n);
+		goto out;
+	}
+	/* Larger than the stack buffer: read again at the size asked for. */
+	for (int tries = 0; tries < 4; tries++) {
+		char *big = malloc((size_t)n);
+		long m;
+
+		if (!big) {
+			n = -ENOMEM;
+			goto out;
+		}
+		if (s->have_xattrat)
+			m = ovl_sys_listxattrat(dfd, name, AT_SYMLINK_NOFOLLOW, big,
+						(size_t)n);
+		else if ((m = flistxattr(fd, big, (size_t)n)) < 0)
+			m = -errno;
+		if (m >= 0) {
+			*buf = big;
+			n = m;
+			goto out;
+		}
+		free(big);
+		if (m != -ERANGE) {
+			n = m;
+			goto out;
+		}
+		if (s->have_xattrat)
+			n = ovl_sys_listxattrat(dfd, name, AT_SYMLINK_NOFOLLOW, NULL, 0);
+		else if ((n = flistxattr(fd, NULL, 0)) < 0)
+			n = -errno;
+		if (n <= 0)
+			goto out;
+	}
+	n = -ERANGE;
+out:
+	if (fd >= 0)
+		close(fd);
+	return n;
+}
+
+/* getxattr of dfd/name, not following a final symlink.  Return the value
+ * length or -errno (-ENODATA when absent). */
+long ovl_at_getxattr(const struct ovl_stack *s, int dfd, const char *name,
+		     const char *xname, void *buf, size_t size)
+{
+	long r;
+	int fd;
+
+	if (s->have_xattrat)
+		return ovl_sys_getxattrat(dfd, name, AT_SYMLINK_NOFOLLOW, xname, buf,
+					  size);
+	fd = openat(dfd, name, O_RDONLY | O_NOFOLLOW | O_NONBLOCK | O_NOCTTY |
+		    O_CLOEXEC);
+	if (fd < 0)
+		return errno == ELOOP ? -ENODATA : -errno;
+	r = ovl_fd_getxattr(fd, xname, buf, size);
+	close(fd);
+	return r;
+}
+
+static int probe_features(struct ovl_stack *s)
+{
+	int fd, r;
+	char c;
+
+	fd = ovl_sys_openat2(s->layers[1].fd, ".", O_RDONLY | O_DIRECTORY | O_CLOEXEC,
+			     OVL_RESOLVE);
+	s->have_openat2 = fd >= 0;
+	if (fd >= 0)
+		close(fd);
+	/* getxattrat/listxattrat (6.13+): any answer but ENOSYS/EPERM counts. */
+	r = (int)ovl_sys_getxattrat(s->layers[1].fd, ".", AT_SYMLINK_NOFOLLOW,
+				    "user.ovl-probe", &c, 1);
+	s->have_xattrat = r != -ENOSYS && r != -EPERM && r != -EINVAL && r != -E2BIG;
+	return 0;
+}
+
+static int open_root(struct ovl_layer *l, const char *path)
+{
+	struct stat st;
+
+	l->fd = open(path, O_PATH | O_DIRECTORY | O_CLOEXEC);
+	if (l->fd < 0)
+		return -errno;
+	if (fstat(l->fd, &st) < 0)
+		return -errno;
+	l->dev = st.st_dev;
+	l->pathlen = strlen(path);
+	l->path = strdup(path);
+	return l->path ? 0 : -ENOMEM;
+}
+
+static void set_xnames(struct ovl_stack *s, int ns)
+{
+	const char *pfx = ns == OVL_XATTR_USER ? "user.overlay." : "trusted.overlay.";
+
+	strcpy(s->xprefix, pfx);
+	s->xprefixlen = strlen(pfx);
+	snprintf(s->x_opaque, sizeof(s->x_opaque), "%sopaque", pfx);
+	snprintf(s->x_redirect, sizeof(s->x_redirect), "%sredirect", pfx);
+	snprintf(s->x_whiteout, sizeof(s->x_whiteout), "%swhiteout", pfx);
+	snprintf(s->x_metacopy, sizeof(s->x_metacopy), "%smetacopy", pfx);
+}
+
+int ovl_stack_open(const struct ovl_config *cfg, struct ovl_stack **out,
+		   int *bad_layer)
+{
+	struct ovl_stack *s;
+	size_t total;
+	int err = 0, bad = -1;
+
+	*out = NULL;
+	if (bad_layer)
+		*bad_layer = -1;
+	if (!cfg || !cfg->lowers || cfg->nlowers == 0 || (cfg->ndata && !cfg->data_layers))
+		return -EINVAL;
+	if (cfg->upper && !cfg->work)
+		return -EINVAL;
+	if (cfg->whiteouts < OVL_WHITEOUT_KERNEL || cfg->whiteouts > OVL_WHITEOUT_AUTO ||
+	    (cfg->xattr_ns != OVL_XATTR_TRUSTED && cfg->xattr_ns != OVL_XATTR_USER))
+		return -EINVAL;
+	total = 1 + cfg->nlowers + cfg->ndata;
+	if (total > OVL_MAX_LAYERS)
+		return -E2BIG;
+
+	s = calloc(1, sizeof(*s));
+	if (!s)
+		return -ENOMEM;
+	s->layers = calloc(total, sizeof(*s->layers));
+	s->root_ent = calloc(1, sizeof(struct ovl_ent) + 1);
+	if (!s->layers || !s->root_ent) {
+		free(s->layers);
+		free(s->root_ent);
+		free(s);
+		return -ENOMEM;
+	}
+	for (size_t i = 0; i < total; i++)
+		s->layers[i].fd = -1;
+	s->nlayers = (int)total;
+	s->nlower = (int)cfg->nlowers;
+	s->ndata = (int)cfg->ndata;
+	s->whiteouts = cfg->whiteouts;
+	s->cfg = cfg->flags;
+	s->max_bytes = cfg->cache_max_bytes ? cfg->cache_max_bytes : OVL_DEFAULT_CACHE_MAX;
+	set_xnames(s, cfg->xattr_ns);
+	pthread_rwlock_init(&s->lock, NULL);
+	for (int i = 0; i < OVL_FDCACHE; i++)
+		s->fdc[i].fd = -1;
+
+	if (cfg->upper) {
+		err = open_root(&s->layers[0], cfg->upper);
+		if (err) {
+			bad = 0;
+			goto fail;
+		}
+		/* The work dir is only checked here; writes come with copy-up. */
+		int wfd = open(cfg->work, O_PATH | O_DIRECTORY | O_CLOEXEC);
+
+		if (wfd < 0) {
+			err = -errno;
+			bad = -2;
+			goto fail;
+		}
+		close(wfd);
+	}
+	for (size_t i = 0; i < cfg->nlowers + cfg->ndata; i++) {
+		const char *p = i < cfg->nlowers ? cfg->lowers[i] :
+				cfg->data_layers[i - cfg->nlowers];
+
+		if (!p) {
+			err = -EINVAL;
+			bad = (int)i + 1;
+			goto fail;
+		}
+		err = open_root(&s->layers[i + 1], p);
+		if (err) {
+			bad = (int)i + 1;
+			goto fail;
+		}
+	}
+	s->samefs = true;
+	for (int i = 0; i < s->nlayers; i++)
+		if (s->layers[i].fd >= 0 && s->layers[i].dev != s->layers[1].dev)
+			s->samefs = false;
+	probe_features(s);
+	s->root_ent->dtype = DT_DIR;
+	s->root_ent->flags = OVL_E_STOPPED;
+	*out = s;
+	return 0;
+fail:
+	if (bad_layer)
+		*bad_layer = bad;
+	ovl_stack_close(s);
+	return err;
+}
+
+void ovl_stack_close(struct ovl_stack *s)
+{
+	if (!s)
+		return;
+	ovl_cache_flush(s);
+	for (int i = 0; i < s->nlayers; i++) {
+		if (s->layers[i].fd >= 0)
+			close(s->layers[i].fd);
+		free(s->layers[i].path);
+	}
+	pthread_rwlock_destroy(&s->lock);
+	free(s->layers);
+	free(s->root_ent);
+	free(s);
+}
+
+int ovl_stack_nlayers(const struct ovl_stack *s)
+{
+	return s->nlayers;
+}
+
+const char *ovl_stack_layer_path(const struct ovl_stack *s, int idx)
+{
+	if (idx < 0 || idx >= s->nlayers)
+		return NULL;
+	return s->layers[idx].path;
+}

@@ -1,0 +1,172 @@
+/* ovl.h - public C API of the overlayfs union-lookup core.
+ *
+ * A struct ovl_stack is a read-only view of an OverlayFS layer stack that
+ * resolves paths the way the kernel's overlayfs does, without mounting:
+ * whiteouts (char 0:0, xattr and OCI ".wh." forms), opaque directories,
+ * directory redirects, metacopy files and data-only layers, merged readdir.
+ * Symlinks are followed inside the union root, never outside it, and every
+ * access to a layer is fd-relative and contained in that layer's root.
+ *
+ * Conventions: functions return 0 (or a length) on success and -errno on
+ * failure; they never print.  Union paths are '/'-separated byte strings
+ * relative to the union root ("" and "/" name the root).  Layer indices:
+ * 0 is the upper layer, 1..N the lower layers top-most first, N+1.. the
+ * data-only layers.  A stack may be used from several threads at once.
+ */
+#ifndef OVL_H
+#define OVL_H
+
+#include <stddef.h>
+#include <stdint.h>
+#include <sys/stat.h>
+#include <sys/types.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+#define OVL_API_VERSION 1
+
+struct ovl_stack;
+
+enum ovl_whiteout_mode {
+	OVL_WHITEOUT_KERNEL = 1,	/* char 0:0 and <ns>.overlay.whiteout files */
+	OVL_WHITEOUT_OCI = 2,		/* ".wh.NAME" and ".wh..wh..opq" on disk */
+	OVL_WHITEOUT_AUTO = 3,		/* both */
+};
+
+enum ovl_xattr_ns {
+	OVL_XATTR_TRUSTED = 0,		/* trusted.overlay.* (the kernel's default) */
+	OVL_XATTR_USER = 1,		/* user.overlay.* (mount option userxattr) */
+};
+
+/* struct ovl_config.flags */
+#define OVL_CFG_NO_CACHE	 0x1	/* drop the cache after every call */
+#define OVL_CFG_METACOPY	 0x2	/* like mount -o metacopy=on */
+#define OVL_CFG_REDIRECT_NOFOLLOW 0x4	/* like redirect_dir=nofollow: EPERM */
+
+struct ovl_config {
+	const char *const *lowers;	/* host paths, top-most first */
+	size_t nlowers;			/* >= 1 */
+	const char *upper;		/* NULL for a read-only stack */
+	const char *work;		/* required with upper */
+	const char *const *data_layers;	/* reached only through redirects */
+	size_t ndata;
+	int xattr_ns;			/* enum ovl_xattr_ns */
+	int whiteouts;			/* enum ovl_whiteout_mode */
+	unsigned flags;			/* OVL_CFG_* */
+	size_t cache_max_bytes;		/* 0: the default (256 MiB) */
+};
+
+/* Open a stack.  Every layer root is opened once (O_PATH|O_DIRECTORY).
+ * Return 0 and set *out, or -errno; on a bad layer *bad_layer (if not NULL)
+ * is set to its index (-2 for the work dir, -1 when no single layer is to
+ * blame):
+ * -EINVAL no lowers, or upper without work; -ENOENT/-ENOTDIR/-EACCES for a
+ * layer root; -E2BIG more than 65535 layers. */
+int ovl_stack_open(const struct ovl_config *cfg, struct ovl_stack **out,
+		   int *bad_layer);
+void ovl_stack_close(struct ovl_stack *s);
+
+/* Number of layer slots (1 + lowers + data layers; slot 0 may be empty). */
+int ovl_stack_nlayers(const struct ovl_stack *s);
+/* Host path of layer idx as given at open, or NULL (no upper / bad idx). */
+const char *ovl_stack_layer_path(const struct ovl_stack *s, int idx);
+
+/* ovl_lookup flags */
+#define OVL_LOOKUP_FOLLOW 0x1	/* follow a symlink in the last component */
+#define OVL_LOOKUP_CACHED 0x2	/* answer from the cache or fail with -EAGAIN;
+				   never blocks on I/O or on the writer lock */
+
+/* struct ovl_info.flags */
+#define OVL_INFO_MERGED	  0x1	/* directory merged from more than one layer */
+#define OVL_INFO_METACOPY 0x2	/* metadata here, data in info.data_layer */
+#define OVL_INFO_OPAQUE	  0x4	/* opaque directory */
+
+struct ovl_info {
+	struct stat st;		/* as the overlay shows it (st_nlink 1 for merged
+				   dirs, st_blocks of the data for metacopy) */
+	int layer;		/* layer that supplies the entry */
+	int data_layer;		/* layer holding the data (== layer unless metacopy) */
+	unsigned flags;		/* OVL_INFO_* */
+};
+
+/* Resolve path and describe the winning entry.
+ * Return 0, -ENOENT (missing or whited out), -ENOTDIR, -ELOOP (more than 40
+ * symlinks), -ENAMETOOLONG, -EINVAL (invalid redirect), -EPERM (metacopy or
+ * redirect not allowed), -EIO (metacopy without data), -EXDEV (a mount point
+ * inside a layer), -EAGAIN (OVL_LOOKUP_CACHED and not cached), <0 on error. */
+int ovl_lookup(struct ovl_stack *s, const char *path, unsigned flags,
+	       struct ovl_info *out);
+
+/* Write the host path of the winning entry (last component followed only
+ * with OVL_LOOKUP_FOLLOW) into buf, NUL-terminated.  With want_data, the
+ * data file of a metacopy entry.  Return its length, -ERANGE if bufsize is
+ * too small, or an ovl_lookup error. */
+long ovl_realpath(struct ovl_stack *s, const char *path, unsigned flags,
+		  int want_data, char *buf, size_t bufsize, int *layer);
+
+/* Read the target of the symlink at path.  Return the length (not
+ * NUL-terminated, truncated to bufsize like readlink(2)), -EINVAL if it is
+ * not a symlink, or an ovl_lookup error. */
+long ovl_readlink(struct ovl_stack *s, const char *path, char *buf,
+		  size_t bufsize);
+
+/* Open the data of the entry for reading (open flags: O_RDONLY plus
+ * O_NONBLOCK/O_CLOEXEC/O_NOATIME/O_DIRECTORY/O_NOFOLLOW), through the layer
+ * root with no symlink or mount crossing.  Return an fd or -errno. */
+int ovl_open(struct ovl_stack *s, const char *path, int oflags);
+
+/* One merged directory entry. */
+struct ovl_dirent {
+	const char *name;	/* NUL-terminated, points into the list */
+	uint64_t ino;		/* d_ino from the supplying layer */
+	uint32_t namelen;
+	uint16_t layer;
+	uint8_t d_type;		/* DT_* of the top-most occurrence */
+};
+
+struct ovl_dirlist {
+	size_t n;
+	uint64_t generation;	/* cache generation the list was made at */
+	struct ovl_dirent *ents;
+};
+
+/* List the merged directory at path (symlinks followed), in the kernel's
+ * order, without whiteouts.  Return 0 and a list to free with
+ * ovl_dirlist_free, or an ovl_lookup error (-ENOTDIR for a non-directory). */
+int ovl_listdir(struct ovl_stack *s, const char *path, unsigned flags,
+		struct ovl_dirlist **out);
+void ovl_dirlist_free(struct ovl_dirlist *list);
+
+/* Overlay-visible xattrs of the winning entry: the stack's private
+ * "<ns>.overlay.*" names are hidden, escaped "<ns>.overlay.overlay.X" names
+ * are shown as "<ns>.overlay.X".  Same return conventions as getxattr(2)
+ * and listxattr(2) (size 0 asks for the size). */
+long ovl_getxattr(struct ovl_stack *s, const char *path, unsigned flags,
+		  const char *name, void *buf, size_t size);
+long ovl_listxattr(struct ovl_stack *s, const char *path, unsigned flags,
+		   char *buf, size_t size);
+
+struct ovl_cache_stats {
+	uint64_t hits;		/* lookups answered without I/O */
+	uint64_t misses;	/* lookups that had to read a layer */
+	uint64_t entries;	/* cached names */
+	uint64_t dirs;		/* cached directories */
+	uint64_t bytes;		/* memory held by the cache */
+	uint64_t max_bytes;	/* the cap; past it the cache is emptied */
+	uint64_t generation;	/* bumped by every invalidation */
+	uint64_t flushes;	/* times the cap emptied the cache */
+};
+
+void ovl_cache_stats(struct ovl_stack *s, struct ovl_cache_stats *out);
+uint64_t ovl_cache_generation(const struct ovl_stack *s);
+
+/* Forget what is cached about path (and everything below it), or about
+ * everything when path is NULL.  Return 0 or -errno. */
+int ovl_invalidate(struct ovl_stack *s, const char *path);
+
+#ifdef __cplusplus
+}
+#endif
+#endif /* OVL_H */

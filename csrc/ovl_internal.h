@@ -1,0 +1,232 @@
+/* ovl_internal.h - data model shared by the C core's files.
+ *
+ * The cache is a tree of directory nodes (struct ovl_dir), each holding the
+ * directory's merge stack and an index of every name found in its layers
+ * (struct ovl_ent), built from one getdents pass per contributing layer.
+ * Names are looked up in the index without a syscall; a name's metadata is
+ * read lazily on first use.  All cache mutation happens under the stack's
+ * write lock; cache-only lookups run under the read lock.
+ */
+#ifndef OVL_INTERNAL_H
+#define OVL_INTERNAL_H
+
+#include <dirent.h>
+#include <pthread.h>
+#include <stdbool.h>
+#include <stdint.h>
+#include <sys/stat.h>
+#include <sys/types.h>
+
+#include "compat.h"
+#include "ovl.h"
+
+#define OVL_MAX_SYMLINKS 40	/* like the kernel's MAXSYMLINKS */
+#define OVL_NAME_MAX 255
+#define OVL_MAX_LAYERS 65535	/* layer indices are stored in 16 bits */
+#define OVL_DEFAULT_CACHE_MAX (256u << 20)
+#define OVL_FDCACHE 16		/* O_PATH fds of recently used layer dirs */
+
+struct ovl_layer {
+	int fd;			/* O_PATH|O_DIRECTORY root */
+	char *path;		/* host path as given */
+	size_t pathlen;
+	dev_t dev;
+};
+
+/* Compact stat kept per looked-up name (80 bytes). */
+struct ovl_kstat {
+	uint32_t mode, nlink, uid, gid, blksize, rdev;	/* rdev: major << 20 | minor */
+	uint32_t atime_nsec, mtime_nsec, ctime_nsec;
+	int64_t size, blocks, atime, mtime, ctime;
+};
+
+/* ovl_ent.flags */
+#define OVL_E_WHITEOUT	0x01	/* top-most occurrence hides the name */
+#define OVL_E_STOPPED	0x02	/* no further layers can contribute */
+#define OVL_E_FILLED	0x04	/* st (and for symlinks the target) is valid */
+#define OVL_E_METACOPY	0x08	/* ext points to a struct ovl_mcdata */
+
+/* One name in a merged directory's index. */
+struct ovl_ent {
+	uint64_t ino;		/* d_ino of the top-most occurrence */
+	void *ext;		/* dir: struct ovl_dir*; symlink: target; metacopy data */
+	struct ovl_kstat *st;	/* lazily: metadata of the top-most occurrence */
+	uint32_t hash;
+	uint32_t seq;		/* first-appearance order while building */
+	uint32_t occ;		/* offset of further dir occurrences in dir->occ */
+	uint16_t top;		/* index into the parent's stack */
+	uint16_t nocc;
+	uint16_t namelen;
+	uint8_t dtype;
+	uint8_t flags;
+	char name[];
+};
+
+/* Data location of a metacopy file. */
+struct ovl_mcdata {
+	int64_t blocks;
+	uint16_t layer;
+	char path[];		/* relative to the layer root */
+};
+
+/* One layer of a directory's merge stack. */
+struct ovl_dlayer {
+	const char *path;	/* relative to the layer root; == dir->path unless redirected */
+	uint16_t layer;
+	uint8_t xmarker;	/* <ns>.overlay.opaque = "x": may hold xattr whiteouts */
+	uint8_t owned;		/* path allocated for this element */
+};
+
+struct ovl_arena_chunk;
+struct ovl_build;
+
+struct ovl_arena {
+	struct ovl_arena_chunk *head;
+	size_t used, cap, bytes;
+};
+
+struct ovl_dir {
+	struct ovl_dir *parent;	/* NULL for the root */
+	struct ovl_ent *ent;	/* our entry in the parent (s->root_ent for the root) */
+	char *path;		/* union path, "" for the root */
+	uint32_t pathlen;
+	uint32_t nstack;
+	struct ovl_dlayer *stack;
+	struct ovl_ent **table;	/* open addressing, mask + 1 slots */
+	uint32_t mask;
+	uint32_t nents;		/* names incl. whiteouts */
+	struct ovl_ent **order;	/* visible names in the kernel's readdir order */
+	uint32_t norder;
+	uint16_t *occ;		/* further dir occurrences of entries (stack indices) */
+	uint32_t nocc, occcap;
+	uint64_t origin_ino;	/* st_ino the overlay reports for a merged dir */
+	bool opaque;
+	struct ovl_arena arena;
+	size_t bytes;		/* memory besides the arena */
+	struct ovl_build *build;	/* scratch while the index is built */
+	size_t accounted;	/* bytes counted in the stack's total */
+	uint32_t counted_ents;	/* names counted in the stack's total */
+	bool in_cache;		/* counted in the stack's totals */
+};
+
+struct ovl_fdslot {
+	const struct ovl_dir *dir;
+	uint32_t si;
+	int fd;
+};
+
+struct ovl_stack {
+	struct ovl_layer *layers;	/* [0] upper (fd -1 if none), lowers, data */
+	int nlayers;
+	int nlower;			/* lowers are 1..nlower */
+	int ndata;			/* data layers follow the lowers */
+	int whiteouts;
+	unsigned cfg;
+	bool samefs;
+	bool have_openat2;
+	bool have_xattrat;
+
+	char xprefix[24];		/* "trusted.overlay." or "user.overlay." */
+	size_t xprefixlen;
+	char x_opaque[40], x_redirect[40], x_whiteout[40], x_metacopy[40];
+
+	pthread_rwlock_t lock;
+	struct ovl_dir *root;
+	struct ovl_ent *root_ent;	/* stands for the root in walks */
+
+	struct ovl_fdslot fdc[OVL_FDCACHE];	/* used under the write lock */
+	unsigned fdc_next;
+
+	uint64_t hits, misses, generation, flushes;	/* atomics */
+	uint64_t bytes, nents, ndirs, max_bytes;	/* under the write lock */
+};
+
+/* The state of one path walk. */
+struct ovl_walk {
+	struct ovl_stack *s;
+	bool cached_only;	/* -EAGAIN instead of I/O */
+	struct ovl_dir *dir;	/* directory holding ent (NULL for the root) */
+	struct ovl_ent *ent;	/* the entry the path names */
+};
+
+static inline bool ovl_kernel_wh(const struct ovl_stack *s)
+{
+	return s->whiteouts & OVL_WHITEOUT_KERNEL;
+}
+
+static inline bool ovl_oci_wh(const struct ovl_stack *s)
+{
+	return s->whiteouts & OVL_WHITEOUT_OCI;
+}
+
+static inline uint64_t ovl_atomic_inc(uint64_t *p)
+{
+	return __atomic_add_fetch(p, 1, __ATOMIC_RELAXED);
+}
+
+static inline uint64_t ovl_atomic_get(const uint64_t *p)
+{
+	return __atomic_load_n(p, __ATOMIC_RELAXED);
+}
+
+/* layers.c */
+int ovl_layer_open(const struct ovl_stack *s, int layer, const char *relpath,
+		   int oflags);
+int ovl_layer_open_dir(const struct ovl_stack *s, int layer, const char *relpath);
+long ovl_fd_getxattr(int fd, const char *name, void *buf, size_t size);
+long ovl_at_listxattr(const struct ovl_stack *s, int dfd, const char *name,
+		      char **buf);
+long ovl_at_getxattr(const struct ovl_stack *s, int dfd, const char *name,
+		     const char *xname, void *buf, size_t size);
+char *ovl_path_join(const char *a, size_t alen, const char *b, size_t blen);
+
+/* cache.c */
+void *ovl_arena_alloc(struct ovl_arena *a, size_t size);
+void ovl_arena_free(struct ovl_arena *a);
+uint32_t ovl_name_hash(const char *name, size_t len);
+struct ovl_ent *ovl_dir_find(const struct ovl_dir *d, const char *name,
+			     size_t len, uint32_t hash);
+struct ovl_ent *ovl_dir_insert(struct ovl_dir *d, const char *name, size_t len,
+			       uint32_t hash);
+int ovl_dir_add_occ(struct ovl_dir *d, struct ovl_ent *e, uint16_t si);
+struct ovl_dir *ovl_dir_new(struct ovl_stack *s, struct ovl_dir *parent,
+			    struct ovl_ent *ent);
+void ovl_dir_free(struct ovl_stack *s, struct ovl_dir *d);
+void ovl_dir_account(struct ovl_stack *s, struct ovl_dir *d);
+void ovl_cache_flush(struct ovl_stack *s);
+void ovl_cache_trim(struct ovl_stack *s);
+int ovl_fdcache_get(struct ovl_stack *s, const struct ovl_dir *d, uint32_t si);
+void ovl_fdcache_drop(struct ovl_stack *s, const struct ovl_dir *d);
+
+/* whiteout.c */
+int ovl_classify_chr(const struct ovl_stack *s, int dfd, const char *name);
+int ovl_is_xwhiteout_at(const struct ovl_stack *s, int dfd, const char *name);
+int ovl_dir_xattrs(const struct ovl_stack *s, int fd, char *opaque,
+		   char **redirect);
+int ovl_check_redirect(const char *r);
+bool ovl_xattr_is_private(const struct ovl_stack *s, const char *name);
+
+/* readdir.c */
+int ovl_index_layer(struct ovl_stack *s, struct ovl_dir *d, uint32_t si,
+		    int fd, bool *oci_opaque);
+int ovl_index_finish(struct ovl_dir *d);
+int ovl_build_begin(struct ovl_dir *d);
+void ovl_build_end(struct ovl_dir *d);
+
+/* namei.c */
+int ovl_walk_path(struct ovl_walk *w, const char *path, unsigned flags);
+int ovl_ent_dir(struct ovl_walk *w, struct ovl_dir *parent, struct ovl_ent *e,
+		struct ovl_dir **out);
+int ovl_materialize_root(struct ovl_stack *s);
+
+typedef int (*ovl_op_fn)(struct ovl_walk *w, void *arg);
+int ovl_run(struct ovl_stack *s, const char *path, unsigned flags,
+	    ovl_op_fn fn, void *arg);
+
+/* inode.c */
+int ovl_ent_fill(struct ovl_walk *w, struct ovl_dir *d, struct ovl_ent *e);
+void ovl_kstat_from_stat(struct ovl_kstat *k, const struct stat *st);
+int ovl_ent_relpath(const struct ovl_stack *s, const struct ovl_dir *d,
+		    const struct ovl_ent *e, int *layer, char **out);
+
+#endif /* OVL_INTERNAL_H */

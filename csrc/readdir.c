@@ -1,0 +1,334 @@
+/* readdir.c - building a directory's merged index, and merged listings.
+ *
+ * Each layer of a directory's merge stack is read once with getdents64.
+ * Names are deduplicated top-most first: the first occurrence supplies the
+ * type and inode, a whiteout there hides the name, and a directory keeps
+ * collecting the layers below where the name is again a directory, up to
+ * the first non-directory or whiteout (namei.c turns those into the child's
+ * merge stack).  The listing order is the kernel's (readdir.c:
+ * ovl_dir_read_merged): the bottom layer's names in its getdents order,
+ * then the other names by first appearance from the top down.
+ */
+#define _GNU_SOURCE
+#include <dirent.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "ovl_internal.h"
+
+enum ovl_kind { K_DIR, K_OTHER, K_WHITEOUT };
+
+#define OCI_WH ".wh."
+#define OCI_WH_LEN 4
+#define OCI_OPQ ".wh..wh..opq"
+
+/* Per-build scratch: where each name was seen last, and its position there. */
+struct ovl_build {
+	uint16_t *last;
+	uint32_t *pos;
+	uint32_t cap;
+};
+
+static int build_reserve(struct ovl_dir *d, uint32_t n)
+{
+	struct ovl_build *b = d->build;
+
+	if (n <= b->cap)
+		return 0;
+	uint32_t cap = b->cap ? b->cap * 2 : 256;
+
+	while (cap < n)
+		cap *= 2;
+	uint16_t *last = realloc(b->last, cap * sizeof(*last));
+
+	if (!last)
+		return -ENOMEM;
+	b->last = last;
+	uint32_t *pos = realloc(b->pos, cap * sizeof(*pos));
+
+	if (!pos)
+		return -ENOMEM;
+	b->pos = pos;
+	b->cap = cap;
+	return 0;
+}
+
+int ovl_build_begin(struct ovl_dir *d)
+{
+	d->build = calloc(1, sizeof(*d->build));
+	return d->build ? 0 : -ENOMEM;
+}
+
+void ovl_build_end(struct ovl_dir *d)
+{
+	if (!d->build)
+		return;
+	free(d->build->last);
+	free(d->build->pos);
+	free(d->build);
+	d->build = NULL;
+}
+
+/* An OCI ".wh.NAME" in stack layer si: NAME is gone from the layers below. */
+static int merge_oci_whiteout(struct ovl_dir *d, uint16_t si, const char *name,
+			      size_t len)
+{
+	uint32_t h = ovl_name_hash(name, len);
+	struct ovl_ent *e = ovl_dir_find(d, name, len, h);
+
+	if (!e) {
+		e = ovl_dir_insert(d, name, len, h);
+		if (!e)
+			return -ENOMEM;
+		e->top = si;
+		e->dtype = DT_UNKNOWN;	/* until NAME itself turns up in this layer */
+		e->flags = OVL_E_WHITEOUT | OVL_E_STOPPED;
+		return build_reserve(d, d->nents);
+	}
+	e->flags |= OVL_E_STOPPED;
+	return 0;
+}
+
+static int merge_name(struct ovl_dir *d, uint16_t si, uint32_t pos,
+		      const char *name, size_t len, unsigned char dtype,
+		      uint64_t ino, enum ovl_kind kind)
+{
+	uint32_t h = ovl_name_hash(name, len);
+	struct ovl_ent *e = ovl_dir_find(d, name, len, h);
+	int err;
+
+	if (!e) {
+		e = ovl_dir_insert(d, name, len, h);
+		if (!e)
+			return -ENOMEM;
+		err = build_reserve(d, d->nents);
+		if (err)
+			return err;
+		e->top = si;
+		e->dtype = dtype;
+		e->ino = ino;
+		e->flags = kind == K_WHITEOUT ? OVL_E_WHITEOUT | OVL_E_STOPPED :
+			   kind == K_DIR ? 0 : OVL_E_STOPPED;
+	} else if (e->top == si && e->dtype == DT_UNKNOWN) {
+		/* NAME next to its own ".wh.NAME": the layer's NAME wins and
+		 * the whiteout hides the layers below. */
+		e->dtype = dtype;
+		e->ino = ino;
+		e->flags = OVL_E_STOPPED | (kind == K_WHITEOUT ? OVL_E_WHITEOUT : 0);
+	} else if (!(e->flags & OVL_E_STOPPED)) {
+		if (kind == K_DIR) {
+			err = ovl_dir_add_occ(d, e, si);
+			if (err)
+				return err;
+		} else {
+			/* A non-directory or whiteout below a directory ends
+			 * the merge (namei.c:ovl_lookup_single). */
+			e->flags |= OVL_E_STOPPED;
+		}
+	}
+	d->build->last[e->seq] = si;
+	d->build->pos[e->seq] = pos;
+	return 0;
+}
+
+static int classify(struct ovl_stack *s, struct ovl_dir *d, uint16_t si, int fd,
+		    const char *name, unsigned char *dtype, enum ovl_kind *kind)
+{
+	int r;
+
+	if (*dtype == DT_UNKNOWN) {
+		struct stat st;
+
+		if (fstatat(fd, name, &st, AT_SYMLINK_NOFOLLOW) < 0)
+			return -errno;
+		*dtype = (unsigned char)IFTODT(st.st_mode);
+	}
+	*kind = *dtype == DT_DIR ? K_DIR : K_OTHER;
+	if (!ovl_kernel_wh(s))
+		return 0;
+	if (*dtype == DT_CHR) {
+		r = ovl_classify_chr(s, fd, name);
+		if (r < 0)
+			return r;
+		if (r)
+			*kind = K_WHITEOUT;
+	} else if (*dtype == DT_REG && d->stack[si].xmarker) {
+		/* Only directories marked opaque=x are searched for xattr
+		 * whiteouts while listing, as the kernel's readdir does. */
+		r = ovl_is_xwhiteout_at(s, fd, name);
+		if (r < 0)
+			return r;
+		if (r)
+			*kind = K_WHITEOUT;
+	}
+	return 0;
+}
+
+/* Read stack layer si of d from fd (a directory opened for reading) into
+ * d's index.  *oci_opaque is set when the layer holds ".wh..wh..opq".
+ * Return 0 or -errno. */
+int ovl_index_layer(struct ovl_stack *s, struct ovl_dir *d, uint32_t si,
+		    int fd, bool *oci_opaque)
+{
+	char buf[32768];
+	uint32_t pos = 0;
+	bool oci = ovl_oci_wh(s);
+	int err = 0;
+
+	*oci_opaque = false;
+	for (;;) {
+		ssize_t n = getdents64(fd, buf, sizeof(buf));
+
+		if (n < 0)
+			return -errno;
+		if (n == 0)
+			break;
+		for (ssize_t off = 0; off < n;) {
+			struct dirent64 *de = (struct dirent64 *)(buf + off);
+			const char *name = de->d_name;
+			size_t len = strlen(name);
+			unsigned char dtype = de->d_type;
+			enum ovl_kind kind = K_OTHER;
+
+			off += de->d_reclen;
+			if (name[0] == '.' && (len == 1 || (len == 2 && name[1] == '.')))
+				continue;
+			if (oci && len >= OCI_WH_LEN && !memcmp(name, OCI_WH, OCI_WH_LEN)) {
+				if (!strcmp(name, OCI_OPQ))
+					*oci_opaque = true;
+				else if (len > OCI_WH_LEN)
+					err = merge_oci_whiteout(d, (uint16_t)si,
+								 name + OCI_WH_LEN,
+								 len - OCI_WH_LEN);
+				if (err)
+					return err;
+				continue;
+			}
+			err = classify(s, d, (uint16_t)si, fd, name, &dtype, &kind);
+			if (err == -ENOENT)
+				continue;	/* removed while we read */
+			if (!err)
+				err = merge_name(d, (uint16_t)si, pos++, name, len, dtype,
+						 de->d_ino, kind);
+			if (err)
+				return err;
+		}
+	}
+	return 0;
+}
+
+/* Put the visible names in the kernel's listing order. */
+int ovl_index_finish(struct ovl_dir *d)
+{
+	struct ovl_build *b = d->build;
+	uint32_t bottom = d->nstack ? d->nstack - 1 : 0, nbottom = 0, n = 0;
+	struct ovl_ent **byseq, **order;
+
+	byseq = calloc(d->nents ? d->nents : 1, sizeof(*byseq));
+	if (!byseq)
+		return -ENOMEM;
+	for (uint32_t i = 0; d->table && i <= d->mask; i++) {
+		struct ovl_ent *e = d->table[i];
+
+		if (e) {
+			byseq[e->seq] = e;
+			if (!(e->flags & OVL_E_WHITEOUT) && b->last[e->seq] == bottom &&
+			    e->dtype != DT_UNKNOWN)
+				nbottom = b->pos[e->seq] + 1 > nbottom ? b->pos[e->seq] + 1 :
+					  nbottom;
+		}
+	}
+	order = calloc(d->nents ? d->nents : 1, sizeof(*order));
+	struct ovl_ent **slots = calloc(nbottom ? nbottom : 1, sizeof(*slots));
+
+	if (!order || !slots) {
+		free(byseq);
+		free(order);
+		free(slots);
+		return -ENOMEM;
+	}
+	/* Bottom names by their position in the bottom layer... */
+	for (uint32_t i = 0; i < d->nents; i++) {
+		struct ovl_ent *e = byseq[i];
+
+		if (!(e->flags & OVL_E_WHITEOUT) && b->last[i] == bottom)
+			slots[b->pos[i]] = e;
+	}
+	for (uint32_t i = 0; i < nbottom; i++)
+		if (slots[i])
+			order[n++] = slots[i];
+	/* ...then the rest by first appearance, top-down. */
+	for (uint32_t i = 0; i < d->nents; i++) {
+		struct ovl_ent *e = byseq[i];
+
+		if (!(e->flags & OVL_E_WHITEOUT) && b->last[i] != bottom)
+			order[n++] = e;
+	}
+	free(byseq);
+	free(slots);
+	d->order = order;
+	d->norder = n;
+	d->bytes += (size_t)d->nents * sizeof(*order);
+	return 0;
+}
+
+struct listdir_arg {
+	struct ovl_dirlist *list;
+};
+
+static int listdir_op(struct ovl_walk *w, void *arg)
+{
+	struct listdir_arg *a = arg;
+	struct ovl_dir *d;
+	struct ovl_dirlist *l;
+	size_t names = 0;
+	char *p;
+	int err;
+
+	err = ovl_ent_dir(w, w->dir, w->ent, &d);
+	if (err)
+		return err;
+	for (uint32_t i = 0; i < d->norder; i++)
+		names += d->order[i]->namelen + 1u;
+	l = malloc(sizeof(*l) + d->norder * sizeof(struct ovl_dirent) + names);
+	if (!l)
+		return -ENOMEM;
+	l->n = d->norder;
+	l->generation = ovl_cache_generation(w->s);
+	l->ents = (struct ovl_dirent *)(l + 1);
+	p = (char *)(l->ents + d->norder);
+	for (uint32_t i = 0; i < d->norder; i++) {
+		const struct ovl_ent *e = d->order[i];
+		struct ovl_dirent *o = &l->ents[i];
+
+		memcpy(p, e->name, e->namelen + 1u);
+		o->name = p;
+		o->namelen = e->namelen;
+		o->ino = e->ino;
+		o->d_type = e->dtype;
+		o->layer = d->stack[e->top].layer;
+		p += e->namelen + 1u;
+	}
+	a->list = l;
+	return 0;
+}
+
+int ovl_listdir(struct ovl_stack *s, const char *path, unsigned flags,
+		struct ovl_dirlist **out)
+{
+	struct listdir_arg a = { NULL };
+	int err = ovl_run(s, path, (flags & OVL_LOOKUP_CACHED) | OVL_LOOKUP_FOLLOW,
+			  listdir_op, &a);
+
+	*out = a.list;
+	return err;
+}
+
+void ovl_dirlist_free(struct ovl_dirlist *list)
+{
+	free(list);
+}

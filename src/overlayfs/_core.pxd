@@ -1,0 +1,80 @@
+# Declarations of the C core's public API (csrc/ovl.h).  Every call can run
+# without the GIL.
+from posix.stat cimport struct_stat
+from libc.stdint cimport uint8_t, uint16_t, uint32_t, uint64_t
+
+cdef extern from "ovl.h" nogil:
+    struct ovl_stack:
+        pass
+
+    enum:
+        OVL_WHITEOUT_KERNEL
+        OVL_WHITEOUT_OCI
+        OVL_WHITEOUT_AUTO
+        OVL_XATTR_TRUSTED
+        OVL_XATTR_USER
+        OVL_CFG_NO_CACHE
+        OVL_CFG_METACOPY
+        OVL_CFG_REDIRECT_NOFOLLOW
+        OVL_LOOKUP_FOLLOW
+        OVL_LOOKUP_CACHED
+        OVL_INFO_MERGED
+        OVL_INFO_METACOPY
+        OVL_INFO_OPAQUE
+
+    struct ovl_config:
+        const char *const *lowers
+        size_t nlowers
+        const char *upper
+        const char *work
+        const char *const *data_layers
+        size_t ndata
+        int xattr_ns
+        int whiteouts
+        unsigned flags
+        size_t cache_max_bytes
+
+    struct ovl_info:
+        struct_stat st
+        int layer
+        int data_layer
+        unsigned flags
+
+    struct ovl_dirent:
+        const char *name
+        uint64_t ino
+        uint32_t namelen
+        uint16_t layer
+        uint8_t d_type
+
+    struct ovl_dirlist:
+        size_t n
+        uint64_t generation
+        ovl_dirent *ents
+
+    struct ovl_cstats "ovl_cache_stats":
+        uint64_t hits
+        uint64_t misses
+        uint64_t entries
+        uint64_t dirs
+        uint64_t bytes
+        uint64_t max_bytes
+        uint64_t generation
+        uint64_t flushes
+
+    int ovl_stack_open(const ovl_config *cfg, ovl_stack **out, int *bad_layer)
+    void ovl_stack_close(ovl_stack *s)
+    int ovl_lookup(ovl_stack *s, const char *path, unsigned flags, ovl_info *out)
+    long ovl_realpath(ovl_stack *s, const char *path, unsigned flags, int want_data,
+                      char *buf, size_t bufsize, int *layer)
+    long ovl_readlink(ovl_stack *s, const char *path, char *buf, size_t bufsize)
+    int ovl_open(ovl_stack *s, const char *path, int oflags)
+    int ovl_listdir(ovl_stack *s, const char *path, unsigned flags, ovl_dirlist **out)
+    void ovl_dirlist_free(ovl_dirlist *l)
+    long ovl_getxattr(ovl_stack *s, const char *path, unsigned flags, const char *name,
+                      void *buf, size_t size)
+    long ovl_listxattr(ovl_stack *s, const char *path, unsigned flags, char *buf,
+                       size_t size)
+    void ovl_cache_stats(ovl_stack *s, ovl_cstats *out)
+    uint64_t ovl_cache_generation(const ovl_stack *s)
+    int ovl_invalidate(ovl_stack *s, const char *path)

@@ -1,0 +1,818 @@
+# cython: language_level=3, boundscheck=False, wraparound=False, cdivision=True
+"""The compiled half of overlayfs: a read-only OverlayFS view of a layer stack.
+
+This module owns conversion (str/bytes paths in, the same kind out), object
+lifetime and raising; every rule of the overlay lives in the C core
+(csrc/).  Calls first try to answer from the lookup cache while holding the
+GIL (no syscall, no lock wait); only when a layer must be read is the GIL
+released around the C call.
+"""
+import io
+import os
+import stat as _stat
+import warnings
+from collections import namedtuple
+
+from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_GET_SIZE, PyBytes_FromStringAndSize
+from cpython.mem cimport PyMem_Malloc, PyMem_Free
+from cpython.ref cimport PyObject, Py_INCREF
+from libc.errno cimport EAGAIN, ENOENT, ENOTDIR, ERANGE, EROFS, ENAMETOOLONG
+from libc.stdint cimport uint64_t, int64_t
+from libc.string cimport strlen, memchr
+from posix.stat cimport struct_stat
+
+
+cdef extern from "Python.h":
+    bint PyUnicode_IS_ASCII(object o)
+    const char *PyUnicode_AsUTF8AndSize(object o, Py_ssize_t *size) except NULL
+    object PyUnicode_EncodeFSDefault(object o)
+    object PyUnicode_DecodeFSDefaultAndSize(const char *s, Py_ssize_t size)
+    ctypedef struct PyTypeObject
+    object PyStructSequence_New(PyTypeObject *t)
+    void PyStructSequence_SET_ITEM(object p, Py_ssize_t pos, object o)
+
+cdef extern from "<dirent.h>":
+    enum:
+        DT_UNKNOWN
+        DT_DIR
+        DT_REG
+        DT_LNK
+
+cdef extern from "<fcntl.h>":
+    enum:
+        O_RDONLY
+        O_CLOEXEC
+
+__all__ = ["Stack", "Entry", "CacheInfo"]
+
+CacheInfo = namedtuple(
+    "CacheInfo", "hits misses entries dirs bytes max_bytes generation flushes")
+CacheInfo.__doc__ = """Counters of a Stack's lookup cache.
+
+hits: lookups answered without reading a layer; misses: lookups that read
+one; entries: cached names; dirs: cached directories; bytes: memory held by
+the C cache; max_bytes: the cap (past it the cache is emptied, counted in
+flushes); generation: bumped by every invalidation."""
+
+_WHITEOUTS = {"kernel": OVL_WHITEOUT_KERNEL, "oci": OVL_WHITEOUT_OCI,
+              "auto": OVL_WHITEOUT_AUTO}
+_XATTR_NS = {"trusted": OVL_XATTR_TRUSTED, "user": OVL_XATTR_USER}
+
+# os.stat_result is a struct sequence: on the CPythons we support it has 10
+# visible and 19 total fields in a known order, so it is filled directly.
+cdef object _StatResult = os.stat_result
+cdef bint _fast_stat = (os.stat_result.n_sequence_fields == 10 and
+                        os.stat_result.n_fields == 19)
+cdef object _PyLong = int
+
+
+cdef inline object _ns(int64_t sec, long nsec):
+    if -9000000000 < sec < 9000000000:
+        return <long long>sec * 1000000000 + nsec
+    return _PyLong(sec) * 1000000000 + nsec
+
+
+cdef object _make_stat(const struct_stat *st):
+    """Build an os.stat_result from a struct stat, as os.stat does."""
+    cdef object r
+    cdef tuple vals = (
+        st.st_mode, st.st_ino, st.st_dev, st.st_nlink, st.st_uid, st.st_gid,
+        st.st_size, st.st_atim.tv_sec, st.st_mtim.tv_sec, st.st_ctim.tv_sec,
+        st.st_atim.tv_sec + st.st_atim.tv_nsec * 1e-9,
+        st.st_mtim.tv_sec + st.st_mtim.tv_nsec * 1e-9,
+        st.st_ctim.tv_sec + st.st_ctim.tv_nsec * 1e-9,
+        _ns(st.st_atim.tv_sec, st.st_atim.tv_nsec),
+        _ns(st.st_mtim.tv_sec, st.st_mtim.tv_nsec),
+        _ns(st.st_ctim.tv_sec, st.st_ctim.tv_nsec),
+        st.st_blksize, st.st_blocks, st.st_rdev)
+    cdef Py_ssize_t i
+    if not _fast_stat:
+        return _StatResult(vals)
+    r = PyStructSequence_New(<PyTypeObject *>_StatResult)
+    for i in range(19):
+        v = vals[i]
+        Py_INCREF(v)
+        PyStructSequence_SET_ITEM(r, i, v)
+    return r
+
+
+cdef inline object _oserror(long rc, object path):
+    cdef int err = <int>-rc
+    return OSError(err, os.strerror(err), path)
+
+
+cdef class _CPath:
+    """A union path as a C string, kept alive with its owner."""
+    cdef const char *ptr
+    cdef object owner
+    cdef bint is_bytes
+
+
+cdef inline const char *_cpath(object path, _CPath holder) except NULL:
+    """Convert a str/bytes/PathLike union path to a C string.
+
+    ASCII str paths are used in place (no copy); others are encoded like
+    os.fsencode.  Embedded NUL bytes raise ValueError.
+    """
+    cdef Py_ssize_t n
+    cdef const char *p
+    if type(path) is str:
+        if PyUnicode_IS_ASCII(path):
+            p = PyUnicode_AsUTF8AndSize(path, &n)
+            holder.owner = path
+        else:
+            holder.owner = PyUnicode_EncodeFSDefault(path)
+            p = PyBytes_AS_STRING(holder.owner)
+            n = PyBytes_GET_SIZE(holder.owner)
+        holder.is_bytes = False
+    elif type(path) is bytes:
+        p = PyBytes_AS_STRING(path)
+        n = PyBytes_GET_SIZE(path)
+        holder.owner = path
+        holder.is_bytes = True
+    else:
+        path = os.fspath(path)
+        return _cpath(path, holder)
+    if memchr(p, 0, n) != NULL:
+        raise ValueError("embedded null byte in path")
+    holder.ptr = p
+    return p
+
+
+cdef inline object _out(const char *s, Py_ssize_t n, bint as_bytes):
+    if as_bytes:
+        return PyBytes_FromStringAndSize(s, n)
+    return PyUnicode_DecodeFSDefaultAndSize(s, n)
+
+
+cdef object _fspath_layer(object p):
+    p = os.fspath(p)
+    if not isinstance(p, (str, bytes)):
+        raise TypeError(f"layer paths must be str, bytes or os.PathLike, not {type(p).__name__}")
+    return p
+
+
+cdef class Stack:
+    """A read-only OverlayFS view of a stack of layer directories.
+
+    Stack(lowers, upper=None, work=None, *, xattr_namespace="trusted",
+          whiteouts="auto", cache=True, data_layers=(), metacopy=False,
+          redirect_follow=True, cache_max_bytes=None)
+
+    lowers are top-most first, like lowerdir=top:...:bottom.  Layer indices:
+    0 is the upper, 1..N the lowers in that order, N+1.. the data-only layers.
+    Union paths are '/'-separated and relative to the union root ("" and "/"
+    name the root); '..' never climbs above the root and symlinks are
+    followed inside the union root.  str in gives str out, bytes in gives
+    bytes out.
+
+    Lookups are answered from a per-directory cache built by reading each
+    contributing layer once; layers changed behind the Stack's back are seen
+    after invalidate().  Thread-safe.
+    """
+    cdef ovl_stack *_s
+    cdef readonly tuple layers
+    cdef readonly object upper, work
+    cdef readonly tuple lowers, data_layers
+    cdef readonly str whiteouts, xattr_namespace
+    cdef int _busy
+    cdef bint _closing
+    cdef bint _cache
+    cdef dict _listings
+    cdef uint64_t _listings_gen
+
+    def __cinit__(self):
+        self._s = NULL
+
+    def __init__(self, lowers, upper=None, work=None, *, xattr_namespace="trusted",
+                 whiteouts="auto", cache=True, data_layers=(), metacopy=False,
+                 redirect_follow=True, cache_max_bytes=None):
+        cdef ovl_config cfg
+        cdef const char **arr = NULL
+        cdef int bad = -1
+        cdef int rc
+        cdef Py_ssize_t i, n
+        cdef ovl_stack *s = NULL
+        if self._s != NULL:
+            raise RuntimeError("Stack is already initialized")
+        if isinstance(lowers, (str, bytes, os.PathLike)):
+            raise TypeError("lowers must be a sequence of layer paths (top-most first), "
+                            "not a single path")
+        lowers = tuple(_fspath_layer(p) for p in lowers)
+        data_layers = tuple(_fspath_layer(p) for p in data_layers)
+        if not lowers:
+            raise ValueError("lowers must name at least one lower layer")
+        if upper is not None:
+            upper = _fspath_layer(upper)
+            if work is None:
+                raise ValueError("an upper layer needs a work dir (work=...) on the same filesystem")
+            work = _fspath_layer(work)
+        elif work is not None:
+            raise ValueError("work is only meaningful with an upper layer")
+        if whiteouts not in _WHITEOUTS:
+            raise ValueError(f"whiteouts must be one of 'auto', 'kernel', 'oci', not {whiteouts!r}")
+        if xattr_namespace not in _XATTR_NS:
+            raise ValueError(f"xattr_namespace must be 'trusted' or 'user', not {xattr_namespace!r}")
+        if cache_max_bytes is not None and cache_max_bytes <= 0:
+            raise ValueError("cache_max_bytes must be positive")
+        allpaths = [os.fsencode(p) for p in lowers + data_layers]
+        for p in allpaths:
+            if b"\0" in p:
+                raise ValueError("embedded null byte in a layer path")
+        bupper = os.fsencode(upper) if upper is not None else None
+        bwork = os.fsencode(work) if work is not None else None
+        n = len(allpaths)
+        arr = <const char **>PyMem_Malloc(n * sizeof(char *))
+        if arr == NULL:
+            raise MemoryError()
+        try:
+            for i in range(n):
+                arr[i] = PyBytes_AS_STRING(allpaths[i])
+            cfg.lowers = arr
+            cfg.nlowers = len(lowers)
+            cfg.data_layers = arr + len(lowers)
+            cfg.ndata = len(data_layers)
+            cfg.upper = PyBytes_AS_STRING(bupper) if bupper is not None else NULL
+            cfg.work = PyBytes_AS_STRING(bwork) if bwork is not None else NULL
+            cfg.xattr_ns = _XATTR_NS[xattr_namespace]
+            cfg.whiteouts = _WHITEOUTS[whiteouts]
+            cfg.flags = 0
+            if not cache:
+                cfg.flags |= OVL_CFG_NO_CACHE
+            if metacopy:
+                cfg.flags |= OVL_CFG_METACOPY
+            if not redirect_follow:
+                cfg.flags |= OVL_CFG_REDIRECT_NOFOLLOW
+            cfg.cache_max_bytes = cache_max_bytes or 0
+            with nogil:
+                rc = ovl_stack_open(&cfg, &s, &bad)
+        finally:
+            PyMem_Free(arr)
+        if rc < 0:
+            if bad == 0:
+                culprit = upper
+            elif bad == -2:
+                culprit = work
+            elif bad > 0:
+                culprit = (lowers + data_layers)[bad - 1]
+            else:
+                culprit = None
+            if rc == -ENOTDIR:
+                raise NotADirectoryError(ENOTDIR, "layer is not a directory", culprit)
+            raise _oserror(rc, culprit)
+        self._s = s
+        self.lowers = lowers
+        self.data_layers = data_layers
+        self.upper = upper
+        self.work = work
+        self.layers = (upper,) + lowers + data_layers
+        self.whiteouts = whiteouts
+        self.xattr_namespace = xattr_namespace
+        self._cache = bool(cache)
+        self._listings = {}
+        self._listings_gen = 0
+
+    # -- lifetime -------------------------------------------------------
+
+    cdef inline ovl_stack *_get(self) except NULL:
+        if self._s == NULL or self._closing:
+            raise ValueError("I/O operation on a closed Stack")
+        return self._s
+
+    cdef inline void _enter(self):
+        self._busy += 1
+
+    cdef inline void _leave(self):
+        self._busy -= 1
+        if self._closing and self._busy == 0 and self._s != NULL:
+            ovl_stack_close(self._s)
+            self._s = NULL
+
+    def close(self):
+        """Release the layer fds and the cache.  Safe to call twice; calls
+        still running in other threads finish first."""
+        if self._s == NULL or self._closing:
+            return
+        self._closing = True
+        self._listings = {}
+        if self._busy == 0:
+            ovl_stack_close(self._s)
+            self._s = NULL
+
+    @property
+    def closed(self):
+        """True once close() was called."""
+        return self._s == NULL or self._closing
+
+    def __enter__(self):
+        self._get()
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    def __del__(self):
+        if self._s != NULL and not self._closing:
+            warnings.warn(f"unclosed {self!r}", ResourceWarning, source=self)
+            self.close()
+
+    def __dealloc__(self):
+        if self._s != NULL:
+            ovl_stack_close(self._s)
+            self._s = NULL
+
+    def __reduce__(self):
+        raise TypeError("cannot pickle 'Stack' objects")
+
+    def __repr__(self):
+        state = "closed " if self.closed else ""
+        return (f"<{state}overlayfs.Stack upper={self.upper!r} "
+                f"lowers={len(self.lowers)} data_layers={len(self.data_layers)}>")
+
+    # -- lookup ---------------------------------------------------------
+
+    cdef int _lookup(self, object path, unsigned flags, ovl_info *info) except -1:
+        cdef _CPath h = _CPath.__new__(_CPath)
+        cdef const char *p = _cpath(path, h)
+        cdef ovl_stack *s = self._get()
+        cdef int rc = ovl_lookup(s, p, flags | OVL_LOOKUP_CACHED, info)
+        if rc == -EAGAIN:
+            self._enter()
+            with nogil:
+                rc = ovl_lookup(s, p, flags, info)
+            self._leave()
+        if rc < 0:
+            raise _oserror(rc, path)
+        return 0
+
+    cdef int _try_lookup(self, object path, unsigned flags, ovl_info *info) except? -65536:
+        """Like _lookup, but 0 for success and -errno for any OSError."""
+        cdef _CPath h = _CPath.__new__(_CPath)
+        cdef const char *p
+        cdef ovl_stack *s = self._get()
+        try:
+            p = _cpath(path, h)
+        except ValueError:
+            return -ENOENT
+        cdef int rc = ovl_lookup(s, p, flags | OVL_LOOKUP_CACHED, info)
+        if rc == -EAGAIN:
+            self._enter()
+            with nogil:
+                rc = ovl_lookup(s, p, flags, info)
+            self._leave()
+        return rc
+
+    def lstat(self, path):
+        """Return os.stat_result of path, not following a final symlink.
+
+        Metadata comes from the layer that supplies path; a merged directory
+        reports st_nlink 1 and (on one filesystem) the inode of its top-most
+        lower, as the kernel does; st_dev is the supplying layer's.  Cost:
+        warm, a hash lookup per component and no syscall.
+        """
+        cdef ovl_info info
+        self._lookup(path, 0, &info)
+        return _make_stat(&info.st)
+
+    def stat(self, path, *, follow_symlinks=True):
+        """Return os.stat_result of path, following symlinks inside the
+        union root (with follow_symlinks=False, like lstat)."""
+        cdef ovl_info info
+        self._lookup(path, OVL_LOOKUP_FOLLOW if follow_symlinks else 0, &info)
+        return _make_stat(&info.st)
+
+    def lexists(self, path):
+        """True if path exists (a broken symlink counts).  Never raises OSError."""
+        cdef ovl_info info
+        return self._try_lookup(path, 0, &info) == 0
+
+    def exists(self, path):
+        """True if path exists after following symlinks.  Never raises OSError."""
+        cdef ovl_info info
+        return self._try_lookup(path, OVL_LOOKUP_FOLLOW, &info) == 0
+
+    def isdir(self, path):
+        """True if path is a directory (symlinks followed)."""
+        cdef ovl_info info
+        return (self._try_lookup(path, OVL_LOOKUP_FOLLOW, &info) == 0 and
+                _stat.S_ISDIR(info.st.st_mode))
+
+    def isfile(self, path):
+        """True if path is a regular file (symlinks followed)."""
+        cdef ovl_info info
+        return (self._try_lookup(path, OVL_LOOKUP_FOLLOW, &info) == 0 and
+                _stat.S_ISREG(info.st.st_mode))
+
+    def islink(self, path):
+        """True if path is a symlink."""
+        cdef ovl_info info
+        return (self._try_lookup(path, 0, &info) == 0 and
+                _stat.S_ISLNK(info.st.st_mode))
+
+    def layer_of(self, path):
+        """Index of the layer that supplies path (0 = upper, 1..N lowers,
+        N+1.. data layers); a final symlink is not followed."""
+        cdef ovl_info info
+        self._lookup(path, 0, &info)
+        return info.layer
+
+    def resolve(self, path, *, follow_symlinks=False, data=False):
+        """Host path of the entry that wins for path, or None if path does
+        not exist.  The last component is not followed unless
+        follow_symlinks; with data=True a metacopy file gives the file that
+        holds its data.  Cost: warm, no syscall and one string."""
+        cdef _CPath h = _CPath.__new__(_CPath)
+        cdef const char *p = _cpath(path, h)
+        cdef ovl_stack *s = self._get()
+        cdef char buf[8192]
+        cdef char *big
+        cdef long n
+        cdef unsigned flags = OVL_LOOKUP_FOLLOW if follow_symlinks else 0
+        cdef int want = 1 if data else 0
+        n = ovl_realpath(s, p, flags | OVL_LOOKUP_CACHED, want, buf, sizeof(buf), NULL)
+        if n == -EAGAIN:
+            self._enter()
+            with nogil:
+                n = ovl_realpath(s, p, flags, want, buf, sizeof(buf), NULL)
+            self._leave()
+        if n == -ERANGE:
+            big = <char *>PyMem_Malloc(65536)
+            if big == NULL:
+                raise MemoryError()
+            try:
+                with nogil:
+                    n = ovl_realpath(s, p, flags, want, big, 65536, NULL)
+                if n >= 0:
+                    return _out(big, n, h.is_bytes)
+            finally:
+                PyMem_Free(big)
+        if n >= 0:
+            return _out(buf, n, h.is_bytes)
+        if n == -ENOENT or n == -ENOTDIR:
+            return None
+        raise _oserror(n, path)
+
+    def readlink(self, path):
+        """Target of the symlink at path, as stored in its layer."""
+        cdef _CPath h = _CPath.__new__(_CPath)
+        cdef const char *p = _cpath(path, h)
+        cdef ovl_stack *s = self._get()
+        cdef char buf[4096]
+        cdef long n
+        self._enter()
+        with nogil:
+            n = ovl_readlink(s, p, buf, sizeof(buf))
+        self._leave()
+        if n < 0:
+            raise _oserror(n, path)
+        return _out(buf, n, h.is_bytes)
+
+    def open(self, path, mode="rb", buffering=-1, encoding=None, errors=None,
+             newline=None):
+        """Open the file that wins for path, read-only, like io.open.
+
+        The data of a metacopy file is read from the layer holding it.  Any
+        write mode raises OSError(EROFS).  Cost: the lookup, then one
+        contained openat2 in the layer.
+        """
+        if any(c in mode for c in "wax+"):
+            raise OSError(EROFS, "read-only stack: writing needs copy-up", path)
+        fd = self.os_open(path, O_RDONLY | O_CLOEXEC)
+        try:
+            return io.open(fd, mode, buffering, encoding, errors, newline, closefd=True)
+        except BaseException:
+            os.close(fd)
+            raise
+
+    def os_open(self, path, int flags=O_RDONLY):
+        """Open path like os.open (read-only flags only) and return the fd."""
+        cdef _CPath h = _CPath.__new__(_CPath)
+        cdef const char *p = _cpath(path, h)
+        cdef ovl_stack *s = self._get()
+        cdef int fd
+        self._enter()
+        with nogil:
+            fd = ovl_open(s, p, flags)
+        self._leave()
+        if fd < 0:
+            raise _oserror(fd, path)
+        return fd
+
+    # -- listings ---------------------------------------------------------
+
+    cdef ovl_dirlist *_listdir(self, object path, _CPath h) except NULL:
+        cdef const char *p = _cpath(path, h)
+        cdef ovl_stack *s = self._get()
+        cdef ovl_dirlist *l = NULL
+        cdef int rc = ovl_listdir(s, p, OVL_LOOKUP_CACHED, &l)
+        if rc == -EAGAIN:
+            self._enter()
+            with nogil:
+                rc = ovl_listdir(s, p, 0, &l)
+            self._leave()
+        if rc < 0:
+            raise _oserror(rc, path)
+        return l
+
+    def listdir(self, path=""):
+        """Merged names in path (symlinks followed), in the kernel's readdir
+        order, without '.' and '..' and without whiteouts.
+
+        Cost: warm, a copy of a cached list (the names are kept as Python
+        objects until the cache generation changes)."""
+        cdef _CPath h
+        cdef ovl_dirlist *l
+        cdef Py_ssize_t i
+        cdef list names
+        cdef uint64_t gen
+        cdef ovl_stack *s = self._get()
+        gen = ovl_cache_generation(s)
+        if self._listings_gen != gen:
+            self._listings = {}
+            self._listings_gen = gen
+        elif self._cache:
+            cached = self._listings.get(path)
+            if cached is not None and type(path) in (str, bytes):
+                return list(<tuple>cached)
+        h = _CPath.__new__(_CPath)
+        l = self._listdir(path, h)
+        try:
+            names = [_out(l.ents[i].name, l.ents[i].namelen, h.is_bytes)
+                     for i in range(<Py_ssize_t>l.n)]
+            gen = l.generation
+        finally:
+            ovl_dirlist_free(l)
+        if self._cache and type(path) in (str, bytes) and gen == self._listings_gen:
+            if len(self._listings) >= 4096:
+                self._listings.pop(next(iter(self._listings)))
+            self._listings[path] = tuple(names)
+        return names
+
+    def scandir(self, path=""):
+        """Iterator of Entry objects for the merged directory path, like
+        os.scandir.  Entries carry the type, inode and layer the listing
+        found; stat() is read lazily and cached per entry."""
+        cdef _CPath h = _CPath.__new__(_CPath)
+        cdef ovl_dirlist *l = self._listdir(path, h)
+        cdef Py_ssize_t i
+        cdef Entry e
+        cdef list entries = []
+        dirpath = os.fspath(path)
+        try:
+            for i in range(<Py_ssize_t>l.n):
+                e = Entry.__new__(Entry)
+                e._stack = self
+                e.name = _out(l.ents[i].name, l.ents[i].namelen, h.is_bytes)
+                e._dir = dirpath
+                e._d_type = l.ents[i].d_type
+                e._ino = l.ents[i].ino
+                e.layer = l.ents[i].layer
+                entries.append(e)
+        finally:
+            ovl_dirlist_free(l)
+        it = ScandirIterator.__new__(ScandirIterator)
+        (<ScandirIterator>it)._entries = entries
+        return it
+
+    def walk(self, top="", topdown=True, onerror=None, followlinks=False):
+        """Directory tree generator over union paths, like os.walk.
+
+        Yields (dirpath, dirnames, filenames); with topdown, dirnames may be
+        pruned in place.  Symlinks to directories are listed in dirnames but
+        only entered with followlinks."""
+        stack = [top]
+        sep = b"/" if isinstance(os.fspath(top), bytes) else "/"
+        while stack:
+            top = stack.pop()
+            if isinstance(top, tuple):
+                yield top
+                continue
+            try:
+                entries = list(self.scandir(top))
+            except OSError as err:
+                if onerror is not None:
+                    onerror(err)
+                continue
+            dirs = []
+            nondirs = []
+            walk_into = []
+            for entry in entries:
+                try:
+                    is_dir = entry.is_dir()
+                except OSError:
+                    is_dir = False
+                if is_dir:
+                    dirs.append(entry.name)
+                    if not topdown:
+                        if followlinks or not entry.is_symlink():
+                            walk_into.append(entry.path)
+                else:
+                    nondirs.append(entry.name)
+            if topdown:
+                yield top, dirs, nondirs
+                for d in reversed(dirs):
+                    new = (top + sep + d) if top and top != sep else d
+                    if followlinks or not self.islink(new):
+                        stack.append(new)
+            else:
+                stack.append((top, dirs, nondirs))
+                for new in reversed(walk_into):
+                    stack.append(new)
+
+    # -- xattrs ----------------------------------------------------------
+
+    def getxattr(self, path, attribute, *, follow_symlinks=True):
+        """Value of an xattr as the overlay shows it (the stack's private
+        <ns>.overlay.* names are not visible; escaped ones are)."""
+        cdef _CPath h = _CPath.__new__(_CPath)
+        cdef _CPath ha = _CPath.__new__(_CPath)
+        cdef const char *p = _cpath(path, h)
+        cdef const char *a = _cpath(attribute, ha)
+        cdef ovl_stack *s = self._get()
+        cdef unsigned flags = OVL_LOOKUP_FOLLOW if follow_symlinks else 0
+        cdef long n
+        cdef char *buf
+        cdef size_t size
+        self._enter()
+        try:
+            with nogil:
+                n = ovl_getxattr(s, p, flags, a, NULL, 0)
+            if n < 0:
+                raise _oserror(n, path)
+            size = <size_t>n + 1
+            buf = <char *>PyMem_Malloc(size)
+            if buf == NULL:
+                raise MemoryError()
+            try:
+                with nogil:
+                    n = ovl_getxattr(s, p, flags, a, buf, size)
+                if n < 0:
+                    raise _oserror(n, path)
+                return PyBytes_FromStringAndSize(buf, n)
+            finally:
+                PyMem_Free(buf)
+        finally:
+            self._leave()
+
+    def listxattr(self, path="", *, follow_symlinks=True):
+        """Names of the xattrs the overlay shows for path (str)."""
+        cdef _CPath h = _CPath.__new__(_CPath)
+        cdef const char *p = _cpath(path, h)
+        cdef ovl_stack *s = self._get()
+        cdef unsigned flags = OVL_LOOKUP_FOLLOW if follow_symlinks else 0
+        cdef long n
+        cdef char *buf
+        self._enter()
+        try:
+            with nogil:
+                n = ovl_listxattr(s, p, flags, NULL, 0)
+            if n < 0:
+                raise _oserror(n, path)
+            buf = <char *>PyMem_Malloc(<size_t>n + 1)
+            if buf == NULL:
+                raise MemoryError()
+            try:
+                with nogil:
+                    n = ovl_listxattr(s, p, flags, buf, <size_t>n + 1)
+                if n < 0:
+                    raise _oserror(n, path)
+                raw = PyBytes_FromStringAndSize(buf, n)
+            finally:
+                PyMem_Free(buf)
+        finally:
+            self._leave()
+        return [os.fsdecode(x) for x in raw.split(b"\0") if x]
+
+    # -- cache -------------------------------------------------------------
+
+    def invalidate(self, path=None):
+        """Forget what the cache holds about path (the directory holding it
+        and everything below), or everything with path=None.  Call it after
+        changing layers behind the Stack's back."""
+        cdef _CPath h
+        cdef const char *p = NULL
+        cdef ovl_stack *s = self._get()
+        if path is not None:
+            h = _CPath.__new__(_CPath)
+            p = _cpath(path, h)
+        self._enter()
+        with nogil:
+            ovl_invalidate(s, p)
+        self._leave()
+        self._listings = {}
+
+    def cache_info(self):
+        """CacheInfo(hits, misses, entries, dirs, bytes, max_bytes,
+        generation, flushes) of the C lookup cache."""
+        cdef ovl_cstats st
+        ovl_cache_stats(self._get(), &st)
+        return CacheInfo(st.hits, st.misses, st.entries, st.dirs, st.bytes,
+                         st.max_bytes, st.generation, st.flushes)
+
+
+cdef class ScandirIterator:
+    """Iterator returned by Stack.scandir; a context manager, like os.scandir's."""
+    cdef list _entries
+    cdef Py_ssize_t _pos
+
+    def __iter__(self):
+        return self
+
+    def __next__(self):
+        if self._entries is None or self._pos >= len(self._entries):
+            self._entries = None
+            raise StopIteration
+        e = self._entries[self._pos]
+        self._pos += 1
+        return e
+
+    def close(self):
+        """Stop the iteration.  Safe to call twice."""
+        self._entries = None
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    def __reduce__(self):
+        raise TypeError("cannot pickle 'ScandirIterator' objects")
+
+
+cdef class Entry:
+    """One entry of a merged directory, modelled on os.DirEntry.
+
+    name, path (the union path) and layer (the index of the layer that
+    supplies it) are attributes; is_dir/is_file/is_symlink use the type the
+    listing found and need no syscall unless a symlink must be followed;
+    stat() is read on first use and cached per entry.
+    """
+    cdef Stack _stack
+    cdef readonly object name
+    cdef readonly int layer
+    cdef object _dir
+    cdef object _path
+    cdef int _d_type
+    cdef uint64_t _ino
+    cdef object _stat
+    cdef object _lstat
+
+    @property
+    def path(self):
+        """The union path of the entry: the scandir path joined with name."""
+        if self._path is None:
+            d = self._dir
+            if not d:
+                self._path = self.name
+            elif isinstance(d, bytes):
+                self._path = d + self.name if d.endswith(b"/") else d + b"/" + self.name
+            else:
+                self._path = d + self.name if d.endswith("/") else d + "/" + self.name
+        return self._path
+
+    def inode(self):
+        """Inode number the listing reported (d_ino of the supplying layer)."""
+        return self._ino
+
+    def is_symlink(self):
+        """True for a symlink; cached per entry, no syscall."""
+        return self._d_type == DT_LNK
+
+    def is_dir(self, *, follow_symlinks=True):
+        """True for a directory (or a symlink to one when following).  No
+        syscall unless a symlink is followed; False if that target is gone."""
+        if self._d_type == DT_LNK and follow_symlinks:
+            try:
+                return _stat.S_ISDIR(self.stat().st_mode)
+            except FileNotFoundError:
+                return False
+        return self._d_type == DT_DIR
+
+    def is_file(self, *, follow_symlinks=True):
+        """True for a regular file (or a symlink to one when following)."""
+        if self._d_type == DT_LNK and follow_symlinks:
+            try:
+                return _stat.S_ISREG(self.stat().st_mode)
+            except FileNotFoundError:
+                return False
+        return self._d_type == DT_REG
+
+    def stat(self, *, follow_symlinks=True):
+        """os.stat_result of the entry through the stack; cached per entry."""
+        if follow_symlinks and self._d_type == DT_LNK:
+            if self._stat is None:
+                self._stat = self._stack.stat(self.path)
+            return self._stat
+        if self._lstat is None:
+            self._lstat = self._stack.lstat(self.path)
+        return self._lstat
+
+    def __fspath__(self):
+        return self.path
+
+    def __repr__(self):
+        return f"<overlayfs.Entry {self.name!r} layer={self.layer}>"
+
+    def __reduce__(self):
+        raise TypeError("cannot pickle 'Entry' objects")
