@@ -20,33 +20,53 @@ struct ovl_arena_chunk {
 	_Alignas(8) char data[];
 };
 
-#define OVL_ARENA_MIN 2048
+#define OVL_ARENA_MIN 256
 #define OVL_ARENA_MAX (256u << 10)
 
-void *ovl_arena_alloc(struct ovl_arena *a, size_t size)
+/* Start a new chunk able to hold size bytes: exactly that much for a
+ * reservation, else half again the last chunk (so large directories take
+ * few chunks and small ones waste little). */
+static int arena_grow(struct ovl_arena *a, size_t size, bool exact)
 {
-	size = (size + 7) & ~(size_t)7;
-	if (!a->head || a->used + size > a->cap) {
-		/* Grow geometrically so large directories take few chunks. */
-		size_t cap = a->cap ? a->cap * 2 : OVL_ARENA_MIN;
-		struct ovl_arena_chunk *c;
+	size_t cap = size;
+	struct ovl_arena_chunk *c;
 
+	if (!exact) {
+		cap = a->cap ? a->cap + a->cap / 2 : OVL_ARENA_MIN;
 		if (cap > OVL_ARENA_MAX)
 			cap = OVL_ARENA_MAX;
 		if (cap < size)
 			cap = size;
-		c = malloc(sizeof(*c) + cap);
-		if (!c)
-			return NULL;
-		c->next = a->head;
-		c->size = cap;
-		a->head = c;
-		a->cap = cap;
-		a->used = 0;
-		a->bytes += sizeof(*c) + cap;
 	}
-	void *p = a->head->data + a->used;
+	c = malloc(sizeof(*c) + cap);
+	if (!c)
+		return -ENOMEM;
+	c->next = a->head;
+	c->size = cap;
+	a->head = c;
+	a->cap = cap;
+	a->used = 0;
+	a->bytes += sizeof(*c) + cap;
+	return 0;
+}
 
+/* Make sure the next size bytes of allocations fit in the current chunk,
+ * so a batch of known size costs no slack.  Return 0 or -ENOMEM. */
+int ovl_arena_reserve(struct ovl_arena *a, size_t size)
+{
+	if (a->head && a->used + size <= a->cap)
+		return 0;
+	return arena_grow(a, size, true);
+}
+
+void *ovl_arena_alloc(struct ovl_arena *a, size_t size)
+{
+	void *p;
+
+	size = (size + 7) & ~(size_t)7;
+	if ((!a->head || a->used + size > a->cap) && arena_grow(a, size, false))
+		return NULL;
+	p = a->head->data + a->used;
 	a->used += size;
 	return p;
 }
@@ -90,7 +110,7 @@ struct ovl_ent *ovl_dir_find(const struct ovl_dir *d, const char *name,
 
 static int table_grow(struct ovl_dir *d)
 {
-	uint32_t nsize = d->table ? (d->mask + 1) * 2 : 16;
+	uint32_t nsize = d->table ? (d->mask + 1) * 2 : 8;
 	struct ovl_ent **t = calloc(nsize, sizeof(*t));
 
 	if (!t)
@@ -133,7 +153,7 @@ struct ovl_ent *ovl_dir_insert(struct ovl_dir *d, const char *name, size_t len,
 	memset(e, 0, sizeof(*e));
 	e->hash = hash;
 	e->namelen = (uint16_t)len;
-	e->seq = d->nents;
+	e->ext = (void *)(uintptr_t)d->nents;	/* first-appearance number */
 	memcpy(e->name, name, len);
 	e->name[len] = '\0';
 	for (i = hash & d->mask; d->table[i]; i = (i + 1) & d->mask)
@@ -232,7 +252,7 @@ void ovl_dir_free(struct ovl_stack *s, struct ovl_dir *d)
 	for (uint32_t i = 0; d->table && i <= d->mask; i++) {
 		struct ovl_ent *e = d->table[i];
 
-		if (e && e->dtype == DT_DIR && e->ext)
+		if (d->built && e && e->dtype == DT_DIR && e->ext)
 			ovl_dir_free(s, e->ext);
 	}
 	ovl_fdcache_drop(s, d);
@@ -247,6 +267,7 @@ void ovl_dir_free(struct ovl_stack *s, struct ovl_dir *d)
 		if (d->stack[i].owned)
 			free((char *)d->stack[i].path);
 	free(d->stack);
+	free(d->wide);
 	free(d->table);
 	free(d->order);
 	free(d->occ);

@@ -15,8 +15,38 @@
 
 #include "ovl_internal.h"
 
-void ovl_kstat_from_stat(struct ovl_kstat *k, const struct stat *st)
+static int64_t to_ns(const struct timespec *ts, bool *wide)
 {
+	int64_t ns;
+
+	if (__builtin_mul_overflow((int64_t)ts->tv_sec, (int64_t)1000000000, &ns) ||
+	    __builtin_add_overflow(ns, (int64_t)ts->tv_nsec, &ns) || ns == OVL_TIME_WIDE) {
+		*wide = true;
+		return OVL_TIME_WIDE;
+	}
+	return ns;
+}
+
+static void from_ns(int64_t ns, const struct timespec *wide, struct timespec *out)
+{
+	if (ns == OVL_TIME_WIDE && wide) {
+		*out = *wide;
+		return;
+	}
+	out->tv_sec = ns / 1000000000;
+	out->tv_nsec = ns % 1000000000;
+	if (out->tv_nsec < 0) {
+		out->tv_nsec += 1000000000;
+		out->tv_sec--;
+	}
+}
+
+/* Fill k from st.  Return true if a time does not fit in 64-bit
+ * nanoseconds: the caller keeps st_atim, st_mtim, st_ctim exactly. */
+bool ovl_kstat_from_stat(struct ovl_kstat *k, const struct stat *st)
+{
+	bool wide = false;
+
 	k->mode = st->st_mode;
 	k->nlink = (uint32_t)st->st_nlink;
 	k->uid = st->st_uid;
@@ -25,12 +55,10 @@ void ovl_kstat_from_stat(struct ovl_kstat *k, const struct stat *st)
 	k->rdev = (major(st->st_rdev) << 20) | (minor(st->st_rdev) & 0xfffff);
 	k->size = st->st_size;
 	k->blocks = st->st_blocks;
-	k->atime = st->st_atim.tv_sec;
-	k->atime_nsec = (uint32_t)st->st_atim.tv_nsec;
-	k->mtime = st->st_mtim.tv_sec;
-	k->mtime_nsec = (uint32_t)st->st_mtim.tv_nsec;
-	k->ctime = st->st_ctim.tv_sec;
-	k->ctime_nsec = (uint32_t)st->st_ctim.tv_nsec;
+	k->atime_ns = to_ns(&st->st_atim, &wide);
+	k->mtime_ns = to_ns(&st->st_mtim, &wide);
+	k->ctime_ns = to_ns(&st->st_ctim, &wide);
+	return wide;
 }
 
 static bool list_has(const char *list, long n, const char *name)
@@ -88,7 +116,7 @@ static int probe_data(const struct ovl_stack *s, int layer, const char *relpath,
  * by name, or by the file's redirect; data-only layers only by an absolute
  * redirect). */
 static int metacopy_data(struct ovl_stack *s, struct ovl_dir *d, struct ovl_ent *e,
-			 int pfd)
+			 int pfd, char **data_path, int *data_layer, int64_t *blocks)
 {
 	char redirect[PATH_MAX];
 	long rlen = ovl_at_getxattr(s, pfd, e->name, s->x_redirect, redirect,
@@ -139,19 +167,9 @@ static int metacopy_data(struct ovl_stack *s, struct ovl_dir *d, struct ovl_ent 
 		return -EIO;	/* "metacopy with no lower data found" */
 	if (!found)
 		return -ENOMEM;
-	size_t len = strlen(found);
-	struct ovl_mcdata *mc = ovl_arena_alloc(&d->arena, sizeof(*mc) + len + 1);
-
-	if (!mc) {
-		free(found);
-		return -ENOMEM;
-	}
-	mc->blocks = st.st_blocks;
-	mc->layer = (uint16_t)found_layer;
-	memcpy(mc->path, found, len + 1);
-	free(found);
-	e->ext = mc;
-	e->flags |= OVL_E_METACOPY;
+	*data_path = found;
+	*data_layer = found_layer;
+	*blocks = st.st_blocks;
 	return 0;
 }
 
@@ -162,9 +180,15 @@ int ovl_ent_fill(struct ovl_walk *w, struct ovl_dir *d, struct ovl_ent *e)
 {
 	struct ovl_stack *s = w->s;
 	const struct ovl_layer *l = &s->layers[d->stack[e->top].layer];
-	struct ovl_kstat *ks;
+	char target[PATH_MAX], *data_path = NULL;
+	size_t extra = 0, wide_len;
+	int64_t data_blocks = 0;
+	int pfd, err, data_layer = 0;
+	bool wide, metacopy = false;
+	struct ovl_fill *f;
+	struct ovl_kstat ks;
 	struct stat st;
-	int pfd, err;
+	void *x;
 
 	pfd = ovl_fdcache_get(s, d, e->top);
 	if (pfd < 0)
@@ -173,54 +197,86 @@ int ovl_ent_fill(struct ovl_walk *w, struct ovl_dir *d, struct ovl_ent *e)
 		return -errno;
 	if (st.st_dev != l->dev)
 		return -EXDEV;	/* a mount point inside the layer */
-	e->dtype = (uint8_t)IFTODT(st.st_mode);
+	if (IFTODT(st.st_mode) != e->dtype)
+		return -ESTALE;	/* replaced behind our back: invalidate() */
 	if (S_ISREG(st.st_mode) && ovl_kernel_wh(s)) {
 		char *list;
 		long n = ovl_at_listxattr(s, pfd, e->name, &list);
-		bool wh, mc;
+		bool wh;
 
 		if (n < 0 && n != -EOPNOTSUPP)
 			return (int)n;
 		wh = n > 0 && list_has(list, n, s->x_whiteout);
-		mc = n > 0 && list_has(list, n, s->x_metacopy);
+		metacopy = n > 0 && list_has(list, n, s->x_metacopy);
 		free(list);
 		if (wh && st.st_size == 0) {
 			/* An xattr whiteout hides the name from every lookup. */
 			e->flags |= OVL_E_WHITEOUT | OVL_E_STOPPED;
 			return -ENOENT;
 		}
-		if (mc) {
+		if (metacopy) {
 			if (!(s->cfg & OVL_CFG_METACOPY) && !s->ndata)
 				return -EPERM;	/* "refusing to follow metacopy origin" */
-			err = metacopy_data(s, d, e, pfd);
+			err = metacopy_data(s, d, e, pfd, &data_path, &data_layer,
+					    &data_blocks);
 			if (err)
 				return err;
+			extra = sizeof(struct ovl_mcdata) + strlen(data_path) + 1;
 		}
 	} else if (S_ISLNK(st.st_mode)) {
-		char buf[PATH_MAX];
-		ssize_t n = readlinkat(pfd, e->name, buf, sizeof(buf));
-		char *target;
+		ssize_t n = readlinkat(pfd, e->name, target, sizeof(target));
 
 		if (n < 0)
 			return -errno;
-		if ((size_t)n >= sizeof(buf))
+		if ((size_t)n >= sizeof(target))
 			return -ENAMETOOLONG;
-		target = ovl_arena_alloc(&d->arena, (size_t)n + 1);
-		if (!target)
-			return -ENOMEM;
-		memcpy(target, buf, (size_t)n);
 		target[n] = '\0';
-		e->ext = target;
+		extra = (size_t)n + 1;
 	}
-	ks = ovl_arena_alloc(&d->arena, sizeof(*ks));
-	if (!ks)
+	wide = ovl_kstat_from_stat(&ks, &st);
+	wide_len = wide ? 3 * sizeof(struct timespec) : 0;
+	f = ovl_arena_alloc(&d->arena, sizeof(*f) + wide_len + extra);
+	if (!f) {
+		free(data_path);
 		return -ENOMEM;
-	ovl_kstat_from_stat(ks, &st);
+	}
+	f->st = ks;
+	if (wide) {
+		struct timespec *t = (struct timespec *)f->tail;
+
+		t[0] = st.st_atim;
+		t[1] = st.st_mtim;
+		t[2] = st.st_ctim;
+		e->flags |= OVL_E_WIDETIME;
+	}
+	x = ovl_fill_extra(f, e);
+	if (metacopy) {
+		struct ovl_mcdata *mc = x;
+
+		mc->blocks = data_blocks;
+		mc->layer = (uint16_t)data_layer;
+		strcpy(mc->path, data_path);
+		free(data_path);
+		e->flags |= OVL_E_METACOPY;
+	} else if (S_ISLNK(st.st_mode)) {
+		memcpy(x, target, extra);
+	}
 	e->ino = st.st_ino;
-	e->st = ks;
+	e->ext = f;
 	e->flags |= OVL_E_FILLED;
 	ovl_dir_account(s, d);
 	return 0;
+}
+
+/* A filled symlink's target. */
+const char *ovl_ent_target(const struct ovl_ent *e)
+{
+	return ovl_fill_extra(e->ext, e);
+}
+
+static const struct ovl_mcdata *ent_mcdata(const struct ovl_ent *e)
+{
+	return ovl_fill_extra(e->ext, e);
 }
 
 /* The layer and layer-relative path of entry e held by d. */
@@ -255,12 +311,21 @@ static int lookup_op(struct ovl_walk *w, void *arg)
 	struct ovl_stack *s = w->s;
 	const struct ovl_ent *e = w->ent;
 	const struct ovl_kstat *k;
+	const struct timespec *wide;
 	struct ovl_dir *node;
 	int err = settle(w, &node);
 
 	if (err)
 		return err;
-	k = e->st;
+	if (node) {
+		k = &node->st;
+		wide = node->wide;
+	} else {
+		struct ovl_fill *f = e->ext;
+
+		k = &f->st;
+		wide = (e->flags & OVL_E_WIDETIME) ? (const struct timespec *)f->tail : NULL;
+	}
 	memset(info, 0, sizeof(*info));
 	info->layer = e == s->root_ent ? s->root->stack[0].layer :
 		      w->dir->stack[e->top].layer;
@@ -275,12 +340,9 @@ static int lookup_op(struct ovl_walk *w, void *arg)
 	info->st.st_size = k->size;
 	info->st.st_blksize = k->blksize;
 	info->st.st_blocks = k->blocks;
-	info->st.st_atim.tv_sec = k->atime;
-	info->st.st_atim.tv_nsec = k->atime_nsec;
-	info->st.st_mtim.tv_sec = k->mtime;
-	info->st.st_mtim.tv_nsec = k->mtime_nsec;
-	info->st.st_ctim.tv_sec = k->ctime;
-	info->st.st_ctim.tv_nsec = k->ctime_nsec;
+	from_ns(k->atime_ns, wide ? &wide[0] : NULL, &info->st.st_atim);
+	from_ns(k->mtime_ns, wide ? &wide[1] : NULL, &info->st.st_mtim);
+	from_ns(k->ctime_ns, wide ? &wide[2] : NULL, &info->st.st_ctim);
 	if (node) {
 		if (node->nstack > 1) {
 			/* inode.c:ovl_getattr: merged dirs report one link and,
@@ -293,7 +355,7 @@ static int lookup_op(struct ovl_walk *w, void *arg)
 		if (node->opaque)
 			info->flags |= OVL_INFO_OPAQUE;
 	} else if (e->flags & OVL_E_METACOPY) {
-		const struct ovl_mcdata *mc = e->ext;
+		const struct ovl_mcdata *mc = ent_mcdata(e);
 
 		info->flags |= OVL_INFO_METACOPY;
 		info->data_layer = mc->layer;
@@ -334,7 +396,7 @@ static int realpath_op(struct ovl_walk *w, void *arg)
 			return err;
 	}
 	if (a->want_data && (e->flags & OVL_E_METACOPY)) {
-		const struct ovl_mcdata *mc = e->ext;
+		const struct ovl_mcdata *mc = ent_mcdata(e);
 
 		a->layer = mc->layer;
 		rel = strdup(mc->path);
@@ -391,10 +453,10 @@ static int readlink_op(struct ovl_walk *w, void *arg)
 
 	if (e->dtype != DT_LNK)
 		return -EINVAL;
-	n = strlen(e->ext);
+	n = strlen(ovl_ent_target(e));
 	if (n > a->size)
 		n = a->size;
-	memcpy(a->buf, e->ext, n);
+	memcpy(a->buf, ovl_ent_target(e), n);
 	a->len = (long)n;
 	return 0;
 }
@@ -423,7 +485,7 @@ static int open_op(struct ovl_walk *w, void *arg)
 	if (e->dtype == DT_DIR)
 		return -EISDIR;
 	if (e->flags & OVL_E_METACOPY) {
-		const struct ovl_mcdata *mc = e->ext;
+		const struct ovl_mcdata *mc = ent_mcdata(e);
 
 		layer = mc->layer;
 		rel = strdup(mc->path);

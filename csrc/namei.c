@@ -135,18 +135,24 @@ static int redirect_to(struct cand_iter *it, const char *r, int layer,
 	return 0;
 }
 
-static void fill_dir_stat(struct ovl_dir *d, struct ovl_kstat *ks, int fd,
-			  struct ovl_ent *e, int *err)
+/* The directory's own metadata, from its top-most layer. */
+static int fill_dir_stat(struct ovl_dir *d, int fd, struct ovl_ent *e)
 {
 	struct stat st;
 
-	if (fstat(fd, &st) < 0) {
-		*err = -errno;
-		return;
+	if (fstat(fd, &st) < 0)
+		return -errno;
+	if (ovl_kstat_from_stat(&d->st, &st)) {
+		d->wide = malloc(3 * sizeof(*d->wide));
+		if (!d->wide)
+			return -ENOMEM;
+		d->wide[0] = st.st_atim;
+		d->wide[1] = st.st_mtim;
+		d->wide[2] = st.st_ctim;
 	}
-	ovl_kstat_from_stat(ks, &st);
 	e->ino = st.st_ino;
 	d->origin_ino = st.st_ino;
+	return 0;
 }
 
 /* Build the directory node for entry e of p (p NULL: the root). */
@@ -156,7 +162,6 @@ static int materialize(struct ovl_stack *s, struct ovl_dir *p, struct ovl_ent *e
 	struct ovl_dir *d = ovl_dir_new(s, p, e);
 	struct cand_iter it = { .mode = BY_OCC };
 	uint32_t cap = 0;
-	struct ovl_kstat *ks = NULL;
 	bool is_root = !p, have_origin = false;
 	int err, layer;
 	char *path;
@@ -166,11 +171,6 @@ static int materialize(struct ovl_stack *s, struct ovl_dir *p, struct ovl_ent *e
 	err = ovl_build_begin(d);
 	if (err)
 		goto fail;
-	ks = ovl_arena_alloc(&d->arena, sizeof(*ks));
-	if (!ks) {
-		err = -ENOMEM;
-		goto fail;
-	}
 	for (int root_i = 0;;) {
 		char opaque = 0, *redirect = NULL;
 		bool oci_opq = false, stop = false;
@@ -205,7 +205,7 @@ static int materialize(struct ovl_stack *s, struct ovl_dir *p, struct ovl_ent *e
 		}
 		err = 0;
 		if (d->nstack == 0)
-			fill_dir_stat(d, ks, fd, is_root ? s->root_ent : e, &err);
+			err = fill_dir_stat(d, fd, is_root ? s->root_ent : e);
 		else if (layer != 0 && !have_origin && s->samefs) {
 			struct stat st;
 
@@ -259,11 +259,15 @@ static int materialize(struct ovl_stack *s, struct ovl_dir *p, struct ovl_ent *e
 	ovl_build_end(d);
 	free(it.name);
 	free(it.apath);
-	e = is_root ? s->root_ent : e;
-	if (!e->st) {
-		e->st = ks;
-		e->flags |= OVL_E_FILLED;
+	if (d->nstack < cap) {
+		struct ovl_dlayer *fit = realloc(d->stack, d->nstack * sizeof(*fit));
+
+		if (fit) {
+			d->bytes -= (cap - d->nstack) * sizeof(*fit);
+			d->stack = fit;
+		}
 	}
+	e = is_root ? s->root_ent : e;
 	e->ext = d;
 	if (is_root)
 		s->root = d;
@@ -354,7 +358,7 @@ int ovl_walk_path(struct ovl_walk *w, const char *path, unsigned flags)
 				goto out;
 		}
 		if (e->dtype == DT_LNK && (!last || slash_after || (flags & OVL_LOOKUP_FOLLOW))) {
-			const char *target = e->ext;
+			const char *target = ovl_ent_target(e);
 			size_t tlen = strlen(target), qlen = strlen(q);
 			char *nb;
 

@@ -33,26 +33,32 @@ struct ovl_layer {
 	dev_t dev;
 };
 
-/* Compact stat kept per looked-up name (80 bytes). */
+/* Compact stat kept per looked-up name (64 bytes).  Times are nanoseconds
+ * since the epoch; a time outside what 64 bits of nanoseconds can hold
+ * (before 1678 or after 2262) is marked OVL_TIME_WIDE and kept exactly in
+ * a struct timespec[3] beside it (see ovl_fill and ovl_dir.wide). */
 struct ovl_kstat {
-	uint32_t mode, nlink, uid, gid, blksize, rdev;	/* rdev: major << 20 | minor */
-	uint32_t atime_nsec, mtime_nsec, ctime_nsec;
-	int64_t size, blocks, atime, mtime, ctime;
+	uint32_t mode, nlink, uid, gid, rdev, blksize;	/* rdev: major << 20 | minor */
+	int64_t size, blocks;
+	int64_t atime_ns, mtime_ns, ctime_ns;
 };
+
+#define OVL_TIME_WIDE INT64_MIN
 
 /* ovl_ent.flags */
 #define OVL_E_WHITEOUT	0x01	/* top-most occurrence hides the name */
 #define OVL_E_STOPPED	0x02	/* no further layers can contribute */
-#define OVL_E_FILLED	0x04	/* st (and for symlinks the target) is valid */
-#define OVL_E_METACOPY	0x08	/* ext points to a struct ovl_mcdata */
+#define OVL_E_FILLED	0x04	/* a non-directory's ext is its struct ovl_fill */
+#define OVL_E_METACOPY	0x08	/* the fill's extra is a struct ovl_mcdata */
+#define OVL_E_WIDETIME	0x10	/* the fill starts its tail with timespec[3] */
 
-/* One name in a merged directory's index. */
+/* One name in a merged directory's index (32 bytes and the name). */
 struct ovl_ent {
 	uint64_t ino;		/* d_ino of the top-most occurrence */
-	void *ext;		/* dir: struct ovl_dir*; symlink: target; metacopy data */
-	struct ovl_kstat *st;	/* lazily: metadata of the top-most occurrence */
+	void *ext;		/* while building: the first-appearance number;
+				   a directory: its struct ovl_dir (once built);
+				   a filled non-directory: its struct ovl_fill */
 	uint32_t hash;
-	uint32_t seq;		/* first-appearance order while building */
 	uint32_t occ;		/* offset of further dir occurrences in dir->occ */
 	uint16_t top;		/* index into the parent's stack */
 	uint16_t nocc;
@@ -62,12 +68,24 @@ struct ovl_ent {
 	char name[];
 };
 
+/* Metadata of a looked-up non-directory, then (after the wide times, if
+ * any) a symlink's target or a metacopy file's struct ovl_mcdata. */
+struct ovl_fill {
+	struct ovl_kstat st;
+	_Alignas(8) char tail[];
+};
+
 /* Data location of a metacopy file. */
 struct ovl_mcdata {
 	int64_t blocks;
 	uint16_t layer;
 	char path[];		/* relative to the layer root */
 };
+
+static inline void *ovl_fill_extra(struct ovl_fill *f, const struct ovl_ent *e)
+{
+	return f->tail + ((e->flags & OVL_E_WIDETIME) ? 3 * sizeof(struct timespec) : 0);
+}
 
 /* One layer of a directory's merge stack. */
 struct ovl_dlayer {
@@ -100,7 +118,10 @@ struct ovl_dir {
 	uint16_t *occ;		/* further dir occurrences of entries (stack indices) */
 	uint32_t nocc, occcap;
 	uint64_t origin_ino;	/* st_ino the overlay reports for a merged dir */
+	struct ovl_kstat st;	/* the top-most layer's metadata */
+	struct timespec *wide;	/* exact times when st has OVL_TIME_WIDE */
 	bool opaque;
+	bool built;		/* index complete; entries' ext are pointers */
 	struct ovl_arena arena;
 	size_t bytes;		/* memory besides the arena */
 	struct ovl_build *build;	/* scratch while the index is built */
@@ -182,6 +203,7 @@ char *ovl_path_join(const char *a, size_t alen, const char *b, size_t blen);
 
 /* cache.c */
 void *ovl_arena_alloc(struct ovl_arena *a, size_t size);
+int ovl_arena_reserve(struct ovl_arena *a, size_t size);
 void ovl_arena_free(struct ovl_arena *a);
 uint32_t ovl_name_hash(const char *name, size_t len);
 struct ovl_ent *ovl_dir_find(const struct ovl_dir *d, const char *name,
@@ -225,7 +247,8 @@ int ovl_run(struct ovl_stack *s, const char *path, unsigned flags,
 
 /* inode.c */
 int ovl_ent_fill(struct ovl_walk *w, struct ovl_dir *d, struct ovl_ent *e);
-void ovl_kstat_from_stat(struct ovl_kstat *k, const struct stat *st);
+bool ovl_kstat_from_stat(struct ovl_kstat *k, const struct stat *st);
+const char *ovl_ent_target(const struct ovl_ent *e);
 int ovl_ent_relpath(const struct ovl_stack *s, const struct ovl_dir *d,
 		    const struct ovl_ent *e, int *layer, char **out);
 

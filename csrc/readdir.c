@@ -33,6 +33,13 @@ struct ovl_build {
 	uint32_t cap;
 };
 
+/* While a directory is built, an entry's ext holds its first-appearance
+ * number. */
+static inline uint32_t ovl_ent_seq(const struct ovl_ent *e)
+{
+	return (uint32_t)(uintptr_t)e->ext;
+}
+
 static int build_reserve(struct ovl_dir *d, uint32_t n)
 {
 	struct ovl_build *b = d->build;
@@ -130,8 +137,8 @@ static int merge_name(struct ovl_dir *d, uint16_t si, uint32_t pos,
 			e->flags |= OVL_E_STOPPED;
 		}
 	}
-	d->build->last[e->seq] = si;
-	d->build->pos[e->seq] = pos;
+	d->build->last[ovl_ent_seq(e)] = si;
+	d->build->pos[ovl_ent_seq(e)] = pos;
 	return 0;
 }
 
@@ -187,6 +194,18 @@ int ovl_index_layer(struct ovl_stack *s, struct ovl_dir *d, uint32_t si,
 			return -errno;
 		if (n == 0)
 			break;
+		/* One chunk for this batch's new names: no slack for the
+		 * common one-batch directory. */
+		size_t need = 0;
+
+		for (ssize_t off = 0; off < n;) {
+			struct dirent64 *de = (struct dirent64 *)(buf + off);
+
+			need += (sizeof(struct ovl_ent) + strlen(de->d_name) + 1 + 7) & ~(size_t)7;
+			off += de->d_reclen;
+		}
+		if (si == 0 && ovl_arena_reserve(&d->arena, need))
+			return -ENOMEM;
 		for (ssize_t off = 0; off < n;) {
 			struct dirent64 *de = (struct dirent64 *)(buf + off);
 			const char *name = de->d_name;
@@ -235,11 +254,13 @@ int ovl_index_finish(struct ovl_dir *d)
 		struct ovl_ent *e = d->table[i];
 
 		if (e) {
-			byseq[e->seq] = e;
-			if (!(e->flags & OVL_E_WHITEOUT) && b->last[e->seq] == bottom &&
-			    e->dtype != DT_UNKNOWN)
-				nbottom = b->pos[e->seq] + 1 > nbottom ? b->pos[e->seq] + 1 :
-					  nbottom;
+			uint32_t seq = ovl_ent_seq(e);
+
+			byseq[seq] = e;
+			e->ext = NULL;
+			if (!(e->flags & OVL_E_WHITEOUT) && b->last[seq] == bottom &&
+			    b->pos[seq] + 1 > nbottom)
+				nbottom = b->pos[seq] + 1;
 		}
 	}
 	order = calloc(d->nents ? d->nents : 1, sizeof(*order));
@@ -270,9 +291,16 @@ int ovl_index_finish(struct ovl_dir *d)
 	}
 	free(byseq);
 	free(slots);
+	if (n < d->nents) {
+		struct ovl_ent **fit = realloc(order, (n ? n : 1) * sizeof(*order));
+
+		if (fit)
+			order = fit;
+	}
 	d->order = order;
 	d->norder = n;
-	d->bytes += (size_t)d->nents * sizeof(*order);
+	d->bytes += (size_t)n * sizeof(*order);
+	d->built = true;
 	return 0;
 }
 

@@ -595,7 +595,7 @@ cdef class Stack:
                 continue
             dirs = []
             nondirs = []
-            walk_into = []
+            links = set()
             for entry in entries:
                 try:
                     is_dir = entry.is_dir()
@@ -603,21 +603,24 @@ cdef class Stack:
                     is_dir = False
                 if is_dir:
                     dirs.append(entry.name)
-                    if not topdown:
-                        if followlinks or not entry.is_symlink():
-                            walk_into.append(entry.path)
+                    if entry.is_symlink():
+                        links.add(entry.name)
                 else:
                     nondirs.append(entry.name)
             if topdown:
+                listed = set(dirs)
                 yield top, dirs, nondirs
+                # dirs may have been edited in place: names we did not list
+                # are checked with a lookup, like os.walk does.
                 for d in reversed(dirs):
                     new = (top + sep + d) if top and top != sep else d
-                    if followlinks or not self.islink(new):
+                    if followlinks or not (d in links if d in listed else self.islink(new)):
                         stack.append(new)
             else:
                 stack.append((top, dirs, nondirs))
-                for new in reversed(walk_into):
-                    stack.append(new)
+                for d in reversed(dirs):
+                    if followlinks or d not in links:
+                        stack.append((top + sep + d) if top and top != sep else d)
 
     # -- xattrs ----------------------------------------------------------
 
