@@ -50,11 +50,17 @@ static int arena_grow(struct ovl_arena *a, size_t size, bool exact)
 	return 0;
 }
 
+/* Does the current chunk have size bytes free? */
+bool ovl_arena_room(const struct ovl_arena *a, size_t size)
+{
+	return a->head && a->used + size <= a->cap;
+}
+
 /* Make sure the next size bytes of allocations fit in the current chunk,
  * so a batch of known size costs no slack.  Return 0 or -ENOMEM. */
 int ovl_arena_reserve(struct ovl_arena *a, size_t size)
 {
-	if (a->head && a->used + size <= a->cap)
+	if (ovl_arena_room(a, size))
 		return 0;
 	return arena_grow(a, size, true);
 }
@@ -267,7 +273,7 @@ void ovl_dir_free(struct ovl_stack *s, struct ovl_dir *d)
 		if (d->stack[i].owned)
 			free((char *)d->stack[i].path);
 	free(d->stack);
-	free(d->wide);
+	free(d->fill);
 	free(d->table);
 	free(d->order);
 	free(d->occ);

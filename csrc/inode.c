@@ -15,50 +15,204 @@
 
 #include "ovl_internal.h"
 
-static int64_t to_ns(const struct timespec *ts, bool *wide)
-{
-	int64_t ns;
+/* Metadata encoding: a mask byte saying which fields differ from their
+ * usual value, then LEB128 varints; times are nanoseconds, atime and ctime
+ * as differences from mtime.  Times that do not fit in 64-bit nanoseconds
+ * are stored as seconds and nanoseconds instead. */
+enum {
+	M_NLINK = 0x01,		/* nlink != 1 */
+	M_UID = 0x02,		/* uid != 0 */
+	M_GID = 0x04,		/* gid != 0 */
+	M_RDEV = 0x08,		/* rdev != 0 */
+	M_BLKSIZE = 0x10,	/* blksize != 4096 */
+	M_ATIME = 0x20,		/* atime != mtime */
+	M_CTIME = 0x40,		/* ctime != mtime */
+	M_WIDE = 0x80,		/* times as (seconds, nanoseconds) */
+};
 
-	if (__builtin_mul_overflow((int64_t)ts->tv_sec, (int64_t)1000000000, &ns) ||
-	    __builtin_add_overflow(ns, (int64_t)ts->tv_nsec, &ns) || ns == OVL_TIME_WIDE) {
-		*wide = true;
-		return OVL_TIME_WIDE;
+static uint8_t *put_u(uint8_t *p, uint64_t v)
+{
+	while (v >= 0x80) {
+		*p++ = (uint8_t)(v | 0x80);
+		v >>= 7;
 	}
-	return ns;
+	*p++ = (uint8_t)v;
+	return p;
 }
 
-static void from_ns(int64_t ns, const struct timespec *wide, struct timespec *out)
+static uint8_t *put_s(uint8_t *p, int64_t v)
 {
-	if (ns == OVL_TIME_WIDE && wide) {
-		*out = *wide;
-		return;
+	return put_u(p, ((uint64_t)v << 1) ^ (uint64_t)(v >> 63));
+}
+
+static const uint8_t *get_u(const uint8_t *p, uint64_t *v)
+{
+	uint64_t r = 0;
+	unsigned shift = 0;
+
+	while (*p & 0x80) {
+		r |= (uint64_t)(*p++ & 0x7f) << shift;
+		shift += 7;
 	}
-	out->tv_sec = ns / 1000000000;
-	out->tv_nsec = ns % 1000000000;
-	if (out->tv_nsec < 0) {
-		out->tv_nsec += 1000000000;
-		out->tv_sec--;
+	*v = r | ((uint64_t)*p++ << shift);
+	return p;
+}
+
+static const uint8_t *get_s(const uint8_t *p, int64_t *v)
+{
+	uint64_t u;
+
+	p = get_u(p, &u);
+	*v = (int64_t)(u >> 1) ^ -(int64_t)(u & 1);
+	return p;
+}
+
+static bool to_ns(const struct timespec *ts, int64_t *ns)
+{
+	return !__builtin_mul_overflow((int64_t)ts->tv_sec, (int64_t)1000000000, ns) &&
+	       !__builtin_add_overflow(*ns, (int64_t)ts->tv_nsec, ns);
+}
+
+static void from_ns(int64_t ns, struct timespec *ts)
+{
+	ts->tv_sec = ns / 1000000000;
+	ts->tv_nsec = ns % 1000000000;
+	if (ts->tv_nsec < 0) {
+		ts->tv_nsec += 1000000000;
+		ts->tv_sec--;
 	}
 }
 
-/* Fill k from st.  Return true if a time does not fit in 64-bit
- * nanoseconds: the caller keeps st_atim, st_mtim, st_ctim exactly. */
-bool ovl_kstat_from_stat(struct ovl_kstat *k, const struct stat *st)
+static size_t stat_encode(const struct stat *st, uint8_t *out)
 {
-	bool wide = false;
+	int64_t a, m, c, da = 0, dc = 0;
+	uint8_t mask = 0, *p = out + 1;
+	bool narrow = to_ns(&st->st_atim, &a) && to_ns(&st->st_mtim, &m) &&
+		      to_ns(&st->st_ctim, &c) && !__builtin_sub_overflow(a, m, &da) &&
+		      !__builtin_sub_overflow(c, m, &dc);
 
-	k->mode = st->st_mode;
-	k->nlink = (uint32_t)st->st_nlink;
-	k->uid = st->st_uid;
-	k->gid = st->st_gid;
-	k->blksize = (uint32_t)st->st_blksize;
-	k->rdev = (major(st->st_rdev) << 20) | (minor(st->st_rdev) & 0xfffff);
-	k->size = st->st_size;
-	k->blocks = st->st_blocks;
-	k->atime_ns = to_ns(&st->st_atim, &wide);
-	k->mtime_ns = to_ns(&st->st_mtim, &wide);
-	k->ctime_ns = to_ns(&st->st_ctim, &wide);
-	return wide;
+	p = put_u(p, st->st_mode);
+	if (st->st_nlink != 1) {
+		mask |= M_NLINK;
+		p = put_u(p, st->st_nlink);
+	}
+	if (st->st_uid) {
+		mask |= M_UID;
+		p = put_u(p, st->st_uid);
+	}
+	if (st->st_gid) {
+		mask |= M_GID;
+		p = put_u(p, st->st_gid);
+	}
+	if (st->st_rdev) {
+		mask |= M_RDEV;
+		p = put_u(p, st->st_rdev);
+	}
+	if (st->st_blksize != 4096) {
+		mask |= M_BLKSIZE;
+		p = put_u(p, (uint64_t)st->st_blksize);
+	}
+	p = put_u(p, (uint64_t)st->st_size);
+	p = put_u(p, (uint64_t)st->st_blocks);
+	if (narrow) {
+		p = put_s(p, m);
+		if (da) {
+			mask |= M_ATIME;
+			p = put_s(p, da);
+		}
+		if (dc) {
+			mask |= M_CTIME;
+			p = put_s(p, dc);
+		}
+	} else {
+		mask |= M_WIDE;
+		p = put_s(p, st->st_atim.tv_sec);
+		p = put_u(p, (uint64_t)st->st_atim.tv_nsec);
+		p = put_s(p, st->st_mtim.tv_sec);
+		p = put_u(p, (uint64_t)st->st_mtim.tv_nsec);
+		p = put_s(p, st->st_ctim.tv_sec);
+		p = put_u(p, (uint64_t)st->st_ctim.tv_nsec);
+	}
+	out[0] = mask;
+	return (size_t)(p - out);
+}
+
+/* Store st (and room for extra bytes after it) in the arena, or with
+ * malloc when a is NULL. */
+struct ovl_fill *ovl_fill_new(struct ovl_arena *a, const struct stat *st, size_t extra)
+{
+	uint8_t buf[OVL_STAT_MAX];
+	size_t len = stat_encode(st, buf);
+	size_t off = (1 + len + 7) & ~(size_t)7;
+	struct ovl_fill *f = a ? ovl_arena_alloc(a, off + extra) : malloc(off + extra);
+
+	if (f) {
+		f->len = (uint8_t)len;
+		memcpy(f->data, buf, len);
+	}
+	return f;
+}
+
+/* Decode a fill's metadata into st (fields other than dev and ino). */
+void ovl_fill_stat(const struct ovl_fill *f, struct stat *st)
+{
+	const uint8_t *p = f->data + 1;
+	uint8_t mask = f->data[0];
+	uint64_t u;
+	int64_t m, d;
+
+	p = get_u(p, &u);
+	st->st_mode = (mode_t)u;
+	st->st_nlink = 1;
+	if (mask & M_NLINK) {
+		p = get_u(p, &u);
+		st->st_nlink = (nlink_t)u;
+	}
+	st->st_uid = 0;
+	if (mask & M_UID) {
+		p = get_u(p, &u);
+		st->st_uid = (uid_t)u;
+	}
+	st->st_gid = 0;
+	if (mask & M_GID) {
+		p = get_u(p, &u);
+		st->st_gid = (gid_t)u;
+	}
+	st->st_rdev = 0;
+	if (mask & M_RDEV) {
+		p = get_u(p, &u);
+		st->st_rdev = (dev_t)u;
+	}
+	st->st_blksize = 4096;
+	if (mask & M_BLKSIZE) {
+		p = get_u(p, &u);
+		st->st_blksize = (blksize_t)u;
+	}
+	p = get_u(p, &u);
+	st->st_size = (off_t)u;
+	p = get_u(p, &u);
+	st->st_blocks = (blkcnt_t)u;
+	if (!(mask & M_WIDE)) {
+		p = get_s(p, &m);
+		from_ns(m, &st->st_mtim);
+		d = 0;
+		if (mask & M_ATIME)
+			p = get_s(p, &d);
+		from_ns(m + d, &st->st_atim);
+		d = 0;
+		if (mask & M_CTIME)
+			p = get_s(p, &d);
+		from_ns(m + d, &st->st_ctim);
+	} else {
+		struct timespec *t[3] = { &st->st_atim, &st->st_mtim, &st->st_ctim };
+
+		for (int i = 0; i < 3; i++) {
+			p = get_s(p, &m);
+			t[i]->tv_sec = (time_t)m;
+			p = get_u(p, &u);
+			t[i]->tv_nsec = (long)u;
+		}
+	}
 }
 
 static bool list_has(const char *list, long n, const char *name)
@@ -181,12 +335,11 @@ int ovl_ent_fill(struct ovl_walk *w, struct ovl_dir *d, struct ovl_ent *e)
 	struct ovl_stack *s = w->s;
 	const struct ovl_layer *l = &s->layers[d->stack[e->top].layer];
 	char target[PATH_MAX], *data_path = NULL;
-	size_t extra = 0, wide_len;
+	size_t extra = 0;
 	int64_t data_blocks = 0;
 	int pfd, err, data_layer = 0;
-	bool wide, metacopy = false;
+	bool metacopy = false;
 	struct ovl_fill *f;
-	struct ovl_kstat ks;
 	struct stat st;
 	void *x;
 
@@ -233,23 +386,25 @@ int ovl_ent_fill(struct ovl_walk *w, struct ovl_dir *d, struct ovl_ent *e)
 		target[n] = '\0';
 		extra = (size_t)n + 1;
 	}
-	wide = ovl_kstat_from_stat(&ks, &st);
-	wide_len = wide ? 3 * sizeof(struct timespec) : 0;
-	f = ovl_arena_alloc(&d->arena, sizeof(*f) + wide_len + extra);
+	/* Room for the metadata of more names of this directory in one
+	 * chunk: as many as were filled so far (a walk fills them all), at
+	 * most the rest, at the size a typical encoding takes. */
+	if (!ovl_arena_room(&d->arena, OVL_STAT_MAX + extra)) {
+		uint32_t more = d->nfilled > 8 ? d->nfilled : 8;
+
+		if (more > d->nents - d->nfilled)
+			more = d->nents - d->nfilled;
+		if (ovl_arena_reserve(&d->arena, 40u * more + OVL_STAT_MAX + extra)) {
+			free(data_path);
+			return -ENOMEM;
+		}
+	}
+	f = ovl_fill_new(&d->arena, &st, extra);
 	if (!f) {
 		free(data_path);
 		return -ENOMEM;
 	}
-	f->st = ks;
-	if (wide) {
-		struct timespec *t = (struct timespec *)f->tail;
-
-		t[0] = st.st_atim;
-		t[1] = st.st_mtim;
-		t[2] = st.st_ctim;
-		e->flags |= OVL_E_WIDETIME;
-	}
-	x = ovl_fill_extra(f, e);
+	x = ovl_fill_extra(f);
 	if (metacopy) {
 		struct ovl_mcdata *mc = x;
 
@@ -264,6 +419,7 @@ int ovl_ent_fill(struct ovl_walk *w, struct ovl_dir *d, struct ovl_ent *e)
 	e->ino = st.st_ino;
 	e->ext = f;
 	e->flags |= OVL_E_FILLED;
+	d->nfilled++;
 	ovl_dir_account(s, d);
 	return 0;
 }
@@ -271,12 +427,12 @@ int ovl_ent_fill(struct ovl_walk *w, struct ovl_dir *d, struct ovl_ent *e)
 /* A filled symlink's target. */
 const char *ovl_ent_target(const struct ovl_ent *e)
 {
-	return ovl_fill_extra(e->ext, e);
+	return ovl_fill_extra(e->ext);
 }
 
 static const struct ovl_mcdata *ent_mcdata(const struct ovl_ent *e)
 {
-	return ovl_fill_extra(e->ext, e);
+	return ovl_fill_extra(e->ext);
 }
 
 /* The layer and layer-relative path of entry e held by d. */
@@ -310,39 +466,18 @@ static int lookup_op(struct ovl_walk *w, void *arg)
 	struct ovl_info *info = arg;
 	struct ovl_stack *s = w->s;
 	const struct ovl_ent *e = w->ent;
-	const struct ovl_kstat *k;
-	const struct timespec *wide;
 	struct ovl_dir *node;
 	int err = settle(w, &node);
 
 	if (err)
 		return err;
-	if (node) {
-		k = &node->st;
-		wide = node->wide;
-	} else {
-		struct ovl_fill *f = e->ext;
-
-		k = &f->st;
-		wide = (e->flags & OVL_E_WIDETIME) ? (const struct timespec *)f->tail : NULL;
-	}
 	memset(info, 0, sizeof(*info));
+	ovl_fill_stat(node ? node->fill : (const struct ovl_fill *)e->ext, &info->st);
 	info->layer = e == s->root_ent ? s->root->stack[0].layer :
 		      w->dir->stack[e->top].layer;
 	info->data_layer = info->layer;
 	info->st.st_dev = s->layers[info->layer].dev;
 	info->st.st_ino = e->ino;
-	info->st.st_mode = k->mode;
-	info->st.st_nlink = k->nlink;
-	info->st.st_uid = k->uid;
-	info->st.st_gid = k->gid;
-	info->st.st_rdev = makedev(k->rdev >> 20, k->rdev & 0xfffff);
-	info->st.st_size = k->size;
-	info->st.st_blksize = k->blksize;
-	info->st.st_blocks = k->blocks;
-	from_ns(k->atime_ns, wide ? &wide[0] : NULL, &info->st.st_atim);
-	from_ns(k->mtime_ns, wide ? &wide[1] : NULL, &info->st.st_mtim);
-	from_ns(k->ctime_ns, wide ? &wide[2] : NULL, &info->st.st_ctim);
 	if (node) {
 		if (node->nstack > 1) {
 			/* inode.c:ovl_getattr: merged dirs report one link and,

@@ -142,14 +142,10 @@ static int fill_dir_stat(struct ovl_dir *d, int fd, struct ovl_ent *e)
 
 	if (fstat(fd, &st) < 0)
 		return -errno;
-	if (ovl_kstat_from_stat(&d->st, &st)) {
-		d->wide = malloc(3 * sizeof(*d->wide));
-		if (!d->wide)
-			return -ENOMEM;
-		d->wide[0] = st.st_atim;
-		d->wide[1] = st.st_mtim;
-		d->wide[2] = st.st_ctim;
-	}
+	d->fill = ovl_fill_new(NULL, &st, 0);
+	if (!d->fill)
+		return -ENOMEM;
+	d->bytes += 1u + d->fill->len;
 	e->ino = st.st_ino;
 	d->origin_ino = st.st_ino;
 	return 0;

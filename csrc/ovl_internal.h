@@ -33,24 +33,11 @@ struct ovl_layer {
 	dev_t dev;
 };
 
-/* Compact stat kept per looked-up name (64 bytes).  Times are nanoseconds
- * since the epoch; a time outside what 64 bits of nanoseconds can hold
- * (before 1678 or after 2262) is marked OVL_TIME_WIDE and kept exactly in
- * a struct timespec[3] beside it (see ovl_fill and ovl_dir.wide). */
-struct ovl_kstat {
-	uint32_t mode, nlink, uid, gid, rdev, blksize;	/* rdev: major << 20 | minor */
-	int64_t size, blocks;
-	int64_t atime_ns, mtime_ns, ctime_ns;
-};
-
-#define OVL_TIME_WIDE INT64_MIN
-
 /* ovl_ent.flags */
 #define OVL_E_WHITEOUT	0x01	/* top-most occurrence hides the name */
 #define OVL_E_STOPPED	0x02	/* no further layers can contribute */
 #define OVL_E_FILLED	0x04	/* a non-directory's ext is its struct ovl_fill */
 #define OVL_E_METACOPY	0x08	/* the fill's extra is a struct ovl_mcdata */
-#define OVL_E_WIDETIME	0x10	/* the fill starts its tail with timespec[3] */
 
 /* One name in a merged directory's index (32 bytes and the name). */
 struct ovl_ent {
@@ -68,12 +55,20 @@ struct ovl_ent {
 	char name[];
 };
 
-/* Metadata of a looked-up non-directory, then (after the wide times, if
- * any) a symlink's target or a metacopy file's struct ovl_mcdata. */
+/* The metadata of a looked-up name, compactly encoded (inode.c:
+ * typically 25-35 bytes instead of a 144-byte struct stat), followed, at
+ * the next 8-byte boundary, by a symlink's target or a metacopy file's
+ * struct ovl_mcdata. */
+#define OVL_STAT_MAX 112
 struct ovl_fill {
-	struct ovl_kstat st;
-	_Alignas(8) char tail[];
+	uint8_t len;
+	uint8_t data[];
 };
+
+static inline void *ovl_fill_extra(struct ovl_fill *f)
+{
+	return (char *)f + ((1u + f->len + 7u) & ~7u);
+}
 
 /* Data location of a metacopy file. */
 struct ovl_mcdata {
@@ -81,11 +76,6 @@ struct ovl_mcdata {
 	uint16_t layer;
 	char path[];		/* relative to the layer root */
 };
-
-static inline void *ovl_fill_extra(struct ovl_fill *f, const struct ovl_ent *e)
-{
-	return f->tail + ((e->flags & OVL_E_WIDETIME) ? 3 * sizeof(struct timespec) : 0);
-}
 
 /* One layer of a directory's merge stack. */
 struct ovl_dlayer {
@@ -118,8 +108,7 @@ struct ovl_dir {
 	uint16_t *occ;		/* further dir occurrences of entries (stack indices) */
 	uint32_t nocc, occcap;
 	uint64_t origin_ino;	/* st_ino the overlay reports for a merged dir */
-	struct ovl_kstat st;	/* the top-most layer's metadata */
-	struct timespec *wide;	/* exact times when st has OVL_TIME_WIDE */
+	struct ovl_fill *fill;	/* the top-most layer's metadata */
 	bool opaque;
 	bool built;		/* index complete; entries' ext are pointers */
 	struct ovl_arena arena;
@@ -127,6 +116,7 @@ struct ovl_dir {
 	struct ovl_build *build;	/* scratch while the index is built */
 	size_t accounted;	/* bytes counted in the stack's total */
 	uint32_t counted_ents;	/* names counted in the stack's total */
+	uint32_t nfilled;	/* names whose metadata was read */
 	bool in_cache;		/* counted in the stack's totals */
 };
 
@@ -204,6 +194,7 @@ char *ovl_path_join(const char *a, size_t alen, const char *b, size_t blen);
 /* cache.c */
 void *ovl_arena_alloc(struct ovl_arena *a, size_t size);
 int ovl_arena_reserve(struct ovl_arena *a, size_t size);
+bool ovl_arena_room(const struct ovl_arena *a, size_t size);
 void ovl_arena_free(struct ovl_arena *a);
 uint32_t ovl_name_hash(const char *name, size_t len);
 struct ovl_ent *ovl_dir_find(const struct ovl_dir *d, const char *name,
@@ -247,7 +238,8 @@ int ovl_run(struct ovl_stack *s, const char *path, unsigned flags,
 
 /* inode.c */
 int ovl_ent_fill(struct ovl_walk *w, struct ovl_dir *d, struct ovl_ent *e);
-bool ovl_kstat_from_stat(struct ovl_kstat *k, const struct stat *st);
+struct ovl_fill *ovl_fill_new(struct ovl_arena *a, const struct stat *st, size_t extra);
+void ovl_fill_stat(const struct ovl_fill *f, struct stat *st);
 const char *ovl_ent_target(const struct ovl_ent *e);
 int ovl_ent_relpath(const struct ovl_stack *s, const struct ovl_dir *d,
 		    const struct ovl_ent *e, int *layer, char **out);

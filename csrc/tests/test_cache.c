@@ -5,9 +5,12 @@
 #include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <sys/stat.h>
+#include <sys/sysmacros.h>
 #include <unistd.h>
 
 #include "testutil.h"
+#include "../ovl_internal.h"
 
 static void test_counters_and_invalidate(void)
 {
@@ -111,10 +114,70 @@ static void test_threads(void)
 	ovl_stack_close(s);
 }
 
+/* The compact metadata encoding must give back exactly what it was given. */
+static void test_stat_encoding(void)
+{
+	struct stat cases[4], out;
+	struct ovl_arena a = { 0 };
+
+	memset(cases, 0, sizeof(cases));
+	cases[0].st_mode = S_IFREG | 0644;
+	cases[0].st_nlink = 1;
+	cases[0].st_blksize = 4096;
+	cases[0].st_mtim.tv_sec = 1790000000;
+	cases[0].st_mtim.tv_nsec = 123456789;
+	cases[0].st_atim = cases[0].st_mtim;
+	cases[0].st_ctim = cases[0].st_mtim;
+	cases[1] = cases[0];
+	cases[1].st_mode = S_IFCHR | 04755;
+	cases[1].st_nlink = 70000;
+	cases[1].st_uid = 4294967294u;
+	cases[1].st_gid = 65534;
+	cases[1].st_rdev = makedev(4095, 1048575);
+	cases[1].st_blksize = 65536;
+	cases[1].st_size = (off_t)1 << 50;
+	cases[1].st_blocks = 123;
+	cases[1].st_atim.tv_sec = -5;	/* before the epoch */
+	cases[1].st_ctim.tv_sec = 1790000100;
+	cases[2] = cases[1];
+	cases[2].st_mtim.tv_sec = (time_t)1 << 40;	/* past 2262: kept exactly */
+	cases[2].st_mtim.tv_nsec = 999999999;
+	cases[3] = cases[0];
+	cases[3].st_atim.tv_sec = -((time_t)1 << 36);
+	for (int i = 0; i < 4; i++) {
+		struct ovl_fill *f = ovl_fill_new(&a, &cases[i], 8);
+
+		CHECK(f != NULL);
+		if (!f)
+			continue;
+		CHECK(f->len <= OVL_STAT_MAX);
+		memset(&out, 0xa5, sizeof(out));
+		ovl_fill_stat(f, &out);
+		CHECK_EQ(out.st_mode, cases[i].st_mode);
+		CHECK_EQ(out.st_nlink, cases[i].st_nlink);
+		CHECK_EQ(out.st_uid, cases[i].st_uid);
+		CHECK_EQ(out.st_gid, cases[i].st_gid);
+		CHECK_EQ(out.st_rdev, cases[i].st_rdev);
+		CHECK_EQ(out.st_blksize, cases[i].st_blksize);
+		CHECK_EQ(out.st_size, cases[i].st_size);
+		CHECK_EQ(out.st_blocks, cases[i].st_blocks);
+		CHECK_EQ(out.st_atim.tv_sec, cases[i].st_atim.tv_sec);
+		CHECK_EQ(out.st_atim.tv_nsec, cases[i].st_atim.tv_nsec);
+		CHECK_EQ(out.st_mtim.tv_sec, cases[i].st_mtim.tv_sec);
+		CHECK_EQ(out.st_mtim.tv_nsec, cases[i].st_mtim.tv_nsec);
+		CHECK_EQ(out.st_ctim.tv_sec, cases[i].st_ctim.tv_sec);
+		CHECK_EQ(out.st_ctim.tv_nsec, cases[i].st_ctim.tv_nsec);
+		CHECK(((uintptr_t)ovl_fill_extra(f) & 7) == 0);
+	}
+	CHECK(ovl_fill_new(&a, &cases[0], 0)->len < 24);	/* the common case is small */
+	ovl_arena_free(&a);
+}
+
 int main(void)
 {
 	int rc = 0;
 
+	test_stat_encoding();
 	t_setup("counters");
 	test_counters_and_invalidate();
 	rc |= t_teardown();
