@@ -289,7 +289,18 @@ int ovl_stack_open(const struct ovl_config *cfg, struct ovl_stack **out,
 	s->cfg = cfg->flags;
 	s->max_bytes = cfg->cache_max_bytes ? cfg->cache_max_bytes : OVL_DEFAULT_CACHE_MAX;
 	set_xnames(s, cfg->xattr_ns);
-	pthread_rwlock_init(&s->lock, NULL);
+	{
+		/* Cold lookups take the write lock: do not let a stream of warm
+		 * readers starve them. */
+		pthread_rwlockattr_t attr;
+
+		pthread_rwlockattr_init(&attr);
+#ifdef PTHREAD_RWLOCK_PREFER_WRITER_NONRECURSIVE_NP
+		pthread_rwlockattr_setkind_np(&attr, PTHREAD_RWLOCK_PREFER_WRITER_NONRECURSIVE_NP);
+#endif
+		pthread_rwlock_init(&s->lock, &attr);
+		pthread_rwlockattr_destroy(&attr);
+	}
 	for (int i = 0; i < OVL_FDCACHE; i++)
 		s->fdc[i].fd = -1;
 

@@ -1,10 +1,46 @@
 """overlayfs: the Linux OverlayFS view of a stack of layer directories.
 
-Resolve paths across layers exactly as the kernel's overlayfs does --
-whiteouts, opaque directories, redirects, metacopy, merged listings --
-without mounting (``Stack``, backed by a C core).
+- ``Stack``: resolve paths across layers exactly as the kernel's overlayfs
+  does -- whiteouts, opaque directories, redirects, metacopy, merged
+  listings -- without mounting (backed by a C core).
+- ``mount``/``unmount``/``mounts``/``check``: real kernel overlay mounts
+  through the new mount API (``lowerdir+``) or mount(2), past the page and
+  layer-count limits.
+- ``LayerStore``: an overlay2-style layer store (``<id>/diff``, ``l/``
+  short links, ``lower`` files) that Docker's tools recognize.
 """
 from ._core import CacheInfo, Entry, Stack
+from ._mount import (
+    MAX_LOWERS,
+    CheckReport,
+    Mount,
+    MountInfo,
+    check,
+    mount,
+    mounts,
+    run_in_private_namespace,
+    run_in_user_namespace,
+    unmount,
+)
+from .store import Change, Layer, LayerStore, stack_from_layer_dir
 
-__all__ = ["CacheInfo", "Entry", "Stack"]
+__all__ = [
+    "MAX_LOWERS",
+    "CacheInfo",
+    "Change",
+    "CheckReport",
+    "Entry",
+    "Layer",
+    "LayerStore",
+    "Mount",
+    "MountInfo",
+    "Stack",
+    "check",
+    "mount",
+    "mounts",
+    "run_in_private_namespace",
+    "run_in_user_namespace",
+    "stack_from_layer_dir",
+    "unmount",
+]
 __version__ = "0.1.0"

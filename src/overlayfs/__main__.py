@@ -1,10 +1,13 @@
-"""Command line: ``python -m overlayfs demo | tree LOWER... [--upper DIR]``.
+"""Command line: ``python -m overlayfs demo | tree LOWER... | check [PATH]``.
 
 demo  builds a small layer stack (whiteouts, an opaque directory, a symlink)
       in a temp dir, prints the merged tree and the layer each path comes
       from, and -- where the kernel lets us mount -- compares it with a real
       overlay mount made in a private mount namespace.
 tree  prints the merged tree of the given layers (top-most first).
+check reports whether this machine can mount overlays here: kernel version,
+      overlay support, d_type and xattrs on the backing filesystem, the new
+      mount API, privileges.
 """
 from __future__ import annotations
 
@@ -18,6 +21,7 @@ import sys
 import tempfile
 
 from . import Stack
+from ._mount import main_check
 
 
 def _layer_name(stack: Stack, idx: int) -> str:
@@ -148,6 +152,11 @@ def main(argv: list[str] | None = None) -> int:
     tree.add_argument("--upper")
     tree.add_argument("--work")
     tree.add_argument("--whiteouts", default="auto", choices=["auto", "kernel", "oci"])
+    sub.add_parser("check", help="check the prerequisites for mounting overlays",
+                   add_help=False)
+    argv = sys.argv[1:] if argv is None else argv
+    if argv and argv[0] == "check":
+        return main_check(argv[1:])
     args = parser.parse_args(argv)
     if args.cmd == "demo":
         return demo()

@@ -272,6 +272,14 @@ cdef class Stack:
         self._listings = {}
         self._listings_gen = 0
 
+    @classmethod
+    def from_layer_dir(cls, path, **kwargs):
+        """A Stack over one container's overlay2 layer dir (``<id>/diff``
+        as the upper or top layer, its ``lower`` file naming the rest), as
+        Docker lays it out.  kwargs go to Stack()."""
+        from .store import stack_from_layer_dir
+        return stack_from_layer_dir(path, **kwargs)
+
     # -- lifetime -------------------------------------------------------
 
     cdef inline ovl_stack *_get(self) except NULL:

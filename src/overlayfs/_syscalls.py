@@ -1,4 +1,4 @@
-"""ctypes bindings for the mount-related system calls used by :mod:`overlayfs.mount`.
+"""ctypes bindings for the mount-related system calls used by :mod:`overlayfs._mount`.
 
 Only what the mount orchestration needs lives here, each call as a thin wrapper that
 raises ``OSError(errno, strerror, filename)`` on failure and does nothing else:
@@ -117,7 +117,8 @@ class Statx(ctypes.Structure):
 
 
 class Dirent64(ctypes.Structure):
-    """glibc ``struct dirent64``: the same layout on every architecture."""
+    """glibc ``struct dirent64`` (musl ``struct dirent``): the same field offsets on every
+    architecture (280 bytes on 64-bit ones)."""
 
     _fields_ = [("d_ino", ctypes.c_uint64), ("d_off", ctypes.c_int64),
                 ("d_reclen", ctypes.c_ushort), ("d_type", ctypes.c_ubyte),
@@ -127,7 +128,8 @@ class Dirent64(ctypes.Structure):
 # --- libc ---------------------------------------------------------------------------------
 
 _libc = ctypes.CDLL(None, use_errno=True)
-_c_int, _c_uint, _c_char_p, _c_void_p = ctypes.c_int, ctypes.c_uint, ctypes.c_char_p, ctypes.c_void_p
+_c_int, _c_uint = ctypes.c_int, ctypes.c_uint
+_c_char_p, _c_void_p = ctypes.c_char_p, ctypes.c_void_p
 
 
 def _libc_func(name: str, restype: type, argtypes: list[type]) -> ctypes._CFuncPtr | None:
@@ -191,7 +193,9 @@ _unshare = _libc_func("unshare", _c_int, [_c_int])
 _renameat2 = _libc_func("renameat2", _c_int, [_c_int, _c_char_p, _c_int, _c_char_p, _c_uint])
 _statx = _libc_func("statx", _c_int, [_c_int, _c_char_p, _c_int, _c_uint, ctypes.POINTER(Statx)])
 _opendir = _libc_func("opendir", _c_void_p, [_c_char_p])
-_readdir64 = _libc_func("readdir64", ctypes.POINTER(Dirent64), [_c_void_p])
+_readdir64 = (_libc_func("readdir64", ctypes.POINTER(Dirent64), [_c_void_p])
+              # musl >= 1.2.4 dropped the *64 aliases; its struct dirent is this layout
+              or _libc_func("readdir", ctypes.POINTER(Dirent64), [_c_void_p]))
 _closedir = _libc_func("closedir", _c_int, [_c_void_p])
 
 
