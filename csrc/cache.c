@@ -169,46 +169,67 @@ struct ovl_ent *ovl_dir_insert(struct ovl_dir *d, const char *name, size_t len,
 	return e;
 }
 
-/* Record that e is also a directory in stack layer si.  Occurrences of one
- * entry are contiguous because layers are read one after the other. */
-int ovl_dir_add_occ(struct ovl_dir *d, struct ovl_ent *e, uint16_t si)
+static int occ_reserve(struct ovl_dir *d, uint32_t need)
+{
+	uint32_t cap = d->occcap ? d->occcap : 64;
+	uint32_t *o;
+
+	if (need <= d->occcap)
+		return 0;
+	while (cap < need)
+		cap *= 2;
+	o = realloc(d->occ, cap * sizeof(*o));
+	if (!o)
+		return -ENOMEM;
+	d->bytes += (cap - d->occcap) * sizeof(*o);
+	d->occ = o;
+	d->occcap = cap;
+	return 0;
+}
+
+/* Append an occurrence of e below its top.  Layers are read one after the
+ * other, so an entry's occurrences stay sorted; they are kept contiguous by
+ * moving them to the end when another entry appended in between. */
+int ovl_dir_add_occ(struct ovl_dir *d, struct ovl_ent *e, uint32_t occ)
 {
 	if (e->nocc && e->occ + e->nocc != d->nocc) {
-		/* Another entry appended since: move ours to the end. */
-		uint32_t need = d->nocc + e->nocc + 1;
-
-		if (need > d->occcap) {
-			uint32_t cap = d->occcap ? d->occcap : 64;
-			uint16_t *o;
-
-			while (cap < need)
-				cap *= 2;
-			o = realloc(d->occ, cap * sizeof(*o));
-			if (!o)
-				return -ENOMEM;
-			d->bytes += (cap - d->occcap) * sizeof(*o);
-			d->occ = o;
-			d->occcap = cap;
-		}
+		if (occ_reserve(d, d->nocc + e->nocc + 1))
+			return -ENOMEM;
 		memmove(d->occ + d->nocc, d->occ + e->occ, e->nocc * sizeof(*d->occ));
 		e->occ = d->nocc;
 		d->nocc += e->nocc;
 	}
-	if (d->nocc + 1 > d->occcap) {
-		uint32_t cap = d->occcap ? d->occcap * 2 : 64;
-		uint16_t *o = realloc(d->occ, cap * sizeof(*o));
-
-		if (!o)
-			return -ENOMEM;
-		d->bytes += (cap - d->occcap) * sizeof(*o);
-		d->occ = o;
-		d->occcap = cap;
-	}
+	if (occ_reserve(d, d->nocc + 1))
+		return -ENOMEM;
 	if (!e->nocc)
 		e->occ = d->nocc;
-	d->occ[d->nocc++] = si;
+	d->occ[d->nocc++] = occ;
 	e->nocc++;
 	return 0;
+}
+
+/* The occurrence bits (enum ovl_occ_kind) of e in stack layer si. */
+int ovl_occ_bits(const struct ovl_dir *d, const struct ovl_ent *e, uint32_t si)
+{
+	const uint32_t *o = d->occ + e->occ;
+	uint32_t lo = 0, hi = e->nocc;
+
+	if (si == e->top) {
+		int kind = e->flags & OVL_E_WHITEOUT ?
+			   (e->dtype == DT_UNKNOWN ? OK_NONE : OK_WH) :
+			   e->dtype == DT_DIR ? OK_DIR : e->dtype == DT_REG ? OK_REG : OK_OTHER;
+
+		return kind | (e->flags & OVL_E_TOPOCI ? OK_OCI : 0);
+	}
+	while (lo < hi) {
+		uint32_t mid = (lo + hi) / 2;
+
+		if (OVL_OCC_SI(o[mid]) < si)
+			lo = mid + 1;
+		else
+			hi = mid;
+	}
+	return lo < e->nocc && OVL_OCC_SI(o[lo]) == si ? (int)(o[lo] & 0xf) : OK_NONE;
 }
 
 struct ovl_dir *ovl_dir_new(struct ovl_stack *s, struct ovl_dir *parent,
@@ -290,7 +311,6 @@ void ovl_cache_flush(struct ovl_stack *s)
 	s->root = NULL;
 	memset(s->root_ent, 0, sizeof(*s->root_ent));
 	s->root_ent->dtype = DT_DIR;
-	s->root_ent->flags = OVL_E_STOPPED;
 	for (int i = 0; i < OVL_FDCACHE; i++) {
 		if (s->fdc[i].fd >= 0)
 			close(s->fdc[i].fd);

@@ -10,12 +10,22 @@
 #define OVL_COMPAT_H
 
 #include <errno.h>
+#include <fcntl.h>
 #include <stdint.h>
 #include <sys/syscall.h>
 #include <unistd.h>
 
 #ifndef __NR_openat2
 #define __NR_openat2 437
+#endif
+#ifndef __NR_open_tree
+#define __NR_open_tree 428
+#endif
+#ifndef OPEN_TREE_CLONE
+#define OPEN_TREE_CLONE 1
+#endif
+#ifndef OPEN_TREE_CLOEXEC
+#define OPEN_TREE_CLOEXEC O_CLOEXEC
 #endif
 #ifndef __NR_getxattrat
 #define __NR_getxattrat 464
@@ -51,6 +61,16 @@ static inline int ovl_sys_openat2(int dfd, const char *path, uint64_t flags,
 {
 	struct ovl_open_how how = { .flags = flags, .mode = 0, .resolve = resolve };
 	long r = syscall(__NR_openat2, dfd, path, &how, sizeof(how));
+
+	return r < 0 ? -errno : (int)r;
+}
+
+/* A detached clone of the mount at dfd/path without its submounts (like
+ * a non-recursive bind mount).  Return an fd or -errno. */
+static inline int ovl_sys_open_tree_clone(int dfd, const char *path, unsigned flags)
+{
+	long r = syscall(__NR_open_tree, dfd, path,
+			 OPEN_TREE_CLONE | OPEN_TREE_CLOEXEC | flags);
 
 	return r < 0 ? -errno : (int)r;
 }

@@ -215,215 +215,6 @@ void ovl_fill_stat(const struct ovl_fill *f, struct stat *st)
 	}
 }
 
-static bool list_has(const char *list, long n, const char *name)
-{
-	for (const char *p = list; p < list + n; p += strlen(p) + 1)
-		if (!strcmp(p, name))
-			return true;
-	return false;
-}
-
-/* Is the regular file at (layer, relpath) a metacopy?  1 yes, 0 no, or -errno. */
-static int file_is_metacopy(const struct ovl_stack *s, int layer, const char *relpath)
-{
-	int fd = ovl_layer_open(s, layer, relpath, O_RDONLY | O_NONBLOCK | O_NOCTTY);
-	long r;
-
-	if (fd < 0)
-		return fd;
-	r = ovl_fd_getxattr(fd, s->x_metacopy, NULL, 0);
-	close(fd);
-	if (r >= 0 || r == -ERANGE)
-		return 1;
-	return r == -ENODATA || r == -EOPNOTSUPP ? 0 : (int)r;
-}
-
-/* Probe (layer, relpath) for the data of a metacopy file: 1 found (*st set),
- * 0 keep looking, -EIO the search ends here without data, <0 error. */
-static int probe_data(const struct ovl_stack *s, int layer, const char *relpath,
-		      struct stat *st)
-{
-	int fd = ovl_layer_open(s, layer, relpath, O_PATH);
-	int r;
-
-	if (fd == -ENOENT)
-		return 0;
-	if (fd == -ENOTDIR || fd == -ELOOP)
-		return -EIO;
-	if (fd < 0)
-		return fd;
-	r = fstat(fd, st) < 0 ? -errno : 0;
-	close(fd);
-	if (r)
-		return r;
-	if (!S_ISREG(st->st_mode))
-		return -EIO;	/* a directory, device or whiteout below */
-	if (!ovl_kernel_wh(s) || layer > s->nlower)
-		return 1;
-	r = file_is_metacopy(s, layer, relpath);
-	if (r < 0)
-		return r;
-	return r ? 0 : 1;	/* an intermediate metacopy: keep going */
-}
-
-/* Find the data of metacopy entry e of d (namei.c: the search goes on below
- * by name, or by the file's redirect; data-only layers only by an absolute
- * redirect). */
-static int metacopy_data(struct ovl_stack *s, struct ovl_dir *d, struct ovl_ent *e,
-			 int pfd, char **data_path, int *data_layer, int64_t *blocks)
-{
-	char redirect[PATH_MAX];
-	long rlen = ovl_at_getxattr(s, pfd, e->name, s->x_redirect, redirect,
-				    sizeof(redirect) - 1);
-	int top_layer = d->stack[e->top].layer, found_layer = -1, r = 0;
-	char *found = NULL;
-	struct stat st;
-
-	if (rlen >= 0) {
-		redirect[rlen] = '\0';
-		if (strlen(redirect) != (size_t)rlen || ovl_check_redirect(redirect))
-			return -EINVAL;
-		if (s->cfg & OVL_CFG_REDIRECT_NOFOLLOW)
-			return -EPERM;
-	} else if (rlen != -ENODATA && rlen != -EOPNOTSUPP) {
-		return rlen == -ERANGE ? -EINVAL : (int)rlen;
-	}
-	if (rlen >= 0 && redirect[0] == '/') {
-		for (int l = top_layer + 1; l < s->nlayers && r == 0; l++) {
-			r = probe_data(s, l, redirect + 1, &st);
-			if (r == 1) {
-				found_layer = l;
-				found = strdup(redirect + 1);
-			}
-		}
-	} else {
-		const char *name = rlen >= 0 ? redirect : e->name;
-
-		for (uint32_t si = e->top + 1u; si < d->nstack && r == 0; si++) {
-			char *p = ovl_path_join(d->stack[si].path,
-						strlen(d->stack[si].path), name,
-						strlen(name));
-
-			if (!p)
-				return -ENOMEM;
-			r = probe_data(s, d->stack[si].layer, p, &st);
-			if (r == 1) {
-				found_layer = d->stack[si].layer;
-				found = p;
-			} else {
-				free(p);
-			}
-		}
-	}
-	if (r < 0 && r != -EIO)
-		return r;
-	if (found_layer < 0)
-		return -EIO;	/* "metacopy with no lower data found" */
-	if (!found)
-		return -ENOMEM;
-	*data_path = found;
-	*data_layer = found_layer;
-	*blocks = st.st_blocks;
-	return 0;
-}
-
-/* Read the metadata of non-directory entry e of d (the first time it is
- * used).  Return 0, -ENOENT if it turns out to be an xattr whiteout (or was
- * removed behind our back), -EPERM/-EIO/-EINVAL for metacopy trouble. */
-int ovl_ent_fill(struct ovl_walk *w, struct ovl_dir *d, struct ovl_ent *e)
-{
-	struct ovl_stack *s = w->s;
-	const struct ovl_layer *l = &s->layers[d->stack[e->top].layer];
-	char target[PATH_MAX], *data_path = NULL;
-	size_t extra = 0;
-	int64_t data_blocks = 0;
-	int pfd, err, data_layer = 0;
-	bool metacopy = false;
-	struct ovl_fill *f;
-	struct stat st;
-	void *x;
-
-	pfd = ovl_fdcache_get(s, d, e->top);
-	if (pfd < 0)
-		return pfd;
-	if (fstatat(pfd, e->name, &st, AT_SYMLINK_NOFOLLOW) < 0)
-		return -errno;
-	if (st.st_dev != l->dev)
-		return -EXDEV;	/* a mount point inside the layer */
-	if (IFTODT(st.st_mode) != e->dtype)
-		return -ESTALE;	/* replaced behind our back: invalidate() */
-	if (S_ISREG(st.st_mode) && ovl_kernel_wh(s)) {
-		char *list;
-		long n = ovl_at_listxattr(s, pfd, e->name, &list);
-		bool wh;
-
-		if (n < 0 && n != -EOPNOTSUPP)
-			return (int)n;
-		wh = n > 0 && list_has(list, n, s->x_whiteout);
-		metacopy = n > 0 && list_has(list, n, s->x_metacopy);
-		free(list);
-		if (wh && st.st_size == 0) {
-			/* An xattr whiteout hides the name from every lookup. */
-			e->flags |= OVL_E_WHITEOUT | OVL_E_STOPPED;
-			return -ENOENT;
-		}
-		if (metacopy) {
-			if (!(s->cfg & OVL_CFG_METACOPY) && !s->ndata)
-				return -EPERM;	/* "refusing to follow metacopy origin" */
-			err = metacopy_data(s, d, e, pfd, &data_path, &data_layer,
-					    &data_blocks);
-			if (err)
-				return err;
-			extra = sizeof(struct ovl_mcdata) + strlen(data_path) + 1;
-		}
-	} else if (S_ISLNK(st.st_mode)) {
-		ssize_t n = readlinkat(pfd, e->name, target, sizeof(target));
-
-		if (n < 0)
-			return -errno;
-		if ((size_t)n >= sizeof(target))
-			return -ENAMETOOLONG;
-		target[n] = '\0';
-		extra = (size_t)n + 1;
-	}
-	/* Room for the metadata of more names of this directory in one
-	 * chunk: as many as were filled so far (a walk fills them all), at
-	 * most the rest, at the size a typical encoding takes. */
-	if (!ovl_arena_room(&d->arena, OVL_STAT_MAX + extra)) {
-		uint32_t more = d->nfilled > 8 ? d->nfilled : 8;
-
-		if (more > d->nents - d->nfilled)
-			more = d->nents - d->nfilled;
-		if (ovl_arena_reserve(&d->arena, 40u * more + OVL_STAT_MAX + extra)) {
-			free(data_path);
-			return -ENOMEM;
-		}
-	}
-	f = ovl_fill_new(&d->arena, &st, extra);
-	if (!f) {
-		free(data_path);
-		return -ENOMEM;
-	}
-	x = ovl_fill_extra(f);
-	if (metacopy) {
-		struct ovl_mcdata *mc = x;
-
-		mc->blocks = data_blocks;
-		mc->layer = (uint16_t)data_layer;
-		strcpy(mc->path, data_path);
-		free(data_path);
-		e->flags |= OVL_E_METACOPY;
-	} else if (S_ISLNK(st.st_mode)) {
-		memcpy(x, target, extra);
-	}
-	e->ino = st.st_ino;
-	e->ext = f;
-	e->flags |= OVL_E_FILLED;
-	d->nfilled++;
-	ovl_dir_account(s, d);
-	return 0;
-}
-
 /* A filled symlink's target. */
 const char *ovl_ent_target(const struct ovl_ent *e)
 {
@@ -477,15 +268,12 @@ static int lookup_op(struct ovl_walk *w, void *arg)
 		      w->dir->stack[e->top].layer;
 	info->data_layer = info->layer;
 	info->st.st_dev = s->layers[info->layer].dev;
-	info->st.st_ino = e->ino;
+	info->st.st_ino = node ? node->origin_ino : e->ino;
 	if (node) {
 		if (node->nstack > 1) {
-			/* inode.c:ovl_getattr: merged dirs report one link and,
-			 * on one filesystem, the inode of the top-most lower. */
+			/* inode.c:ovl_getattr: merged dirs report one link. */
 			info->flags |= OVL_INFO_MERGED;
 			info->st.st_nlink = 1;
-			if (s->samefs)
-				info->st.st_ino = node->origin_ino;
 		}
 		if (node->opaque)
 			info->flags |= OVL_INFO_OPAQUE;
@@ -495,6 +283,8 @@ static int lookup_op(struct ovl_walk *w, void *arg)
 		info->flags |= OVL_INFO_METACOPY;
 		info->data_layer = mc->layer;
 		info->st.st_blocks = mc->blocks;
+		if (mc->origin_ino)
+			info->st.st_ino = mc->origin_ino;
 	}
 	return 0;
 }
@@ -519,20 +309,20 @@ static int realpath_op(struct ovl_walk *w, void *arg)
 	struct ovl_stack *s = w->s;
 	const struct ovl_ent *e = w->ent;
 	const struct ovl_layer *l;
+	struct ovl_dir *node;
 	char *rel = NULL;
 	size_t rlen;
 	int err;
 
-	if (e == s->root_ent && !s->root) {
-		struct ovl_dir *node;
-
-		err = ovl_ent_dir(w, NULL, w->ent, &node);
-		if (err)
-			return err;
-	}
+	/* A directory must be looked up (its redirects can fail it). */
+	err = settle(w, &node);
+	if (err)
+		return err;
 	if (a->want_data && (e->flags & OVL_E_METACOPY)) {
 		const struct ovl_mcdata *mc = ent_mcdata(e);
 
+		if (mc->err)
+			return mc->err;
 		a->layer = mc->layer;
 		rel = strdup(mc->path);
 		if (!rel)
@@ -622,6 +412,8 @@ static int open_op(struct ovl_walk *w, void *arg)
 	if (e->flags & OVL_E_METACOPY) {
 		const struct ovl_mcdata *mc = ent_mcdata(e);
 
+		if (mc->err)
+			return mc->err;
 		layer = mc->layer;
 		rel = strdup(mc->path);
 		if (!rel)
@@ -747,7 +539,9 @@ long ovl_getxattr(struct ovl_stack *s, const char *path, unsigned flags,
 	int err;
 
 	if (!strncmp(name, s->xprefix, s->xprefixlen)) {
-		/* A user's "<ns>.overlay.X" is stored escaped. */
+		/* A user's "<ns>.overlay.X" is stored escaped; X can't be empty. */
+		if (!name[s->xprefixlen])
+			return -EINVAL;
 		real = malloc(strlen(name) + 9);
 		if (!real)
 			return -ENOMEM;

@@ -224,10 +224,20 @@ static int probe_features(struct ovl_stack *s)
 static int open_root(struct ovl_layer *l, const char *path)
 {
 	struct stat st;
+	int clone;
 
 	l->fd = open(path, O_PATH | O_DIRECTORY | O_CLOEXEC);
 	if (l->fd < 0)
 		return -errno;
+	/* Like the kernel (super.c:ovl_setup_trap, clone_private_mount), see
+	 * the layer without what is mounted inside it: a detached,
+	 * non-recursive clone of its mount shows the directories underneath.
+	 * Without the privilege for that, mount points give EXDEV instead. */
+	clone = ovl_sys_open_tree_clone(l->fd, "", AT_EMPTY_PATH);
+	if (clone >= 0) {
+		close(l->fd);
+		l->fd = clone;
+	}
 	if (fstat(l->fd, &st) < 0)
 		return -errno;
 	l->dev = st.st_dev;
@@ -341,7 +351,6 @@ int ovl_stack_open(const struct ovl_config *cfg, struct ovl_stack **out,
 			s->samefs = false;
 	probe_features(s);
 	s->root_ent->dtype = DT_DIR;
-	s->root_ent->flags = OVL_E_STOPPED;
 	*out = s;
 	return 0;
 fail:

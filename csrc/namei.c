@@ -14,30 +14,51 @@
  */
 #define _GNU_SOURCE
 #include <errno.h>
+#include <stdio.h>
 #include <fcntl.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <sys/sysmacros.h>
 #include <unistd.h>
 
 #include "ovl_internal.h"
 
-enum cand_mode { BY_OCC, PROBE_REL, PROBE_ABS };
-
-/* Where the next layer of a directory being built is looked for. */
-struct cand_iter {
-	enum cand_mode mode;
-	uint32_t k;		/* BY_OCC: 0 is the top, then occurrences */
-	uint32_t psi;		/* parent stack index of the current candidate */
-	int layer;		/* PROBE_ABS: current global layer */
-	char *name;		/* PROBE_REL: redirected name */
-	char *apath;		/* PROBE_ABS: path from the layer roots, no leading '/' */
+/* One layer that a lookup found (namei.c:ovl_lookup's stack entries). */
+struct ovl_hit {
+	int layer;
+	char *path;		/* relative to the layer root (malloc'd) */
+	struct stat st;
+	bool metacopy;
 };
 
-static int stack_push(struct ovl_dir *d, uint32_t *cap, int layer, char *path)
+/* namei.c:struct ovl_lookup_data, and what the lookup collects. */
+struct ovl_ld {
+	struct ovl_stack *s;
+	struct ovl_dir *parent;	/* the directory the name is looked up in */
+	struct ovl_ent *ent;	/* the name's entry there */
+	struct ovl_dir *child;	/* built as directory layers are found */
+	uint32_t childcap;
+	char *name;		/* the name, or an absolute path after a redirect */
+	bool redirect, is_dir, opaque, stop, last, metacopy, absolute_redirect;
+	struct ovl_hit upper, first, data;	/* upper; found[0]; found[-1] */
+	bool has_upper;
+	uint32_t nfound;
+	char *target;		/* a symlink's target, read when it was found */
+};
+
+static void hit_free(struct ovl_hit *h)
 {
+	free(h->path);
+	h->path = NULL;
+}
+
+static int stack_push(struct ovl_dir *d, uint32_t *cap, int layer, const char *path)
+{
+	char *own = NULL;
+
 	if (d->nstack == *cap) {
-		uint32_t ncap = *cap ? *cap * 2 : 4;
+		uint32_t ncap = *cap ? *cap * 2 : 2;
 		struct ovl_dlayer *n = realloc(d->stack, ncap * sizeof(*n));
 
 		if (!n)
@@ -46,236 +67,669 @@ static int stack_push(struct ovl_dir *d, uint32_t *cap, int layer, char *path)
 		d->stack = n;
 		*cap = ncap;
 	}
+	if (strcmp(path, d->path)) {
+		own = strdup(path);
+		if (!own)
+			return -ENOMEM;
+		d->bytes += strlen(own) + 1;
+	}
 	d->stack[d->nstack++] = (struct ovl_dlayer){
-		.path = path ? path : d->path,
+		.path = own ? own : d->path,
 		.layer = (uint16_t)layer,
-		.owned = path != NULL,
+		.owned = own != NULL,
 	};
-	if (path)
-		d->bytes += strlen(path) + 1;
-	return 0;
-}
-
-/* The next candidate layer for d: 1 with *layer and *path set (*path NULL means
- * d->path; otherwise malloc'd), 0 when there is none, -errno on error. */
-static int next_candidate(const struct ovl_stack *s, const struct ovl_dir *p,
-			  const struct ovl_ent *e, struct cand_iter *it,
-			  int *layer, char **path)
-{
-	const struct ovl_dlayer *pl;
-
-	*path = NULL;
-	switch (it->mode) {
-	case BY_OCC:
-		if (it->k > e->nocc)
-			return 0;
-		it->psi = it->k == 0 ? e->top : p->occ[e->occ + it->k - 1];
-		it->k++;
-		pl = &p->stack[it->psi];
-		*layer = pl->layer;
-		if (pl->path != p->path) {
-			*path = ovl_path_join(pl->path, strlen(pl->path), e->name,
-					      e->namelen);
-			if (!*path)
-				return -ENOMEM;
-		}
-		return 1;
-	case PROBE_REL:
-		if (++it->psi >= p->nstack)
-			return 0;
-		pl = &p->stack[it->psi];
-		*layer = pl->layer;
-		*path = ovl_path_join(pl->path, strlen(pl->path), it->name,
-				      strlen(it->name));
-		return *path ? 1 : -ENOMEM;
-	case PROBE_ABS:
-		if (++it->layer > s->nlower)
-			return 0;
-		*layer = it->layer;
-		*path = strdup(it->apath);
-		return *path ? 1 : -ENOMEM;
-	}
-	return 0;
-}
-
-/* Follow <ns>.overlay.redirect r found on candidate (layer, path): later
- * layers are searched under the new name or path. */
-static int redirect_to(struct cand_iter *it, const char *r, int layer,
-		       const char *path)
-{
-	char *apath;
-
-	if (r[0] == '/') {
-		apath = strdup(r + 1);
-		if (!apath)
-			return -ENOMEM;
-		free(it->apath);
-		it->apath = apath;
-		it->mode = PROBE_ABS;
-		it->layer = layer;
-		return 0;
-	}
-	if (it->mode == PROBE_ABS) {
-		/* Relative to the parent of the absolute path. */
-		const char *slash = strrchr(path, '/');
-		size_t plen = slash ? (size_t)(slash - path) : 0;
-
-		apath = ovl_path_join(path, plen, r, strlen(r));
-		if (!apath)
-			return -ENOMEM;
-		free(it->apath);
-		it->apath = apath;
-		return 0;
-	}
-	free(it->name);
-	it->name = strdup(r);
-	if (!it->name)
-		return -ENOMEM;
-	it->mode = PROBE_REL;
 	return 0;
 }
 
 /* The directory's own metadata, from its top-most layer. */
-static int fill_dir_stat(struct ovl_dir *d, int fd, struct ovl_ent *e)
+static int set_dir_stat(struct ovl_dir *d, const struct stat *st)
 {
-	struct stat st;
-
-	if (fstat(fd, &st) < 0)
-		return -errno;
-	d->fill = ovl_fill_new(NULL, &st, 0);
+	d->fill = ovl_fill_new(NULL, st, 0);
 	if (!d->fill)
 		return -ENOMEM;
 	d->bytes += 1u + d->fill->len;
-	e->ino = st.st_ino;
-	d->origin_ino = st.st_ino;
+	d->origin_ino = st->st_ino;
 	return 0;
 }
 
-/* Build the directory node for entry e of p (p NULL: the root). */
-static int materialize(struct ovl_stack *s, struct ovl_dir *p, struct ovl_ent *e,
-		       struct ovl_dir **out)
+/* namei.c:ovl_check_redirect: search the layers below under another name. */
+static int apply_redirect(struct ovl_ld *d, const char *r, size_t prelen, const char *post)
 {
-	struct ovl_dir *d = ovl_dir_new(s, p, e);
-	struct cand_iter it = { .mode = BY_OCC };
+	size_t rlen = strlen(r), plen = strlen(post);
+	char *name;
+
+	d->absolute_redirect = false;
+	if (r[0] == '/') {
+		d->absolute_redirect = true;
+		d->stop = false;	/* an opaque ancestor on an absolute walk */
+		name = malloc(rlen + plen + 1);
+		if (!name)
+			return -ENOMEM;
+		memcpy(name, r, rlen);
+		memcpy(name + rlen, post, plen + 1);
+	} else {
+		name = malloc(prelen + rlen + plen + 1);
+		if (!name)
+			return -ENOMEM;
+		memcpy(name, d->name, prelen);
+		memcpy(name + prelen, r, rlen);
+		memcpy(name + prelen + rlen, post, plen + 1);
+	}
+	free(d->name);
+	d->name = name;
+	d->redirect = true;
+	return 0;
+}
+
+/* Start the directory being built, on the first directory layer found. */
+static int child_begin(struct ovl_ld *d)
+{
+	if (d->child)
+		return 0;
+	d->child = ovl_dir_new(d->s, d->parent, d->ent);
+	if (!d->child)
+		return -ENOMEM;
+	return ovl_build_begin(d->child);
+}
+
+/* Look comp up in one directory (base) of one layer: namei.c:
+ * ovl_lookup_single.  base_si >= 0 says base is that layer of the parent
+ * directory, whose index answers without a syscall.  Return 1 with *hit
+ * set, 0 for nothing here, or -errno. */
+static int lookup_single(struct ovl_ld *d, int layer, const char *base, int base_si,
+			 const char *comp, size_t complen, size_t prelen,
+			 const char *post, struct ovl_hit *hit)
+{
+	struct ovl_stack *s = d->s;
+	bool last_element = !*post, is_upper = layer == 0, oci = false;
+	char name[OVL_NAME_MAX + 1], *redirect = NULL;
+	int kind, pfd = -1, fd = -1, err = 0, bits;
+	bool own_pfd = false;
+
+	memset(hit, 0, sizeof(*hit));
+	if (complen == 0 || (complen == 1 && comp[0] == '.') ||
+	    (complen == 2 && comp[0] == '.' && comp[1] == '.'))
+		return -EACCES;	/* lookup_one() refuses these names */
+	if (complen > OVL_NAME_MAX)
+		return 0;	/* ENAMETOOLONG in one layer is "absent" */
+	memcpy(name, comp, complen);
+	name[complen] = '\0';
+
+	if (base_si >= 0) {
+		const struct ovl_ent *e = ovl_dir_find(d->parent, name, complen,
+						       ovl_name_hash(name, complen));
+
+		bits = e ? ovl_occ_bits(d->parent, e, (uint32_t)base_si) : OK_NONE;
+		kind = bits & OK_KIND;
+		oci = bits & OK_OCI;
+		if (kind != OK_NONE && kind != OK_WH) {
+			pfd = ovl_fdcache_get(s, d->parent, (uint32_t)base_si);
+			if (pfd < 0)
+				return pfd;
+			if (fstatat(pfd, name, &hit->st, AT_SYMLINK_NOFOLLOW) < 0)
+				return errno == ENOENT ? -ESTALE : -errno;
+		}
+	} else {
+		pfd = ovl_layer_open(s, layer, base, O_PATH | O_DIRECTORY);
+		if (pfd == -ENOENT || pfd == -ENOTDIR || pfd == -ELOOP)
+			return 0;
+		if (pfd < 0)
+			return pfd;
+		own_pfd = true;
+		if (fstatat(pfd, name, &hit->st, AT_SYMLINK_NOFOLLOW) < 0) {
+			err = errno == ENOENT || errno == ENAMETOOLONG ? 0 : -errno;
+			kind = OK_NONE;
+		} else {
+			kind = S_ISDIR(hit->st.st_mode) ? OK_DIR :
+			       S_ISREG(hit->st.st_mode) ? OK_REG : OK_OTHER;
+			if (ovl_kernel_wh(s) && S_ISCHR(hit->st.st_mode) &&
+			    hit->st.st_rdev == makedev(0, 0))
+				kind = OK_WH;
+		}
+		if (!err && ovl_oci_wh(s)) {
+			char wh[OVL_NAME_MAX + 5];
+			struct stat wst;
+
+			snprintf(wh, sizeof(wh), ".wh.%s", name);
+			oci = fstatat(pfd, wh, &wst, AT_SYMLINK_NOFOLLOW) == 0;
+		}
+		if (err)
+			goto out;
+	}
+	if (kind == OK_NONE) {
+		if (oci)
+			d->stop = d->opaque = true;
+		goto out;
+	}
+	if (kind == OK_WH) {
+		d->stop = d->opaque = true;
+		goto out;
+	}
+	if (hit->st.st_dev != s->layers[layer].dev) {
+		err = -EXDEV;	/* a mount point inside the layer */
+		goto out;
+	}
+	if (kind == OK_REG && ovl_kernel_wh(s) && hit->st.st_size == 0) {
+		err = ovl_is_xwhiteout_at(s, pfd, name);
+		if (err < 0)
+			goto out;
+		if (err) {
+			err = 0;
+			d->stop = d->opaque = true;
+			goto out;
+		}
+	}
+	if (last_element && d->metacopy && kind != OK_REG) {
+		d->stop = true;	/* below a metacopy file only data will do */
+		goto out;
+	}
+	hit->layer = layer;
+	hit->path = ovl_path_join(base, strlen(base), name, complen);
+	if (!hit->path) {
+		err = -ENOMEM;
+		goto out;
+	}
+	if (kind != OK_DIR) {
+		char buf[PATH_MAX];
+		long n;
+
+		if (d->is_dir || !last_element) {
+			d->stop = true;
+			goto drop;
+		}
+		if (kind == OK_REG) {
+			/* util.c:ovl_check_metacopy_xattr; a 1-3 byte value is
+			 * neither empty nor a digest header. */
+			n = ovl_at_getxattr(s, pfd, name, s->x_metacopy, buf, sizeof(buf));
+			if (n > 0 && n < 4) {
+				err = -EIO;
+				goto drop;
+			}
+			if (n < 0 && n != -ENODATA && n != -EOPNOTSUPP && n != -ERANGE) {
+				err = (int)n;
+				goto drop;
+			}
+			hit->metacopy = n >= 0 || n == -ERANGE;
+		}
+		d->metacopy = hit->metacopy;
+		d->stop = !hit->metacopy || oci;
+		if (kind == OK_OTHER && S_ISLNK(hit->st.st_mode) && !d->target) {
+			n = readlinkat(pfd, name, buf, sizeof(buf));
+			if (n < 0 || n >= (long)sizeof(buf)) {
+				err = n < 0 ? -errno : -ENAMETOOLONG;
+				goto drop;
+			}
+			d->target = strndup(buf, (size_t)n);
+			if (!d->target) {
+				err = -ENOMEM;
+				goto drop;
+			}
+		}
+		if (!hit->metacopy || d->last)
+			goto found;
+		n = ovl_at_getxattr(s, pfd, name, s->x_redirect, buf, sizeof(buf) - 1);
+		err = ovl_parse_redirect(buf, n, &redirect);
+		if (err)
+			goto drop;
+		if (redirect)
+			err = apply_redirect(d, redirect, prelen, post);
+		if (err)
+			goto drop;
+		goto found;
+	}
+
+	/* A directory. */
+	char opaque = 0;
+	bool oci_opaque = false;
+
+	if (last_element)
+		d->is_dir = true;
+	fd = ovl_layer_open(s, layer, hit->path, O_RDONLY | O_DIRECTORY);
+	if (fd < 0) {
+		err = fd == -ENOENT ? -ESTALE : fd;
+		goto drop;
+	}
+	if (!d->last) {
+		/* Redirects are read whatever the whiteout form; the opaque
+		 * xattr is the kernel form of ".wh..wh..opq". */
+		err = ovl_dir_xattrs(s, fd, &opaque, &redirect);
+		if (err)
+			goto drop;
+		if (!ovl_kernel_wh(s))
+			opaque = 0;
+	}
+	if (last_element) {
+		/* A layer of the directory being looked up: index it now. */
+		uint32_t si;
+
+		err = child_begin(d);
+		if (!err)
+			err = stack_push(d->child, &d->childcap, layer, hit->path);
+		if (err)
+			goto drop;
+		si = d->child->nstack - 1;
+		if (si == 0)
+			err = set_dir_stat(d->child, &hit->st);
+		/* readdir.c honours opaque=x in lower layers only (and the
+		 * bottom one is never read: d->last). */
+		d->child->stack[si].xmarker = opaque == 'x' && !is_upper;
+		if (!err)
+			err = ovl_index_layer(s, d->child, si, fd, &oci_opaque);
+		if (err)
+			goto drop;
+	} else if (ovl_oci_wh(s)) {
+		struct stat wst;
+
+		oci_opaque = fstatat(fd, ".wh..wh..opq", &wst, AT_SYMLINK_NOFOLLOW) == 0;
+	}
+	if (opaque == 'y' || oci_opaque || oci) {
+		d->stop = true;
+		if (last_element)
+			d->opaque = true;
+		goto found;
+	}
+	if (redirect) {
+		err = apply_redirect(d, redirect, prelen, post);
+		if (err)
+			goto drop;
+	}
+found:
+	free(redirect);
+	if (fd >= 0)
+		close(fd);
+	if (own_pfd)
+		close(pfd);
+	return 1;
+drop:
+	hit_free(hit);
+out:
+	free(redirect);
+	if (fd >= 0)
+		close(fd);
+	if (own_pfd)
+		close(pfd);
+	return err;
+}
+
+/* namei.c:ovl_lookup_layer: the name, or an absolute path walked one
+ * component at a time from base. */
+static int lookup_layer(struct ovl_ld *d, int layer, const char *base, int base_si,
+			struct ovl_hit *hit)
+{
+	struct ovl_hit cur = { 0 };
+	size_t rem;
+	int r;
+
+	if (d->name[0] != '/')
+		return lookup_single(d, layer, base, base_si, d->name, strlen(d->name), 0,
+				     "", hit);
+	/* Counting from the end, since a redirect can change the prefix. */
+	rem = strlen(d->name) - 1;
+	cur.path = strdup(base);
+	if (!cur.path)
+		return -ENOMEM;
+	for (;;) {
+		size_t len = strlen(d->name), start = len - rem;
+		const char *c = d->name + start, *e = strchrnul(c, '/');
+		size_t clen = (size_t)(e - c);
+		bool is_last = !*e;
+		char post[PATH_MAX];
+
+		if (strlen(e) >= sizeof(post)) {
+			r = -ENAMETOOLONG;
+			break;
+		}
+		strcpy(post, e);
+		r = lookup_single(d, layer, cur.path, -1, c, clen, start, post, hit);
+		if (r <= 0 || is_last)
+			break;
+		if (!S_ISDIR(hit->st.st_mode)) {
+			hit_free(hit);
+			r = 0;
+			break;
+		}
+		hit_free(&cur);
+		cur = *hit;
+		memset(hit, 0, sizeof(*hit));
+		rem -= clen + 1;
+	}
+	hit_free(&cur);
+	return r;
+}
+
+/* namei.c:ovl_check_follow_redirect. */
+static bool may_follow(const struct ovl_ld *d, bool upperredirect)
+{
+	const struct ovl_stack *s = d->s;
+
+	if (d->metacopy && !(s->cfg & OVL_CFG_METACOPY))
+		return false;
+	if ((d->redirect || upperredirect) && (s->cfg & OVL_CFG_REDIRECT_NOFOLLOW))
+		return false;
+	return true;
+}
+
+static void record(struct ovl_ld *d, struct ovl_hit *h)
+{
+	if (d->nfound == 0) {
+		d->first = *h;
+	} else {
+		if (d->nfound > 1)
+			hit_free(&d->data);
+		d->data = *h;
+	}
+	d->nfound++;
+	memset(h, 0, sizeof(*h));
+}
+
+/* Where a metacopy file's data lives, in the data-only layers
+ * (namei.c:ovl_lookup_data_layers): a contained lookup of the absolute
+ * redirect in each, in order; the target must be a regular file. */
+static int data_layers_lookup(struct ovl_stack *s, const char *redirect,
+			      struct ovl_hit *hit)
+{
+	int err = -ENOENT;
+
+	for (int l = s->nlower + 1; l < s->nlayers; l++) {
+		int fd = ovl_layer_open(s, l, redirect + 1, O_PATH);
+
+		if (fd < 0) {
+			err = fd;
+			continue;
+		}
+		if (fstat(fd, &hit->st) < 0)
+			err = -errno;
+		else if (!S_ISREG(hit->st.st_mode))
+			err = -ENOENT;
+		else
+			err = 0;
+		close(fd);
+		if (!err) {
+			hit->layer = l;
+			hit->path = strdup(redirect + 1);
+			return hit->path ? 0 : -ENOMEM;
+		}
+	}
+	return err;
+}
+
+/* Install what a successful lookup of a non-directory found. */
+static int install_file(struct ovl_ld *d, const struct ovl_hit *top,
+			const struct ovl_hit *data, int data_err)
+{
+	struct ovl_dir *p = d->parent;
+	struct ovl_ent *e = d->ent;
+	size_t extra = 0;
+	struct ovl_fill *f;
+	void *x;
+
+	if (top->metacopy)
+		extra = sizeof(struct ovl_mcdata) + (data ? strlen(data->path) : 0) + 1;
+	else if (d->target)
+		extra = strlen(d->target) + 1;
+	/* Room for the metadata of more names of this directory in one chunk:
+	 * as many as were filled so far (a walk fills them all), at most the
+	 * rest, at the size a typical encoding takes. */
+	if (!ovl_arena_room(&p->arena, OVL_STAT_MAX + extra)) {
+		uint32_t more = p->nfilled > 8 ? p->nfilled : 8;
+
+		if (more > p->nents - p->nfilled)
+			more = p->nents - p->nfilled;
+		if (ovl_arena_reserve(&p->arena, 40u * more + OVL_STAT_MAX + extra))
+			return -ENOMEM;
+	}
+	f = ovl_fill_new(&p->arena, &top->st, extra);
+	if (!f)
+		return -ENOMEM;
+	x = ovl_fill_extra(f);
+	if (top->metacopy) {
+		struct ovl_mcdata *mc = x;
+
+		mc->err = data ? 0 : data_err;
+		mc->layer = data ? (uint16_t)data->layer : 0;
+		mc->blocks = data ? data->st.st_blocks :
+			     /* no data: the kernel's guess before its lazy lookup */
+			     ((top->st.st_size + top->st.st_blksize - 1) / top->st.st_blksize) *
+			     (top->st.st_blksize / 512);
+		strcpy(mc->path, data ? data->path : "");
+		/* inode.c:ovl_map_dev_ino: an upper file with a lower origin
+		 * reports the origin's inode when that has one link. */
+		mc->origin_ino = d->has_upper && d->nfound && d->first.st.st_nlink == 1 ?
+				 d->first.st.st_ino : 0;
+		e->flags |= OVL_E_METACOPY;
+	} else if (d->target) {
+		memcpy(x, d->target, extra);
+	}
+	e->ext = f;
+	e->flags |= OVL_E_FILLED;
+	p->nfilled++;
+	ovl_dir_account(d->s, p);
+	return 0;
+}
+
+static int install_dir(struct ovl_ld *d)
+{
+	struct ovl_dir *c = d->child;
+	int err = ovl_index_finish(c);
+
+	if (err)
+		return err;
+	ovl_build_end(c);
+	if (c->nstack < d->childcap) {
+		struct ovl_dlayer *fit = realloc(c->stack, c->nstack * sizeof(*fit));
+
+		if (fit) {
+			c->bytes -= (d->childcap - c->nstack) * sizeof(*fit);
+			c->stack = fit;
+		}
+	}
+	c->opaque = d->opaque;
+	/* The root's inode is its own; a merged directory reports its
+	 * top-most lower's (its copy-up origin). */
+	c->origin_ino = d->has_upper && d->nfound ? d->first.st.st_ino :
+			c->origin_ino;
+	d->ent->ext = c;
+	d->child = NULL;
+	ovl_dir_account(d->s, c);
+	return 0;
+}
+
+/* Resolve entry e of directory p as namei.c:ovl_lookup does, and cache
+ * the result: a directory node with its index, or the metadata of a
+ * non-directory.  Return 0, or -errno (-ENOENT: e turned out to be an
+ * xattr whiteout and is now marked as one). */
+int ovl_resolve_ent(struct ovl_walk *w, struct ovl_dir *p, struct ovl_ent *e)
+{
+	struct ovl_stack *s = w->s;
+	struct ovl_ld d = { .s = s, .parent = p, .ent = e };
+	bool follow = !(s->cfg & OVL_CFG_REDIRECT_NOFOLLOW);
+	bool check_redirect = follow || s->ndata;
+	bool uppermetacopy = false, upperredirect = false, poe_root = false;
+	struct ovl_dir *root = s->root;
+	uint32_t lo = p->stack[0].layer == 0 ? 1 : 0;	/* p's lower layers */
+	uint32_t i, npoe = p->nstack - lo;
+	struct ovl_hit hit = { 0 }, data_hit = { 0 };
+	int err = 0, r, data_err = 0;
+
+	d.name = strndup(e->name, e->namelen);
+	if (!d.name)
+		return -ENOMEM;
+	if (ovl_oci_wh(s) && e->namelen >= 4 && !memcmp(e->name, ".wh.", 4)) {
+		err = -ENOENT;	/* whiteout markers are never visible */
+		goto out;
+	}
+	d.last = check_redirect ? false : npoe == 0;
+	if (lo) {
+		r = lookup_layer(&d, 0, p->stack[0].path, 0, &hit);
+		if (r < 0) {
+			err = r;
+			goto out;
+		}
+		if (r) {
+			d.upper = hit;
+			d.has_upper = true;
+			memset(&hit, 0, sizeof(hit));
+			if (!d.is_dir)
+				uppermetacopy = d.metacopy;
+		}
+		if (d.redirect) {
+			upperredirect = true;
+			if (d.name[0] == '/')
+				poe_root = true;
+		}
+	}
+	for (i = 0; !d.stop;) {
+		const struct ovl_dlayer *l;
+		int base_si, layer;
+
+		if (poe_root) {
+			/* From the layer roots, below the layer that redirected. */
+			uint32_t rlo = root->stack[0].layer == 0 ? 1 : 0;
+
+			if (i >= root->nstack - rlo)
+				break;
+			l = &root->stack[rlo + i];
+			base_si = p == root ? (int)(rlo + i) : -1;
+		} else {
+			if (i >= npoe)
+				break;
+			l = &p->stack[lo + i];
+			base_si = (int)(lo + i);
+		}
+		layer = l->layer;
+		if (!may_follow(&d, upperredirect)) {
+			err = -EPERM;
+			goto out;
+		}
+		if (!check_redirect)
+			d.last = i == (poe_root ? (uint32_t)s->nlower : npoe) - 1;
+		else if (d.is_dir || !s->ndata)
+			d.last = layer == s->nlower;
+		r = lookup_layer(&d, layer, l->path, base_si, &hit);
+		if (r < 0) {
+			err = r;
+			goto out;
+		}
+		if (r) {
+			/* Keep only the top-most lower metacopy and the data. */
+			if (!(d.metacopy && d.nfound))
+				record(&d, &hit);
+			else
+				hit_free(&hit);
+			if (d.stop)
+				break;
+			if (d.redirect && d.name[0] == '/' && !poe_root) {
+				poe_root = true;
+				i = (uint32_t)layer;	/* the next layer, from the roots */
+				continue;
+			}
+		}
+		i++;
+	}
+	if (d.metacopy && d.nfound && s->ndata && d.absolute_redirect) {
+		/* The data is in a data-only layer: found lazily, like the
+		 * kernel; a missing one fails opening the data, not lstat. */
+		d.metacopy = false;
+		data_err = data_layers_lookup(s, d.name, &data_hit);
+	} else if (!may_follow(&d, upperredirect)) {
+		err = -EPERM;
+		goto out;
+	}
+	if (d.metacopy || (uppermetacopy && !d.nfound)) {
+		err = -EIO;	/* "metacopy with no lower data found" */
+		goto out;
+	}
+	if (!d.has_upper && !d.nfound) {
+		err = -ENOENT;
+		e->flags |= OVL_E_WHITEOUT;	/* e.g. an xattr whiteout on top */
+		goto out;
+	}
+	if (d.is_dir) {
+		err = d.child ? install_dir(&d) : -ESTALE;
+	} else {
+		const struct ovl_hit *top = d.has_upper ? &d.upper : &d.first;
+		const struct ovl_hit *data = NULL;
+
+		if (top->metacopy) {
+			if (data_hit.path)
+				data = &data_hit;
+			else if (!data_err)
+				data = d.nfound > 1 ? &d.data : &d.first;
+		}
+		if (IFTODT(top->st.st_mode) != e->dtype)
+			err = -ESTALE;	/* replaced behind our back: invalidate() */
+		else
+			err = install_file(&d, top, data, data_err);
+	}
+out:
+	if (d.child) {
+		ovl_build_end(d.child);
+		ovl_dir_free(s, d.child);
+	}
+	hit_free(&hit);
+	hit_free(&d.upper);
+	hit_free(&d.first);
+	if (d.nfound > 1)
+		hit_free(&d.data);
+	hit_free(&data_hit);
+	free(d.name);
+	free(d.target);
+	return err;
+}
+
+/* Build the root: the upper and every lower layer root, merged. */
+static int materialize_root(struct ovl_stack *s, struct ovl_dir **out)
+{
+	struct ovl_dir *d = ovl_dir_new(s, NULL, s->root_ent);
 	uint32_t cap = 0;
-	bool is_root = !p, have_origin = false;
-	int err, layer;
-	char *path;
+	int err;
 
 	if (!d)
 		return -ENOMEM;
 	err = ovl_build_begin(d);
-	if (err)
-		goto fail;
-	for (int root_i = 0;;) {
-		char opaque = 0, *redirect = NULL;
-		bool oci_opq = false, stop = false;
+	for (int layer = 0; !err && layer <= s->nlower; layer++) {
+		char opaque = 0;
+		bool oci_opq;
 		int fd;
 
-		if (is_root) {
-			/* The root's stack is the upper and every lower layer. */
-			if (root_i > s->nlower)
-				break;
-			layer = root_i++;
-			if (layer == 0 && s->layers[0].fd < 0)
-				continue;
-			path = NULL;
-		} else {
-			err = next_candidate(s, p, e, &it, &layer, &path);
-			if (err < 0)
-				goto fail;
-			if (err == 0)
-				break;
-		}
-		fd = ovl_layer_open_dir(s, layer, path ? path : d->path);
+		if (layer == 0 && s->layers[0].fd < 0)
+			continue;
+		fd = ovl_layer_open_dir(s, layer, "");
 		if (fd < 0) {
-			free(path);
-			if (fd == -ENOENT)
-				continue;	/* not in this layer (or gone since) */
-			if (it.mode != BY_OCC && (fd == -ENOTDIR || fd == -ELOOP))
-				break;		/* a non-directory ends the merge */
-			if (it.mode == BY_OCC && (fd == -ENOTDIR || fd == -ELOOP))
-				continue;	/* changed behind our back */
 			err = fd;
-			goto fail;
+			break;
 		}
-		err = 0;
-		if (d->nstack == 0)
-			err = fill_dir_stat(d, fd, is_root ? s->root_ent : e);
-		else if (layer != 0 && !have_origin && s->samefs) {
+		if (d->nstack == 0) {
 			struct stat st;
 
-			if (fstat(fd, &st) == 0)
-				d->origin_ino = st.st_ino;
+			err = fstat(fd, &st) < 0 ? -errno : set_dir_stat(d, &st);
+			s->root_ent->ino = st.st_ino;
 		}
-		if (layer != 0)
-			have_origin = true;
+		/* The root is never opaque and never redirected; opaque=x still
+		 * marks xattr whiteouts in it. */
 		if (!err && ovl_kernel_wh(s))
-			err = ovl_dir_xattrs(s, fd, &opaque, is_root ? NULL : &redirect);
+			err = ovl_dir_xattrs(s, fd, &opaque, NULL);
 		if (!err)
-			err = stack_push(d, &cap, layer, path);
-		else
-			free(path);
+			err = stack_push(d, &cap, layer, "");
 		if (!err) {
-			d->stack[d->nstack - 1].xmarker = opaque == 'x';
+			d->stack[d->nstack - 1].xmarker = opaque == 'x' && layer != 0 &&
+							  layer != s->nlower;
 			err = ovl_index_layer(s, d, d->nstack - 1, fd, &oci_opq);
 		}
 		close(fd);
-		if (err) {
-			free(redirect);
-			goto fail;
-		}
-		if (!is_root && (opaque == 'y' || oci_opq)) {
-			d->opaque = true;
-			stop = true;
-		}
-		if (!stop && redirect && layer < s->nlower) {
-			err = ovl_check_redirect(redirect);
-			if (!err && (s->cfg & OVL_CFG_REDIRECT_NOFOLLOW))
-				err = -EPERM;
-			if (!err)
-				err = redirect_to(&it, redirect, layer,
-						  d->stack[d->nstack - 1].path);
-		} else if (redirect) {
-			err = ovl_check_redirect(redirect);
-		}
-		free(redirect);
-		if (err)
-			goto fail;
-		if (stop)
-			break;
 	}
-	if (d->nstack == 0) {
-		err = -ENOENT;	/* every layer lost it behind our back */
-		goto fail;
-	}
-	err = ovl_index_finish(d);
-	if (err)
-		goto fail;
+	if (!err)
+		err = ovl_index_finish(d);
 	ovl_build_end(d);
-	free(it.name);
-	free(it.apath);
-	if (d->nstack < cap) {
-		struct ovl_dlayer *fit = realloc(d->stack, d->nstack * sizeof(*fit));
-
-		if (fit) {
-			d->bytes -= (cap - d->nstack) * sizeof(*fit);
-			d->stack = fit;
-		}
+	if (err) {
+		ovl_dir_free(s, d);
+		return err;
 	}
-	e = is_root ? s->root_ent : e;
-	e->ext = d;
-	if (is_root)
-		s->root = d;
+	s->root_ent->ext = d;
+	s->root = d;
 	ovl_dir_account(s, d);
 	*out = d;
 	return 0;
-fail:
-	ovl_build_end(d);
-	free(it.name);
-	free(it.apath);
-	ovl_dir_free(s, d);
-	return err;
 }
 
 /* The directory node of entry e (held by p; p NULL for the root),
@@ -284,6 +738,8 @@ fail:
 int ovl_ent_dir(struct ovl_walk *w, struct ovl_dir *p, struct ovl_ent *e,
 		struct ovl_dir **out)
 {
+	int err;
+
 	if (e->dtype != DT_DIR)
 		return -ENOTDIR;
 	if (e->ext) {
@@ -292,7 +748,13 @@ int ovl_ent_dir(struct ovl_walk *w, struct ovl_dir *p, struct ovl_ent *e,
 	}
 	if (w->cached_only)
 		return -EAGAIN;
-	return materialize(w->s, e == w->s->root_ent ? NULL : p, e, out);
+	if (e == w->s->root_ent)
+		return materialize_root(w->s, out);
+	err = ovl_resolve_ent(w, p, e);
+	if (err)
+		return err;
+	*out = e->ext;
+	return 0;
 }
 
 int ovl_walk_path(struct ovl_walk *w, const char *path, unsigned flags)
@@ -349,7 +811,7 @@ int ovl_walk_path(struct ovl_walk *w, const char *path, unsigned flags)
 				err = -EAGAIN;
 				goto out;
 			}
-			err = ovl_ent_fill(w, d, e);
+			err = ovl_resolve_ent(w, d, e);
 			if (err)
 				goto out;
 		}

@@ -34,8 +34,8 @@ struct ovl_layer {
 };
 
 /* ovl_ent.flags */
-#define OVL_E_WHITEOUT	0x01	/* top-most occurrence hides the name */
-#define OVL_E_STOPPED	0x02	/* no further layers can contribute */
+#define OVL_E_WHITEOUT	0x01	/* the top-most occurrence hides the name */
+#define OVL_E_TOPOCI	0x02	/* ".wh.NAME" sits next to the top-most occurrence */
 #define OVL_E_FILLED	0x04	/* a non-directory's ext is its struct ovl_fill */
 #define OVL_E_METACOPY	0x08	/* the fill's extra is a struct ovl_mcdata */
 
@@ -46,14 +46,30 @@ struct ovl_ent {
 				   a directory: its struct ovl_dir (once built);
 				   a filled non-directory: its struct ovl_fill */
 	uint32_t hash;
-	uint32_t occ;		/* offset of further dir occurrences in dir->occ */
-	uint16_t top;		/* index into the parent's stack */
+	uint32_t occ;		/* offset of the occurrences below the top in dir->occ */
+	uint16_t top;		/* stack index of the top-most occurrence */
 	uint16_t nocc;
 	uint16_t namelen;
 	uint8_t dtype;
 	uint8_t flags;
 	char name[];
 };
+
+/* What a layer of a directory's stack holds under a name: one kind, and
+ * whether ".wh.NAME" sits next to it (OCI whiteouts).  Kept for every layer
+ * where the name occurs, so a lookup (namei.c) needs no syscall to know
+ * where to look. */
+enum ovl_occ_kind {
+	OK_NONE = 0,	/* only ".wh.NAME" */
+	OK_DIR = 1,
+	OK_REG = 2,
+	OK_OTHER = 3,	/* symlink, fifo, socket, device */
+	OK_WH = 4,	/* char 0:0, or an xattr whiteout found while listing */
+	OK_KIND = 7,
+	OK_OCI = 8,
+};
+#define OVL_OCC(si, bits) (((uint32_t)(si) << 4) | (uint32_t)(bits))
+#define OVL_OCC_SI(o) ((o) >> 4)
 
 /* The metadata of a looked-up name, compactly encoded (inode.c:
  * typically 25-35 bytes instead of a 144-byte struct stat), followed, at
@@ -70,9 +86,12 @@ static inline void *ovl_fill_extra(struct ovl_fill *f)
 	return (char *)f + ((1u + f->len + 7u) & ~7u);
 }
 
-/* Data location of a metacopy file. */
+/* Data location of a metacopy file (err: why there is none, found lazily
+ * like the kernel's data-only lookup; the metadata is still valid). */
 struct ovl_mcdata {
 	int64_t blocks;
+	uint64_t origin_ino;	/* st_ino to report: a lower origin's, or 0 */
+	int32_t err;
 	uint16_t layer;
 	char path[];		/* relative to the layer root */
 };
@@ -105,7 +124,7 @@ struct ovl_dir {
 	uint32_t nents;		/* names incl. whiteouts */
 	struct ovl_ent **order;	/* visible names in the kernel's readdir order */
 	uint32_t norder;
-	uint16_t *occ;		/* further dir occurrences of entries (stack indices) */
+	uint32_t *occ;		/* occurrences below the top (OVL_OCC), per entry by layer */
 	uint32_t nocc, occcap;
 	uint64_t origin_ino;	/* st_ino the overlay reports for a merged dir */
 	struct ovl_fill *fill;	/* the top-most layer's metadata */
@@ -201,7 +220,8 @@ struct ovl_ent *ovl_dir_find(const struct ovl_dir *d, const char *name,
 			     size_t len, uint32_t hash);
 struct ovl_ent *ovl_dir_insert(struct ovl_dir *d, const char *name, size_t len,
 			       uint32_t hash);
-int ovl_dir_add_occ(struct ovl_dir *d, struct ovl_ent *e, uint16_t si);
+int ovl_dir_add_occ(struct ovl_dir *d, struct ovl_ent *e, uint32_t occ);
+int ovl_occ_bits(const struct ovl_dir *d, const struct ovl_ent *e, uint32_t si);
 struct ovl_dir *ovl_dir_new(struct ovl_stack *s, struct ovl_dir *parent,
 			    struct ovl_ent *ent);
 void ovl_dir_free(struct ovl_stack *s, struct ovl_dir *d);
@@ -216,7 +236,7 @@ int ovl_classify_chr(const struct ovl_stack *s, int dfd, const char *name);
 int ovl_is_xwhiteout_at(const struct ovl_stack *s, int dfd, const char *name);
 int ovl_dir_xattrs(const struct ovl_stack *s, int fd, char *opaque,
 		   char **redirect);
-int ovl_check_redirect(const char *r);
+int ovl_parse_redirect(const char *buf, long len, char **out);
 bool ovl_xattr_is_private(const struct ovl_stack *s, const char *name);
 
 /* readdir.c */
@@ -230,14 +250,13 @@ void ovl_build_end(struct ovl_dir *d);
 int ovl_walk_path(struct ovl_walk *w, const char *path, unsigned flags);
 int ovl_ent_dir(struct ovl_walk *w, struct ovl_dir *parent, struct ovl_ent *e,
 		struct ovl_dir **out);
-int ovl_materialize_root(struct ovl_stack *s);
+int ovl_resolve_ent(struct ovl_walk *w, struct ovl_dir *p, struct ovl_ent *e);
 
 typedef int (*ovl_op_fn)(struct ovl_walk *w, void *arg);
 int ovl_run(struct ovl_stack *s, const char *path, unsigned flags,
 	    ovl_op_fn fn, void *arg);
 
 /* inode.c */
-int ovl_ent_fill(struct ovl_walk *w, struct ovl_dir *d, struct ovl_ent *e);
 struct ovl_fill *ovl_fill_new(struct ovl_arena *a, const struct stat *st, size_t extra);
 void ovl_fill_stat(const struct ovl_fill *f, struct stat *st);
 const char *ovl_ent_target(const struct ovl_ent *e);

@@ -20,8 +20,6 @@
 
 #include "ovl_internal.h"
 
-enum ovl_kind { K_DIR, K_OTHER, K_WHITEOUT };
-
 #define OCI_WH ".wh."
 #define OCI_WH_LEN 4
 #define OCI_OPQ ".wh..wh..opq"
@@ -80,70 +78,59 @@ void ovl_build_end(struct ovl_dir *d)
 	d->build = NULL;
 }
 
-/* An OCI ".wh.NAME" in stack layer si: NAME is gone from the layers below. */
-static int merge_oci_whiteout(struct ovl_dir *d, uint16_t si, const char *name,
-			      size_t len)
+/* Record that stack layer si holds name as kind (enum ovl_occ_kind; OK_NONE
+ * with OK_OCI for a ".wh.NAME").  The first layer to hold the name is its
+ * top-most occurrence; the others are kept for lookups (namei.c). */
+static int merge_name(struct ovl_dir *d, uint16_t si, const char *name, size_t len,
+		      unsigned char dtype, uint64_t ino, int bits)
 {
 	uint32_t h = ovl_name_hash(name, len);
 	struct ovl_ent *e = ovl_dir_find(d, name, len, h);
+	int kind = bits & OK_KIND;
 
 	if (!e) {
 		e = ovl_dir_insert(d, name, len, h);
-		if (!e)
+		if (!e || build_reserve(d, d->nents))
 			return -ENOMEM;
 		e->top = si;
-		e->dtype = DT_UNKNOWN;	/* until NAME itself turns up in this layer */
-		e->flags = OVL_E_WHITEOUT | OVL_E_STOPPED;
-		return build_reserve(d, d->nents);
+		e->dtype = kind == OK_NONE ? DT_UNKNOWN : dtype;
+		e->ino = ino;
+		e->flags = (kind == OK_NONE || kind == OK_WH ? OVL_E_WHITEOUT : 0) |
+			   (bits & OK_OCI ? OVL_E_TOPOCI : 0);
+	} else if (e->top == si) {
+		/* NAME and ".wh.NAME" in one layer: the layer's NAME is seen,
+		 * the layers below are not. */
+		if (bits & OK_OCI) {
+			e->flags |= OVL_E_TOPOCI;
+		} else {
+			e->dtype = dtype;
+			e->ino = ino;
+			e->flags = (e->flags & ~OVL_E_WHITEOUT) |
+				   (kind == OK_WH ? OVL_E_WHITEOUT : 0);
+		}
+	} else {
+		uint32_t *last = e->nocc ? &d->occ[e->occ + e->nocc - 1] : NULL;
+
+		if (last && OVL_OCC_SI(*last) == si)
+			*last |= (uint32_t)bits;	/* the other of NAME / .wh.NAME */
+		else if (ovl_dir_add_occ(d, e, OVL_OCC(si, bits)))
+			return -ENOMEM;
 	}
-	e->flags |= OVL_E_STOPPED;
 	return 0;
 }
 
-static int merge_name(struct ovl_dir *d, uint16_t si, uint32_t pos,
-		      const char *name, size_t len, unsigned char dtype,
-		      uint64_t ino, enum ovl_kind kind)
+/* Remember where a listed name stands in this layer (for the order). */
+static void note_position(struct ovl_dir *d, const char *name, size_t len,
+			  uint16_t si, uint32_t pos)
 {
-	uint32_t h = ovl_name_hash(name, len);
-	struct ovl_ent *e = ovl_dir_find(d, name, len, h);
-	int err;
+	struct ovl_ent *e = ovl_dir_find(d, name, len, ovl_name_hash(name, len));
 
-	if (!e) {
-		e = ovl_dir_insert(d, name, len, h);
-		if (!e)
-			return -ENOMEM;
-		err = build_reserve(d, d->nents);
-		if (err)
-			return err;
-		e->top = si;
-		e->dtype = dtype;
-		e->ino = ino;
-		e->flags = kind == K_WHITEOUT ? OVL_E_WHITEOUT | OVL_E_STOPPED :
-			   kind == K_DIR ? 0 : OVL_E_STOPPED;
-	} else if (e->top == si && e->dtype == DT_UNKNOWN) {
-		/* NAME next to its own ".wh.NAME": the layer's NAME wins and
-		 * the whiteout hides the layers below. */
-		e->dtype = dtype;
-		e->ino = ino;
-		e->flags = OVL_E_STOPPED | (kind == K_WHITEOUT ? OVL_E_WHITEOUT : 0);
-	} else if (!(e->flags & OVL_E_STOPPED)) {
-		if (kind == K_DIR) {
-			err = ovl_dir_add_occ(d, e, si);
-			if (err)
-				return err;
-		} else {
-			/* A non-directory or whiteout below a directory ends
-			 * the merge (namei.c:ovl_lookup_single). */
-			e->flags |= OVL_E_STOPPED;
-		}
-	}
 	d->build->last[ovl_ent_seq(e)] = si;
 	d->build->pos[ovl_ent_seq(e)] = pos;
-	return 0;
 }
 
 static int classify(struct ovl_stack *s, struct ovl_dir *d, uint16_t si, int fd,
-		    const char *name, unsigned char *dtype, enum ovl_kind *kind)
+		    const char *name, unsigned char *dtype, int *kind)
 {
 	int r;
 
@@ -154,7 +141,7 @@ static int classify(struct ovl_stack *s, struct ovl_dir *d, uint16_t si, int fd,
 			return -errno;
 		*dtype = (unsigned char)IFTODT(st.st_mode);
 	}
-	*kind = *dtype == DT_DIR ? K_DIR : K_OTHER;
+	*kind = *dtype == DT_DIR ? OK_DIR : *dtype == DT_REG ? OK_REG : OK_OTHER;
 	if (!ovl_kernel_wh(s))
 		return 0;
 	if (*dtype == DT_CHR) {
@@ -162,7 +149,7 @@ static int classify(struct ovl_stack *s, struct ovl_dir *d, uint16_t si, int fd,
 		if (r < 0)
 			return r;
 		if (r)
-			*kind = K_WHITEOUT;
+			*kind = OK_WH;
 	} else if (*dtype == DT_REG && d->stack[si].xmarker) {
 		/* Only directories marked opaque=x are searched for xattr
 		 * whiteouts while listing, as the kernel's readdir does. */
@@ -170,7 +157,7 @@ static int classify(struct ovl_stack *s, struct ovl_dir *d, uint16_t si, int fd,
 		if (r < 0)
 			return r;
 		if (r)
-			*kind = K_WHITEOUT;
+			*kind = OK_WH;
 	}
 	return 0;
 }
@@ -211,7 +198,7 @@ int ovl_index_layer(struct ovl_stack *s, struct ovl_dir *d, uint32_t si,
 			const char *name = de->d_name;
 			size_t len = strlen(name);
 			unsigned char dtype = de->d_type;
-			enum ovl_kind kind = K_OTHER;
+			int kind = OK_OTHER;
 
 			off += de->d_reclen;
 			if (name[0] == '.' && (len == 1 || (len == 2 && name[1] == '.')))
@@ -220,9 +207,9 @@ int ovl_index_layer(struct ovl_stack *s, struct ovl_dir *d, uint32_t si,
 				if (!strcmp(name, OCI_OPQ))
 					*oci_opaque = true;
 				else if (len > OCI_WH_LEN)
-					err = merge_oci_whiteout(d, (uint16_t)si,
-								 name + OCI_WH_LEN,
-								 len - OCI_WH_LEN);
+					err = merge_name(d, (uint16_t)si, name + OCI_WH_LEN,
+							 len - OCI_WH_LEN, DT_UNKNOWN, 0,
+							 OK_NONE | OK_OCI);
 				if (err)
 					return err;
 				continue;
@@ -231,10 +218,11 @@ int ovl_index_layer(struct ovl_stack *s, struct ovl_dir *d, uint32_t si,
 			if (err == -ENOENT)
 				continue;	/* removed while we read */
 			if (!err)
-				err = merge_name(d, (uint16_t)si, pos++, name, len, dtype,
+				err = merge_name(d, (uint16_t)si, name, len, dtype,
 						 de->d_ino, kind);
 			if (err)
 				return err;
+			note_position(d, name, len, (uint16_t)si, pos++);
 		}
 	}
 	return 0;

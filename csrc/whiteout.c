@@ -96,20 +96,7 @@ int ovl_dir_xattrs(const struct ovl_stack *s, int fd, char *opaque,
 		char buf[4097];
 		long r = ovl_fd_getxattr(fd, s->x_redirect, buf, sizeof(buf) - 1);
 
-		if (r == -ERANGE) {
-			err = -EINVAL;	/* longer than any valid path */
-			goto out;
-		}
-		if (r >= 0) {
-			buf[r] = '\0';
-			if (strlen(buf) != (size_t)r) {
-				err = -EINVAL;
-				goto out;
-			}
-			*redirect = strdup(buf);
-			if (!*redirect)
-				err = -ENOMEM;
-		}
+		err = ovl_parse_redirect(buf, r, redirect);
 	}
 out:
 	if (list != small)
@@ -117,27 +104,41 @@ out:
 	return err;
 }
 
-/* A redirect is one name with no '/', or an absolute path "/a/b" whose
- * components are real names (util.c:ovl_get_redirect_xattr). */
-int ovl_check_redirect(const char *r)
+/* <ns>.overlay.redirect as util.c:ovl_get_redirect_xattr reads it: a C
+ * string (cut at a NUL), either one name with no '/' or an absolute path
+ * with no empty component ("." and ".." fail later, with EACCES, when they
+ * are looked up).  len is what getxattr returned for buf.  Return 0 with
+ * *out malloc'd (NULL when there is no redirect) or -EINVAL. */
+int ovl_parse_redirect(const char *buf, long len, char **out)
 {
-	const char *p = r;
+	char *r;
 
-	if (!*r)
+	*out = NULL;
+	if (len == -ENODATA || len == -EOPNOTSUPP)
+		return 0;
+	if (len < 0)
+		return len == -ERANGE ? -EINVAL : (int)len;	/* longer than a path */
+	if (len == 0)
 		return -EINVAL;
-	if (*r != '/')
-		return strchr(r, '/') || !strcmp(r, ".") || !strcmp(r, "..") ||
-		       strlen(r) > OVL_NAME_MAX ? -EINVAL : 0;
-	while (*p) {
-		const char *c = p + 1, *e = strchrnul(c, '/');
-		size_t len = (size_t)(e - c);
+	r = strndup(buf, (size_t)len);
+	if (!r)
+		return -ENOMEM;
+	if (r[0] == '/') {
+		for (const char *p = r; *p;) {
+			const char *c = p + 1, *e = strchrnul(c, '/');
 
-		if (len == 0 || len > OVL_NAME_MAX || (len == 1 && c[0] == '.') ||
-		    (len == 2 && c[0] == '.' && c[1] == '.'))
-			return -EINVAL;
-		p = e;
+			if (e == c)
+				goto invalid;
+			p = e;
+		}
+	} else if (!*r || strchr(r, '/')) {
+		goto invalid;
 	}
+	*out = r;
 	return 0;
+invalid:
+	free(r);
+	return -EINVAL;
 }
 
 /* Is this xattr one of the stack's private <ns>.overlay.* names (and not an

@@ -333,6 +333,8 @@ cdef class Stack:
         raise TypeError("cannot pickle 'Stack' objects")
 
     def __repr__(self):
+        if self.lowers is None:
+            return "<uninitialized overlayfs.Stack>"
         state = "closed " if self.closed else ""
         return (f"<{state}overlayfs.Stack upper={self.upper!r} "
                 f"lowers={len(self.lowers)} data_layers={len(self.data_layers)}>")
@@ -588,8 +590,14 @@ cdef class Stack:
         Yields (dirpath, dirnames, filenames); with topdown, dirnames may be
         pruned in place.  Symlinks to directories are listed in dirnames but
         only entered with followlinks."""
+        top = os.fspath(top)
         stack = [top]
-        sep = b"/" if isinstance(os.fspath(top), bytes) else "/"
+        sep = b"/" if isinstance(top, bytes) else "/"
+
+        def join(a, name):
+            # os.path.join: no separator doubled after a trailing one.
+            return a + name if not a or a.endswith(sep) else a + sep + name
+
         while stack:
             top = stack.pop()
             if isinstance(top, tuple):
@@ -621,14 +629,14 @@ cdef class Stack:
                 # dirs may have been edited in place: names we did not list
                 # are checked with a lookup, like os.walk does.
                 for d in reversed(dirs):
-                    new = (top + sep + d) if top and top != sep else d
+                    new = join(top, d)
                     if followlinks or not (d in links if d in listed else self.islink(new)):
                         stack.append(new)
             else:
                 stack.append((top, dirs, nondirs))
                 for d in reversed(dirs):
                     if followlinks or d not in links:
-                        stack.append((top + sep + d) if top and top != sep else d)
+                        stack.append(join(top, d))
 
     # -- xattrs ----------------------------------------------------------
 
@@ -726,6 +734,9 @@ cdef class ScandirIterator:
     cdef list _entries
     cdef Py_ssize_t _pos
 
+    def __init__(self, *args, **kwargs):
+        raise TypeError("cannot create 'overlayfs.ScandirIterator' instances: use Stack.scandir()")
+
     def __iter__(self):
         return self
 
@@ -768,6 +779,9 @@ cdef class Entry:
     cdef uint64_t _ino
     cdef object _stat
     cdef object _lstat
+
+    def __init__(self, *args, **kwargs):
+        raise TypeError("cannot create 'overlayfs.Entry' instances: use Stack.scandir()")
 
     @property
     def path(self):

@@ -1,0 +1,114 @@
+"""Shared fixtures: the Stack implementations under test and the kernel requirement.
+
+* ``stack_impl`` runs a test once per implementation: ``"c"`` gives
+  ``overlayfs.Stack`` and ``"reference"`` gives ``ReferenceStack``.  The C one is
+  skipped when the compiled package cannot be imported, unless
+  ``OVERLAYFS_REQUIRE_KERNEL=1`` is set, in which case the test fails.
+* ``require_kernel`` skips a test that needs real overlay mounts when they are
+  not possible here (or fails it under ``OVERLAYFS_REQUIRE_KERNEL=1``); see
+  ``kernel.skip_unless_mountable``.
+* ``kernel_views`` caches kernel views for the whole session, so a random
+  stack is mounted once and compared with every implementation.
+
+The helper modules ``kernel`` and ``stackgen`` live next to this file; with
+``--import-mode=importlib`` the tests directory is not on ``sys.path``, so it
+is added here.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import pathlib
+import sys
+
+import pytest
+
+TESTS_DIR = pathlib.Path(__file__).resolve().parent
+REPO_ROOT = TESTS_DIR.parent
+REFERENCE_FILE = REPO_ROOT / "src" / "overlayfs" / "_reference.py"
+
+if str(TESTS_DIR) not in sys.path:
+    sys.path.insert(0, str(TESTS_DIR))
+
+import kernel  # noqa: E402  (needs the path set up above)
+
+
+def require_kernel_env() -> bool:
+    """Is OVERLAYFS_REQUIRE_KERNEL=1 set (missing kernel support or C module fails instead of skipping)?"""
+    return os.environ.get("OVERLAYFS_REQUIRE_KERNEL") == "1"
+
+
+def load_reference():
+    """The ``_reference`` module: from the installed package if it imports and matches
+    ``src/overlayfs/_reference.py``, else from that source file (a stale install is not tested)."""
+    try:
+        from overlayfs import _reference  # noqa: PLC0415
+    except ImportError:
+        _reference = None
+    if _reference is not None:
+        try:
+            with open(_reference.__file__, "rb") as a, open(REFERENCE_FILE, "rb") as b:
+                if a.read() == b.read():
+                    return _reference
+        except OSError:
+            return _reference  # no source tree next to the tests: use what is installed
+    name = "overlayfs_reference_standalone"
+    module = sys.modules.get(name)
+    if module is None:
+        spec = importlib.util.spec_from_file_location(name, REFERENCE_FILE)
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[name] = module
+        spec.loader.exec_module(module)
+    return module
+
+
+def load_c_stack():
+    """``overlayfs.Stack``, or raise ImportError with the reason."""
+    import overlayfs  # noqa: PLC0415
+
+    try:
+        return overlayfs.Stack
+    except AttributeError as e:
+        raise ImportError("overlayfs has no Stack: %s" % e) from e
+
+
+@pytest.fixture(params=["c", "reference"])
+def stack_impl(request):
+    """A Stack class: the compiled ``overlayfs.Stack`` or the pure-Python ``ReferenceStack``."""
+    if request.param == "reference":
+        return load_reference().ReferenceStack
+    try:
+        return load_c_stack()
+    except ImportError as e:
+        if require_kernel_env():
+            pytest.fail("OVERLAYFS_REQUIRE_KERNEL=1 but the compiled overlayfs.Stack is not importable: %s" % e,
+                        pytrace=False)
+        pytest.skip("compiled overlayfs.Stack not importable: %s" % e)
+
+
+@pytest.fixture
+def require_kernel():
+    """Skip (or fail under OVERLAYFS_REQUIRE_KERNEL=1) unless overlays can be mounted."""
+    kernel.skip_unless_mountable()
+
+
+class KernelViews:
+    """Session cache of kernel views of generated stacks, keyed by a hashable description."""
+
+    def __init__(self, base: pathlib.Path):
+        self.base = base
+        self.views: dict = {}
+
+    def get(self, key, build):
+        """The kernel view for *key*; on a miss, ``build(root)`` returns kernel_view kwargs."""
+        if key not in self.views:
+            root = self.base / ("k%d" % len(self.views))
+            root.mkdir()
+            self.views[key] = kernel.kernel_view(**build(root))
+        return self.views[key]
+
+
+@pytest.fixture(scope="session")
+def kernel_views(tmp_path_factory):
+    return KernelViews(tmp_path_factory.mktemp("kernel-views"))

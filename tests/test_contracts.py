@@ -1,0 +1,237 @@
+"""API contract of the C-backed package (psutil test_contracts style):
+__all__, return types, str/bytes in -> out, the .pyi stub, pickling."""
+
+import ast
+import collections.abc
+import copy
+import inspect
+import io
+import os
+import pathlib
+import pickle
+import sys
+
+import pytest
+
+if os.path.dirname(os.path.abspath(__file__)) not in sys.path:  # conftest does this too
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import util  # noqa: E402
+import overlayfs  # noqa: E402
+
+Stack = overlayfs.Stack
+REPO = pathlib.Path(__file__).resolve().parent.parent
+STUB = REPO / "src" / "overlayfs" / "_core.pyi"
+
+
+@pytest.fixture
+def st(tmp_path):
+    L = util.Layers(tmp_path, nlowers=2, upper=True)
+    f = util.mkfile(L.p(1, "f"), "one")
+    os.setxattr(f, "user.k", b"v")
+    util.mkfile(L.p(2, "d/x"), "x")
+    util.symlink(L.p(1, "lnk"), "f")
+    with L.stack(Stack) as s:
+        yield s
+
+
+def test_all():
+    assert set(overlayfs.__all__) >= {"Stack", "Entry", "CacheInfo"}
+    for name in overlayfs.__all__:
+        assert getattr(overlayfs, name) is not None
+    ns = {}
+    exec("from overlayfs import *", ns)
+    assert set(overlayfs.__all__) <= set(ns)
+    assert isinstance(overlayfs.__version__, str)
+
+
+def test_return_types(st):
+    assert type(st.lstat("f")) is os.stat_result
+    assert type(st.stat("lnk")) is os.stat_result
+    for pred in (st.exists, st.lexists, st.isdir, st.isfile, st.islink):
+        assert pred("f") in (True, False) and type(pred("f")) is bool
+        assert type(pred("nope")) is bool
+    assert type(st.layer_of("f")) is int
+    assert type(st.listdir()) is list
+    assert type(st.readlink("lnk")) is str
+    assert type(st.resolve("f")) is str
+    assert st.resolve("nope") is None
+    assert type(st.getxattr("f", "user.k")) is bytes
+    assert type(st.listxattr("f")) is list
+    assert type(st.cache_info()) is overlayfs.CacheInfo
+    assert st.invalidate() is None
+    assert st.invalidate("f") is None
+    it = st.scandir()
+    assert hasattr(it, "__enter__") and hasattr(it, "__exit__") and hasattr(it, "close")
+    assert iter(it) is it
+    e = next(it)
+    assert type(e) is overlayfs.Entry
+    assert type(e.layer) is int and type(e.inode()) is int
+    assert type(e.is_dir()) is bool and type(e.is_file()) is bool and type(e.is_symlink()) is bool
+    it.close()
+    w = st.walk()
+    assert isinstance(w, collections.abc.Generator)
+    top, dirs, files = next(w)
+    assert (type(top), type(dirs), type(files)) == (str, list, list)
+    with st.open("f") as f:
+        assert isinstance(f, io.BufferedReader)
+        assert type(f.read()) is bytes
+    with st.open("f", "r") as f:
+        assert isinstance(f, io.TextIOWrapper)
+        assert f.read() == "one"
+    with st.open("f", "rb", buffering=0) as f:
+        assert isinstance(f, io.FileIO)
+    fd = st.os_open("f")
+    assert type(fd) is int
+    os.close(fd)
+    assert type(st.layers) is tuple and st.layers[0] is not None
+    assert type(st.lowers) is tuple and type(st.data_layers) is tuple
+    assert st.whiteouts == "auto" and st.xattr_namespace == "trusted"
+    assert st.closed is False
+
+
+def test_layers_without_upper(tmp_path):
+    L = util.Layers(tmp_path, nlowers=3, ndata=1)
+    with L.stack(Stack) as s:
+        assert s.layers == (None, L.p(1), L.p(2), L.p(3), L.p(4))
+        assert s.upper is None and s.work is None
+
+
+@pytest.mark.parametrize("kind", ["str", "bytes", "pathlike"])
+def test_str_bytes_in_out(st, kind):
+    conv = {"str": str, "bytes": os.fsencode, "pathlike": pathlib.PurePosixPath}[kind]
+    out = bytes if kind == "bytes" else str
+    assert all(type(n) is out for n in st.listdir(conv("d")))
+    assert type(st.readlink(conv("lnk"))) is out
+    assert type(st.resolve(conv("f"))) is out
+    assert type(st.resolve(conv("f"), follow_symlinks=True, data=True)) is out
+    for e in st.scandir(conv("d")):
+        assert type(e.name) is out and type(e.path) is out
+        assert type(os.fspath(e)) is out
+    if kind != "pathlike":   # see test_readdir.test_walk_pathlike_top
+        for top, dirs, files in st.walk(conv("")):
+            assert all(type(x) is out for x in [top] + dirs + files)
+    # listxattr names are always str, values always bytes
+    assert all(type(n) is str for n in st.listxattr(conv("f")))
+    assert type(st.getxattr(conv("f"), "user.k")) is bytes
+
+
+def test_not_picklable(st):
+    e = next(iter(st.scandir()))
+    it = st.scandir()
+    for obj in (st, e, it):
+        for proto in range(pickle.HIGHEST_PROTOCOL + 1):
+            with pytest.raises(TypeError):
+                pickle.dumps(obj, proto)
+        with pytest.raises(TypeError):
+            copy.copy(obj)
+        with pytest.raises(TypeError):
+            copy.deepcopy(obj)
+
+
+def test_cacheinfo_is_a_namedtuple():
+    ci = overlayfs.CacheInfo(1, 2, 3, 4, 5, 6, 7, 8)
+    assert ci.hits == 1 and ci.flushes == 8
+    assert ci._asdict()["max_bytes"] == 6
+
+
+def test_entry_not_instantiable():
+    """Like os.DirEntry (style guide 4 and 7): Entry objects only come from scandir."""
+    with pytest.raises(TypeError):
+        overlayfs.Entry()
+
+
+def test_repr_of_uninitialised_stack():
+    s = Stack.__new__(Stack)
+    assert "Stack" in repr(s)
+    assert s.closed
+
+
+def test_reinit_refused(st):
+    with pytest.raises(RuntimeError):
+        st.__init__(st.lowers)
+
+
+# -- the stub --------------------------------------------------------------------------
+
+
+def _stub_classes():
+    if not STUB.exists():
+        pytest.skip("src/overlayfs/_core.pyi is not written yet")
+    tree = ast.parse(STUB.read_text())
+    classes = {}
+    for node in tree.body:
+        if isinstance(node, ast.ClassDef):
+            members = {}
+            for item in node.body:
+                if isinstance(item, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                    members.setdefault(item.name, []).append(item)
+                elif isinstance(item, ast.AnnAssign) and isinstance(item.target, ast.Name):
+                    members[item.target.id] = [item]
+            classes[node.name] = members
+    return classes
+
+
+def _params(fn: ast.FunctionDef):
+    a = fn.args
+    pos = [x.arg for x in a.posonlyargs + a.args]
+    kwonly = [x.arg for x in a.kwonlyargs]
+    return pos, kwonly
+
+
+def test_stub_exists_and_is_shipped():
+    if not STUB.exists():
+        pytest.skip("src/overlayfs/_core.pyi is not written yet")
+    assert (REPO / "src" / "overlayfs" / "py.typed").exists()
+    installed = pathlib.Path(overlayfs.__file__).parent
+    if installed.resolve() != STUB.parent.resolve():
+        assert (installed / "_core.pyi").exists(), "the stub is not installed with the package"
+        assert (installed / "py.typed").exists()
+
+
+@pytest.mark.parametrize("cls", ["Stack", "Entry", "CacheInfo"])
+def test_stub_matches_runtime(cls):
+    classes = _stub_classes()
+    assert cls in classes, f"{cls} missing from the stub"
+    stub = classes[cls]
+    runtime = getattr(overlayfs, cls)
+    public = {n for n in dir(runtime) if not n.startswith("_")}
+    if cls == "CacheInfo":
+        assert set(runtime._fields) == set(stub)
+        return
+    missing = public - set(stub)
+    assert not missing, f"in {cls} but not in the stub: {sorted(missing)}"
+    extra = {n for n in stub if not n.startswith("_")} - public
+    assert not extra, f"in the stub but not in {cls}: {sorted(extra)}"
+    for name, defs in stub.items():
+        if name.startswith("_") or not isinstance(defs[0], ast.FunctionDef):
+            continue
+        fn = getattr(runtime, name)
+        if isinstance(fn, property) or type(fn).__name__ == "getset_descriptor":
+            continue
+        try:
+            sig = inspect.signature(fn)
+        except (TypeError, ValueError):
+            continue
+        rt_pos = [p.name for p in sig.parameters.values()
+                  if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+        rt_kw = [p.name for p in sig.parameters.values() if p.kind == p.KEYWORD_ONLY]
+        for d in defs:
+            if any(isinstance(x, ast.Name) and x.id == "property" for x in d.decorator_list):
+                break
+            pos, kw = _params(d)
+            if any(isinstance(x, ast.Name) and x.id in ("classmethod", "staticmethod")
+                   for x in d.decorator_list) and pos[:1] == ["cls"]:
+                pos = pos[1:]      # inspect.signature of a bound classmethod drops cls
+            elif rt_pos[:1] != ["self"] and pos[:1] == ["self"]:
+                pos = pos[1:]
+            assert pos == rt_pos, f"{cls}.{name}: stub {pos} vs runtime {rt_pos}"
+            assert kw == rt_kw, f"{cls}.{name}: stub {kw} vs runtime {rt_kw}"
+
+
+def test_stub_init_signature():
+    classes = _stub_classes()
+    (init,) = classes["Stack"]["__init__"]
+    pos, kw = _params(init)
+    assert pos == ["self", "lowers", "upper", "work"]
+    assert kw == ["xattr_namespace", "whiteouts", "cache", "data_layers", "metacopy",
+                  "redirect_follow", "cache_max_bytes"]
