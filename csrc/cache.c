@@ -148,8 +148,10 @@ struct ovl_ent *ovl_dir_insert(struct ovl_dir *d, const char *name, size_t len,
 	struct ovl_ent *e;
 	uint32_t i;
 
-	/* Keep the load factor at most 3/4. */
-	if (!d->table || (d->nents + 1) * 4 > (d->mask + 1) * 3) {
+	/* Keep the load factor at most 3/4 (7/8 in tables of up to 16 slots,
+	 * where a probe sequence is short anyway). */
+	if (!d->table || (d->mask < 16 ? (d->nents + 1) * 8 > (d->mask + 1) * 7 :
+					 (d->nents + 1) * 4 > (d->mask + 1) * 3)) {
 		if (table_grow(d))
 			return NULL;
 	}
@@ -167,45 +169,6 @@ struct ovl_ent *ovl_dir_insert(struct ovl_dir *d, const char *name, size_t len,
 	d->table[i] = e;
 	d->nents++;
 	return e;
-}
-
-static int occ_reserve(struct ovl_dir *d, uint32_t need)
-{
-	uint32_t cap = d->occcap ? d->occcap : 64;
-	uint32_t *o;
-
-	if (need <= d->occcap)
-		return 0;
-	while (cap < need)
-		cap *= 2;
-	o = realloc(d->occ, cap * sizeof(*o));
-	if (!o)
-		return -ENOMEM;
-	d->bytes += (cap - d->occcap) * sizeof(*o);
-	d->occ = o;
-	d->occcap = cap;
-	return 0;
-}
-
-/* Append an occurrence of e below its top.  Layers are read one after the
- * other, so an entry's occurrences stay sorted; they are kept contiguous by
- * moving them to the end when another entry appended in between. */
-int ovl_dir_add_occ(struct ovl_dir *d, struct ovl_ent *e, uint32_t occ)
-{
-	if (e->nocc && e->occ + e->nocc != d->nocc) {
-		if (occ_reserve(d, d->nocc + e->nocc + 1))
-			return -ENOMEM;
-		memmove(d->occ + d->nocc, d->occ + e->occ, e->nocc * sizeof(*d->occ));
-		e->occ = d->nocc;
-		d->nocc += e->nocc;
-	}
-	if (occ_reserve(d, d->nocc + 1))
-		return -ENOMEM;
-	if (!e->nocc)
-		e->occ = d->nocc;
-	d->occ[d->nocc++] = occ;
-	e->nocc++;
-	return 0;
 }
 
 /* The occurrence bits (enum ovl_occ_kind) of e in stack layer si. */
@@ -335,17 +298,18 @@ void ovl_cache_trim(struct ovl_stack *s)
  * belongs to the cache: do not close it. */
 int ovl_fdcache_get(struct ovl_stack *s, const struct ovl_dir *d, uint32_t si)
 {
-	struct ovl_fdslot *slot;
+	/* Direct-mapped: lookups in random order over many directories
+	 * mostly find their slot, and a miss costs one open. */
+	uintptr_t h = ((uintptr_t)d >> 4) * 2654435761u + si;
+	struct ovl_fdslot *slot = &s->fdc[h % OVL_FDCACHE];
 	int fd;
 
-	for (int i = 0; i < OVL_FDCACHE; i++)
-		if (s->fdc[i].fd >= 0 && s->fdc[i].dir == d && s->fdc[i].si == si)
-			return s->fdc[i].fd;
+	if (slot->fd >= 0 && slot->dir == d && slot->si == si)
+		return slot->fd;
 	fd = ovl_layer_open(s, d->stack[si].layer, d->stack[si].path,
 			    O_PATH | O_DIRECTORY);
 	if (fd < 0)
 		return fd;
-	slot = &s->fdc[s->fdc_next++ % OVL_FDCACHE];
 	if (slot->fd >= 0)
 		close(slot->fd);
 	slot->dir = d;

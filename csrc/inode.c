@@ -137,6 +137,14 @@ static size_t stat_encode(const struct stat *st, uint8_t *out)
 	return (size_t)(p - out);
 }
 
+/* Bytes a fill of st with extra bytes after it takes. */
+size_t ovl_fill_size(const struct stat *st, size_t extra)
+{
+	uint8_t buf[OVL_STAT_MAX];
+
+	return ((1 + stat_encode(st, buf) + 7) & ~(size_t)7) + extra;
+}
+
 /* Store st (and room for extra bytes after it) in the arena, or with
  * malloc when a is NULL. */
 struct ovl_fill *ovl_fill_new(struct ovl_arena *a, const struct stat *st, size_t extra)

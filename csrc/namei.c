@@ -459,7 +459,7 @@ static int install_file(struct ovl_ld *d, const struct ovl_hit *top,
 {
 	struct ovl_dir *p = d->parent;
 	struct ovl_ent *e = d->ent;
-	size_t extra = 0;
+	size_t extra = 0, need;
 	struct ovl_fill *f;
 	void *x;
 
@@ -469,13 +469,14 @@ static int install_file(struct ovl_ld *d, const struct ovl_hit *top,
 		extra = strlen(d->target) + 1;
 	/* Room for the metadata of more names of this directory in one chunk:
 	 * as many as were filled so far (a walk fills them all), at most the
-	 * rest, at the size a typical encoding takes. */
-	if (!ovl_arena_room(&p->arena, OVL_STAT_MAX + extra)) {
+	 * rest, at the size this one takes. */
+	need = ovl_fill_size(&top->st, extra);
+	if (!ovl_arena_room(&p->arena, need)) {
 		uint32_t more = p->nfilled > 8 ? p->nfilled : 8;
 
 		if (more > p->nents - p->nfilled)
 			more = p->nents - p->nfilled;
-		if (ovl_arena_reserve(&p->arena, 40u * more + OVL_STAT_MAX + extra))
+		if (ovl_arena_reserve(&p->arena, more > 1 ? (need - extra) * more + extra : need))
 			return -ENOMEM;
 	}
 	f = ovl_fill_new(&p->arena, &top->st, extra);

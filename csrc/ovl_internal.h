@@ -24,7 +24,7 @@
 #define OVL_NAME_MAX 255
 #define OVL_MAX_LAYERS 65535	/* layer indices are stored in 16 bits */
 #define OVL_DEFAULT_CACHE_MAX (256u << 20)
-#define OVL_FDCACHE 16		/* O_PATH fds of recently used layer dirs */
+#define OVL_FDCACHE 64		/* O_PATH fds of recently used layer dirs */
 
 struct ovl_layer {
 	int fd;			/* O_PATH|O_DIRECTORY root */
@@ -125,7 +125,7 @@ struct ovl_dir {
 	struct ovl_ent **order;	/* visible names in the kernel's readdir order */
 	uint32_t norder;
 	uint32_t *occ;		/* occurrences below the top (OVL_OCC), per entry by layer */
-	uint32_t nocc, occcap;
+	uint32_t nocc;
 	uint64_t origin_ino;	/* st_ino the overlay reports for a merged dir */
 	struct ovl_fill *fill;	/* the top-most layer's metadata */
 	bool opaque;
@@ -165,7 +165,6 @@ struct ovl_stack {
 	struct ovl_ent *root_ent;	/* stands for the root in walks */
 
 	struct ovl_fdslot fdc[OVL_FDCACHE];	/* used under the write lock */
-	unsigned fdc_next;
 
 	uint64_t hits, misses, generation, flushes;	/* atomics */
 	uint64_t bytes, nents, ndirs, max_bytes;	/* under the write lock */
@@ -220,7 +219,6 @@ struct ovl_ent *ovl_dir_find(const struct ovl_dir *d, const char *name,
 			     size_t len, uint32_t hash);
 struct ovl_ent *ovl_dir_insert(struct ovl_dir *d, const char *name, size_t len,
 			       uint32_t hash);
-int ovl_dir_add_occ(struct ovl_dir *d, struct ovl_ent *e, uint32_t occ);
 int ovl_occ_bits(const struct ovl_dir *d, const struct ovl_ent *e, uint32_t si);
 struct ovl_dir *ovl_dir_new(struct ovl_stack *s, struct ovl_dir *parent,
 			    struct ovl_ent *ent);
@@ -258,6 +256,7 @@ int ovl_run(struct ovl_stack *s, const char *path, unsigned flags,
 
 /* inode.c */
 struct ovl_fill *ovl_fill_new(struct ovl_arena *a, const struct stat *st, size_t extra);
+size_t ovl_fill_size(const struct stat *st, size_t extra);
 void ovl_fill_stat(const struct ovl_fill *f, struct stat *st);
 const char *ovl_ent_target(const struct ovl_ent *e);
 int ovl_ent_relpath(const struct ovl_stack *s, const struct ovl_dir *d,

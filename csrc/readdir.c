@@ -24,12 +24,19 @@
 #define OCI_WH_LEN 4
 #define OCI_OPQ ".wh..wh..opq"
 
-/* Per-build scratch: where each name was seen last, and its position there. */
+/* Per-build scratch: where each name was seen last and its position there
+ * (for the order), and the occurrences below the top in the order they
+ * were read (laid out per entry when the build finishes). */
 struct ovl_build {
 	uint16_t *last;
 	uint32_t *pos;
+	uint32_t *lastocc;	/* index in occs of the name's latest occurrence */
 	uint32_t cap;
+	struct { uint32_t seq, occ; } *occs;
+	uint32_t nocc, occcap;
 };
+
+#define NO_OCC UINT32_MAX
 
 /* While a directory is built, an entry's ext holds its first-appearance
  * number. */
@@ -58,7 +65,33 @@ static int build_reserve(struct ovl_dir *d, uint32_t n)
 	if (!pos)
 		return -ENOMEM;
 	b->pos = pos;
+	uint32_t *lastocc = realloc(b->lastocc, cap * sizeof(*lastocc));
+
+	if (!lastocc)
+		return -ENOMEM;
+	b->lastocc = lastocc;
 	b->cap = cap;
+	return 0;
+}
+
+/* Note one more occurrence of e (below its top). */
+static int build_add_occ(struct ovl_dir *d, struct ovl_ent *e, uint32_t occ)
+{
+	struct ovl_build *b = d->build;
+
+	if (b->nocc == b->occcap) {
+		uint32_t cap = b->occcap ? b->occcap * 2 : 64;
+		void *n = realloc(b->occs, cap * sizeof(*b->occs));
+
+		if (!n)
+			return -ENOMEM;
+		b->occs = n;
+		b->occcap = cap;
+	}
+	b->occs[b->nocc].seq = ovl_ent_seq(e);
+	b->occs[b->nocc].occ = occ;
+	b->lastocc[ovl_ent_seq(e)] = b->nocc++;
+	e->nocc++;
 	return 0;
 }
 
@@ -74,6 +107,8 @@ void ovl_build_end(struct ovl_dir *d)
 		return;
 	free(d->build->last);
 	free(d->build->pos);
+	free(d->build->lastocc);
+	free(d->build->occs);
 	free(d->build);
 	d->build = NULL;
 }
@@ -92,6 +127,7 @@ static int merge_name(struct ovl_dir *d, uint16_t si, const char *name, size_t l
 		e = ovl_dir_insert(d, name, len, h);
 		if (!e || build_reserve(d, d->nents))
 			return -ENOMEM;
+		d->build->lastocc[ovl_ent_seq(e)] = NO_OCC;
 		e->top = si;
 		e->dtype = kind == OK_NONE ? DT_UNKNOWN : dtype;
 		e->ino = ino;
@@ -109,11 +145,12 @@ static int merge_name(struct ovl_dir *d, uint16_t si, const char *name, size_t l
 				   (kind == OK_WH ? OVL_E_WHITEOUT : 0);
 		}
 	} else {
-		uint32_t *last = e->nocc ? &d->occ[e->occ + e->nocc - 1] : NULL;
+		struct ovl_build *b = d->build;
+		uint32_t i = b->lastocc[ovl_ent_seq(e)];
 
-		if (last && OVL_OCC_SI(*last) == si)
-			*last |= (uint32_t)bits;	/* the other of NAME / .wh.NAME */
-		else if (ovl_dir_add_occ(d, e, OVL_OCC(si, bits)))
+		if (i != NO_OCC && OVL_OCC_SI(b->occs[i].occ) == si)
+			b->occs[i].occ |= (uint32_t)bits;	/* the other of NAME / .wh.NAME */
+		else if (build_add_occ(d, e, OVL_OCC(si, bits)))
 			return -ENOMEM;
 	}
 	return 0;
@@ -276,6 +313,31 @@ int ovl_index_finish(struct ovl_dir *d)
 
 		if (!(e->flags & OVL_E_WHITEOUT) && b->last[i] != bottom)
 			order[n++] = e;
+	}
+	/* Each entry's occurrences in one run, in layer order. */
+	if (b->nocc) {
+		uint32_t *occ = malloc(b->nocc * sizeof(*occ)), off = 0;
+
+		if (!occ) {
+			free(byseq);
+			free(slots);
+			free(order);
+			return -ENOMEM;
+		}
+		for (uint32_t i = 0; i < d->nents; i++) {
+			byseq[i]->occ = off;
+			off += byseq[i]->nocc;
+		}
+		for (uint32_t i = 0; i < d->nents; i++)
+			byseq[i]->nocc = 0;
+		for (uint32_t i = 0; i < b->nocc; i++) {
+			struct ovl_ent *e = byseq[b->occs[i].seq];
+
+			occ[e->occ + e->nocc++] = b->occs[i].occ;
+		}
+		d->occ = occ;
+		d->nocc = b->nocc;
+		d->bytes += b->nocc * sizeof(*occ);
 	}
 	free(byseq);
 	free(slots);
