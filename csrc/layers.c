@@ -13,6 +13,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <sys/vfs.h>
 #include <sys/xattr.h>
 #include <unistd.h>
 
@@ -241,6 +242,15 @@ static int open_root(struct ovl_layer *l, const char *path)
 	if (fstat(l->fd, &st) < 0)
 		return -errno;
 	l->dev = st.st_dev;
+	/* These fill a getdents64 buffer as far as entries go, so a reply
+	 * with room to spare for another entry is the last one. */
+	struct statfs sfs;
+
+	if (fstatfs(l->fd, &sfs) == 0)
+		l->greedy_getdents = sfs.f_type == 0xEF53 /* ext2/3/4 */ ||
+				     sfs.f_type == 0x58465342 /* xfs */ ||
+				     sfs.f_type == 0x9123683E /* btrfs */ ||
+				     sfs.f_type == 0x01021994 /* tmpfs */;
 	l->pathlen = strlen(path);
 	l->path = strdup(path);
 	return l->path ? 0 : -ENOMEM;

@@ -144,7 +144,7 @@ static int lookup_single(struct ovl_ld *d, int layer, const char *base, int base
 	bool last_element = !*post, is_upper = layer == 0, oci = false;
 	char name[OVL_NAME_MAX + 1], *redirect = NULL;
 	int kind, pfd = -1, fd = -1, err = 0, bits;
-	bool own_pfd = false;
+	bool own_pfd = false, stat_dir = true;
 
 	memset(hit, 0, sizeof(*hit));
 	if (complen == 0 || (complen == 1 && comp[0] == '.') ||
@@ -162,13 +162,16 @@ static int lookup_single(struct ovl_ld *d, int layer, const char *base, int base
 		bits = e ? ovl_occ_bits(d->parent, e, (uint32_t)base_si) : OK_NONE;
 		kind = bits & OK_KIND;
 		oci = bits & OK_OCI;
-		if (kind != OK_NONE && kind != OK_WH) {
+		if (kind != OK_NONE && kind != OK_WH && kind != OK_DIR) {
 			pfd = ovl_fdcache_get(s, d->parent, (uint32_t)base_si);
 			if (pfd < 0)
 				return pfd;
 			if (fstatat(pfd, name, &hit->st, AT_SYMLINK_NOFOLLOW) < 0)
 				return errno == ENOENT ? -ESTALE : -errno;
 		}
+		/* A directory is stat'ed through the fd it is opened with, and
+		 * only where its metadata is used (the top, the origin). */
+		stat_dir = kind == OK_DIR && d->nfound == 0;
 	} else {
 		pfd = ovl_layer_open(s, layer, base, O_PATH | O_DIRECTORY);
 		if (pfd == -ENOENT || pfd == -ENOTDIR || pfd == -ELOOP)
@@ -176,6 +179,7 @@ static int lookup_single(struct ovl_ld *d, int layer, const char *base, int base
 		if (pfd < 0)
 			return pfd;
 		own_pfd = true;
+		stat_dir = false;	/* fstatat below has it */
 		if (fstatat(pfd, name, &hit->st, AT_SYMLINK_NOFOLLOW) < 0) {
 			err = errno == ENOENT || errno == ENAMETOOLONG ? 0 : -errno;
 			kind = OK_NONE;
@@ -205,7 +209,7 @@ static int lookup_single(struct ovl_ld *d, int layer, const char *base, int base
 		d->stop = d->opaque = true;
 		goto out;
 	}
-	if (hit->st.st_dev != s->layers[layer].dev) {
+	if (kind != OK_DIR && hit->st.st_dev != s->layers[layer].dev) {
 		err = -EXDEV;	/* a mount point inside the layer */
 		goto out;
 	}
@@ -280,7 +284,7 @@ static int lookup_single(struct ovl_ld *d, int layer, const char *base, int base
 
 	/* A directory. */
 	char opaque = 0;
-	bool oci_opaque = false;
+	bool oci_opaque = false, has_redirect = false;
 
 	if (last_element)
 		d->is_dir = true;
@@ -289,10 +293,14 @@ static int lookup_single(struct ovl_ld *d, int layer, const char *base, int base
 		err = fd == -ENOENT ? -ESTALE : fd;
 		goto drop;
 	}
+	if (stat_dir && fstat(fd, &hit->st) < 0) {
+		err = -errno;
+		goto drop;
+	}
 	if (!d->last) {
 		/* Redirects are read whatever the whiteout form; the opaque
 		 * xattr is the kernel form of ".wh..wh..opq". */
-		err = ovl_dir_xattrs(s, fd, &opaque, &redirect);
+		err = ovl_dir_xattrs(s, fd, &opaque, &has_redirect);
 		if (err)
 			goto drop;
 		if (!ovl_kernel_wh(s))
@@ -328,8 +336,10 @@ static int lookup_single(struct ovl_ld *d, int layer, const char *base, int base
 			d->opaque = true;
 		goto found;
 	}
-	if (redirect) {
-		err = apply_redirect(d, redirect, prelen, post);
+	if (has_redirect) {
+		err = ovl_fd_redirect(s, fd, &redirect);
+		if (!err && redirect)
+			err = apply_redirect(d, redirect, prelen, post);
 		if (err)
 			goto drop;
 	}

@@ -94,8 +94,10 @@ struct ovl_info {
 /* Resolve path and describe the winning entry.
  * Return 0, -ENOENT (missing or whited out), -ENOTDIR, -ELOOP (more than 40
  * symlinks), -ENAMETOOLONG, -EINVAL (invalid redirect), -EPERM (metacopy or
- * redirect not allowed), -EIO (metacopy without data), -EXDEV (a mount point
- * inside a layer), -EAGAIN (OVL_LOOKUP_CACHED and not cached), <0 on error. */
+ * redirect not allowed), -EIO (metacopy without data), -EACCES ("." or ".."
+ * in a redirect), -EXDEV (a mount point inside a layer, when layer mounts
+ * could not be cloned), -ESTALE (a layer changed behind the cache: call
+ * ovl_invalidate), -EAGAIN (OVL_LOOKUP_CACHED and not cached), <0 on error. */
 int ovl_lookup(struct ovl_stack *s, const char *path, unsigned flags,
 	       struct ovl_info *out);
 
@@ -113,8 +115,10 @@ long ovl_readlink(struct ovl_stack *s, const char *path, char *buf,
 		  size_t bufsize);
 
 /* Open the data of the entry for reading (open flags: O_RDONLY plus
- * O_NONBLOCK/O_CLOEXEC/O_NOATIME/O_DIRECTORY/O_NOFOLLOW), through the layer
- * root with no symlink or mount crossing.  Return an fd or -errno. */
+ * O_NONBLOCK/O_CLOEXEC/O_NOATIME/O_NOCTTY/O_NOFOLLOW), through the layer
+ * root with no symlink or mount crossing.  Return an fd, -EISDIR for a
+ * directory (a merged one has no single fd), -EROFS for write flags,
+ * -EINVAL for other flags, or an ovl_lookup error. */
 int ovl_open(struct ovl_stack *s, const char *path, int oflags);
 
 /* One merged directory entry. */
@@ -133,8 +137,11 @@ struct ovl_dirlist {
 };
 
 /* List the merged directory at path (symlinks followed), in the kernel's
- * order, without whiteouts.  Return 0 and a list to free with
- * ovl_dirlist_free, or an ovl_lookup error (-ENOTDIR for a non-directory). */
+ * order, without whiteouts (an xattr whiteout outside a directory marked
+ * opaque=x is listed, as the kernel lists it).  Names whose lookup fails
+ * with an error other than ENOENT are listed.  Return 0 and a list to free
+ * with ovl_dirlist_free, or an ovl_lookup error (-ENOTDIR for a
+ * non-directory). */
 int ovl_listdir(struct ovl_stack *s, const char *path, unsigned flags,
 		struct ovl_dirlist **out);
 void ovl_dirlist_free(struct ovl_dirlist *list);

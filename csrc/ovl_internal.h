@@ -31,6 +31,7 @@ struct ovl_layer {
 	char *path;		/* host path as given */
 	size_t pathlen;
 	dev_t dev;
+	bool greedy_getdents;	/* a short getdents64 means the end (local fs) */
 };
 
 /* ovl_ent.flags */
@@ -233,7 +234,8 @@ void ovl_fdcache_drop(struct ovl_stack *s, const struct ovl_dir *d);
 int ovl_classify_chr(const struct ovl_stack *s, int dfd, const char *name);
 int ovl_is_xwhiteout_at(const struct ovl_stack *s, int dfd, const char *name);
 int ovl_dir_xattrs(const struct ovl_stack *s, int fd, char *opaque,
-		   char **redirect);
+		   bool *has_redirect);
+int ovl_fd_redirect(const struct ovl_stack *s, int fd, char **out);
 int ovl_parse_redirect(const char *buf, long len, char **out);
 bool ovl_xattr_is_private(const struct ovl_stack *s, const char *name);
 

@@ -207,17 +207,20 @@ int ovl_index_layer(struct ovl_stack *s, struct ovl_dir *d, uint32_t si,
 {
 	char buf[32768];
 	uint32_t pos = 0;
-	bool oci = ovl_oci_wh(s);
+	bool oci = ovl_oci_wh(s), done = false;
+	bool greedy = s->layers[d->stack[si].layer].greedy_getdents;
 	int err = 0;
 
 	*oci_opaque = false;
-	for (;;) {
+	while (!done) {
 		ssize_t n = getdents64(fd, buf, sizeof(buf));
 
 		if (n < 0)
 			return -errno;
 		if (n == 0)
 			break;
+		/* Room left for the longest entry: nothing more to read. */
+		done = greedy && sizeof(buf) - (size_t)n >= 24 + OVL_NAME_MAX + 1 + 8;
 		/* One chunk for this batch's new names: no slack for the
 		 * common one-batch directory. */
 		size_t need = 0;

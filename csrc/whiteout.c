@@ -48,11 +48,12 @@ int ovl_is_xwhiteout_at(const struct ovl_stack *s, int dfd, const char *name)
 }
 
 /* Read the overlay xattrs of a directory opened for reading: *opaque gets
- * 'y', 'x' or 0; *redirect (if not NULL) a malloc'd redirect or NULL.
- * One flistxattr answers for the common directory with no xattrs at all.
- * Return 0 or -errno. */
+ * 'y', 'x' or 0; *has_redirect (if not NULL) whether it carries a redirect
+ * (read with ovl_fd_redirect only where it matters: an opaque directory's
+ * is never read).  One flistxattr answers for the common directory with no
+ * xattrs at all.  Return 0 or -errno. */
 int ovl_dir_xattrs(const struct ovl_stack *s, int fd, char *opaque,
-		   char **redirect)
+		   bool *has_redirect_out)
 {
 	char small[512], *list = small, *p;
 	ssize_t n;
@@ -60,8 +61,8 @@ int ovl_dir_xattrs(const struct ovl_stack *s, int fd, char *opaque,
 	int err = 0;
 
 	*opaque = 0;
-	if (redirect)
-		*redirect = NULL;
+	if (has_redirect_out)
+		*has_redirect_out = false;
 	n = flistxattr(fd, small, sizeof(small));
 	if (n < 0 && errno == ERANGE) {
 		n = flistxattr(fd, NULL, 0);
@@ -92,16 +93,21 @@ int ovl_dir_xattrs(const struct ovl_stack *s, int fd, char *opaque,
 		if (r == 1 && (v[0] == 'y' || v[0] == 'x'))
 			*opaque = v[0];
 	}
-	if (has_redirect && redirect) {
-		char buf[4097];
-		long r = ovl_fd_getxattr(fd, s->x_redirect, buf, sizeof(buf) - 1);
-
-		err = ovl_parse_redirect(buf, r, redirect);
-	}
+	if (has_redirect_out)
+		*has_redirect_out = has_redirect;
 out:
 	if (list != small)
 		free(list);
 	return err;
+}
+
+/* The redirect of a directory opened for reading, parsed as below. */
+int ovl_fd_redirect(const struct ovl_stack *s, int fd, char **out)
+{
+	char buf[4097];
+	long r = ovl_fd_getxattr(fd, s->x_redirect, buf, sizeof(buf) - 1);
+
+	return ovl_parse_redirect(buf, r, out);
 }
 
 /* <ns>.overlay.redirect as util.c:ovl_get_redirect_xattr reads it: a C

@@ -32,9 +32,10 @@ constrain the generator:
   one layer is an x layer.
 * readdir of a directory whose upper is "impure" (the kernel marks it so as
   soon as a merged subdirectory is looked up) re-looks-up every upper entry
-  and hides the failing ones, so an xattr whiteout in the upper is listed
-  before that and hidden after.  The kernel never creates xattr whiteouts,
-  and the generator puts them in lower layers only.
+  and hides the ones whose lookup fails, so an xattr whiteout or a broken
+  metacopy file in the upper is listed before that and hidden after.  The
+  kernel never creates xattr whiteouts, and only creates metacopy files with
+  their data below, so the generator puts both in lower layers only.
 * with an upper layer, the kernel refuses (ESTALE) to instantiate a second
   directory whose top-most lower directory is already the top-most lower of
   another one in its inode cache, when either has an upper directory.  A
@@ -245,7 +246,7 @@ class _Gen:
                     kinds += ["xwhiteout"] * (3 if below else 1)
             if below == "dir" and depth < 4:
                 kinds += ["dir"] * 4  # merge directories often
-            if self.metacopy and below == "file" and not is_bottom:
+            if self.metacopy and below == "file" and not is_bottom and not is_upper:
                 kinds += ["metacopy"] * 3
             kind = rng.choice(kinds)
             if kind == "file":

@@ -372,6 +372,21 @@ def test_redirect_values(stack_impl, tmp_path, value, err):
         assert rec(kv, "")["listing_failed"]["d"] == err  # listed by the kernel, not by the Stack
 
 
+@pytest.mark.parametrize("below", [False, True], ids=["alone", "merged"])
+def test_opaque_dir_redirect_is_not_read(stack_impl, tmp_path, below):
+    """On an opaque ("y") directory the redirect xattr is never read, so an invalid one does no harm."""
+    spec = {"l0": [], "l1": [("keep", "file")], "l2": []}
+    for i, value in enumerate([b"", b"//a", b"a/b", b".."]):
+        name = "o%d" % i
+        spec["l0"] += [(name, "dir"), (name, "xattr", "X.opaque", "y"), (name, "xattr", "X.redirect", value),
+                       (name + "/own", "file")]
+        if below:
+            spec["l1"].append((name + "/hidden", "file"))
+    kv = parity(stack_impl, tmp_path, spec, ["l0", "l1", "l2"])
+    for i in range(4):
+        assert visible(kv, "o%d" % i) == ["own"]
+
+
 def test_redirect_nofollow_userxattr(stack_impl, tmp_path):
     """userxattr forces redirect nofollow: EPERM where a redirect would be followed; trusted.* ignored."""
     spec = {
