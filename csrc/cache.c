@@ -253,9 +253,9 @@ void ovl_dir_free(struct ovl_stack *s, struct ovl_dir *d)
 		s->nents -= d->counted_ents;
 		s->ndirs--;
 	}
-	for (uint32_t i = 0; i < d->nstack; i++)
-		if (d->stack[i].owned)
-			free((char *)d->stack[i].path);
+	for (uint32_t i = 0; d->paths && i < d->nstack; i++)
+		free(d->paths[i]);
+	free(d->paths);
 	free(d->stack);
 	free(d->fill);
 	free(d->table);
@@ -306,7 +306,7 @@ int ovl_fdcache_get(struct ovl_stack *s, const struct ovl_dir *d, uint32_t si)
 
 	if (slot->fd >= 0 && slot->dir == d && slot->si == si)
 		return slot->fd;
-	fd = ovl_layer_open(s, d->stack[si].layer, d->stack[si].path,
+	fd = ovl_layer_open(s, d->stack[si].layer, ovl_dl_path(d, si),
 			    O_PATH | O_DIRECTORY);
 	if (fd < 0)
 		return fd;

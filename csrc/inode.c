@@ -242,10 +242,10 @@ int ovl_ent_relpath(const struct ovl_stack *s, const struct ovl_dir *d,
 		*layer = s->root->stack[0].layer;
 		*out = strdup("");
 	} else {
-		const struct ovl_dlayer *dl = &d->stack[e->top];
+		const char *dpath = ovl_dl_path(d, e->top);
 
-		*layer = dl->layer;
-		*out = ovl_path_join(dl->path, strlen(dl->path), e->name, e->namelen);
+		*layer = d->stack[e->top].layer;
+		*out = ovl_path_join(dpath, strlen(dpath), e->name, e->namelen);
 	}
 	return *out ? 0 : -ENOMEM;
 }
@@ -478,7 +478,7 @@ static int parent_fd(struct ovl_walk *w, const char **name)
 		return ovl_layer_open(s, s->root->stack[0].layer, "", O_PATH | O_DIRECTORY);
 	}
 	*name = e->name;
-	return ovl_layer_open(s, w->dir->stack[e->top].layer, w->dir->stack[e->top].path,
+	return ovl_layer_open(s, w->dir->stack[e->top].layer, ovl_dl_path(w->dir, e->top),
 			      O_PATH | O_DIRECTORY);
 }
 

@@ -222,7 +222,7 @@ static int probe_features(struct ovl_stack *s)
 	return 0;
 }
 
-static int open_root(struct ovl_layer *l, const char *path)
+static int open_root(struct ovl_layer *l, const char *path, bool clone_mount)
 {
 	struct stat st;
 	int clone;
@@ -233,8 +233,10 @@ static int open_root(struct ovl_layer *l, const char *path)
 	/* Like the kernel (super.c:ovl_setup_trap, clone_private_mount), see
 	 * the layer without what is mounted inside it: a detached,
 	 * non-recursive clone of its mount shows the directories underneath.
-	 * Without the privilege for that, mount points give EXDEV instead. */
-	clone = ovl_sys_open_tree_clone(l->fd, "", AT_EMPTY_PATH);
+	 * Without the privilege for that, mount points give EXDEV instead.  Not
+	 * for the upper layer: copies renamed into it from the work dir must
+	 * stay on one mount. */
+	clone = clone_mount ? ovl_sys_open_tree_clone(l->fd, "", AT_EMPTY_PATH) : -1;
 	if (clone >= 0) {
 		close(l->fd);
 		l->fd = clone;
@@ -254,6 +256,33 @@ static int open_root(struct ovl_layer *l, const char *path)
 	l->pathlen = strlen(path);
 	l->path = strdup(path);
 	return l->path ? 0 : -ENOMEM;
+}
+
+/* Copies are built in <work>/work (the kernel's own scratch dir under a
+ * workdir, so a kernel mount of the same layers wipes our leftovers too),
+ * which must be on the upper layer's filesystem. */
+static int open_work(struct ovl_stack *s, const char *work)
+{
+	int wfd = open(work, O_PATH | O_DIRECTORY | O_CLOEXEC);
+	struct stat st;
+
+	if (wfd < 0)
+		return -errno;
+	if (fstat(wfd, &st) < 0 || st.st_dev != s->layers[0].dev) {
+		close(wfd);
+		return -EXDEV;	/* "workdir and upperdir must be on the same fs" */
+	}
+	if (mkdirat(wfd, "work", 0) < 0 && errno != EEXIST) {
+		int err = -errno;
+
+		close(wfd);
+		return err;
+	}
+	s->work_fd = openat(wfd, "work", O_PATH | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+	close(wfd);
+	if (s->work_fd < 0)
+		return -errno;
+	return ovl_work_cleanup(s->work_fd);
 }
 
 static void set_xnames(struct ovl_stack *s, int ns)
@@ -302,6 +331,7 @@ int ovl_stack_open(const struct ovl_config *cfg, struct ovl_stack **out,
 	}
 	for (size_t i = 0; i < total; i++)
 		s->layers[i].fd = -1;
+	s->work_fd = -1;
 	s->nlayers = (int)total;
 	s->nlower = (int)cfg->nlowers;
 	s->ndata = (int)cfg->ndata;
@@ -325,20 +355,16 @@ int ovl_stack_open(const struct ovl_config *cfg, struct ovl_stack **out,
 		s->fdc[i].fd = -1;
 
 	if (cfg->upper) {
-		err = open_root(&s->layers[0], cfg->upper);
+		err = open_root(&s->layers[0], cfg->upper, false);
 		if (err) {
 			bad = 0;
 			goto fail;
 		}
-		/* The work dir is only checked here; writes come with copy-up. */
-		int wfd = open(cfg->work, O_PATH | O_DIRECTORY | O_CLOEXEC);
-
-		if (wfd < 0) {
-			err = -errno;
+		err = open_work(s, cfg->work);
+		if (err) {
 			bad = -2;
 			goto fail;
 		}
-		close(wfd);
 	}
 	for (size_t i = 0; i < cfg->nlowers + cfg->ndata; i++) {
 		const char *p = i < cfg->nlowers ? cfg->lowers[i] :
@@ -349,7 +375,7 @@ int ovl_stack_open(const struct ovl_config *cfg, struct ovl_stack **out,
 			bad = (int)i + 1;
 			goto fail;
 		}
-		err = open_root(&s->layers[i + 1], p);
+		err = open_root(&s->layers[i + 1], p, true);
 		if (err) {
 			bad = (int)i + 1;
 			goto fail;
@@ -375,6 +401,8 @@ void ovl_stack_close(struct ovl_stack *s)
 	if (!s)
 		return;
 	ovl_cache_flush(s);
+	if (s->work_fd >= 0)
+		close(s->work_fd);
 	for (int i = 0; i < s->nlayers; i++) {
 		if (s->layers[i].fd >= 0)
 			close(s->layers[i].fd);

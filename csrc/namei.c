@@ -55,7 +55,7 @@ static void hit_free(struct ovl_hit *h)
 
 static int stack_push(struct ovl_dir *d, uint32_t *cap, int layer, const char *path)
 {
-	char *own = NULL;
+	bool other = strcmp(path, d->path) != 0;
 
 	if (d->nstack == *cap) {
 		uint32_t ncap = *cap ? *cap * 2 : 2;
@@ -65,19 +65,31 @@ static int stack_push(struct ovl_dir *d, uint32_t *cap, int layer, const char *p
 			return -ENOMEM;
 		d->bytes += (ncap - *cap) * sizeof(*n);
 		d->stack = n;
+		if (d->paths) {
+			char **p = realloc(d->paths, ncap * sizeof(*p));
+
+			if (!p)
+				return -ENOMEM;
+			memset(p + *cap, 0, (ncap - *cap) * sizeof(*p));
+			d->bytes += (ncap - *cap) * sizeof(*p);
+			d->paths = p;
+		}
 		*cap = ncap;
 	}
-	if (strcmp(path, d->path)) {
-		own = strdup(path);
-		if (!own)
+	if (other && !d->paths) {
+		/* The first layer where the directory has another path. */
+		d->paths = calloc(*cap, sizeof(*d->paths));
+		if (!d->paths)
 			return -ENOMEM;
-		d->bytes += strlen(own) + 1;
+		d->bytes += *cap * sizeof(*d->paths);
 	}
-	d->stack[d->nstack++] = (struct ovl_dlayer){
-		.path = own ? own : d->path,
-		.layer = (uint16_t)layer,
-		.owned = own != NULL,
-	};
+	if (other) {
+		d->paths[d->nstack] = strdup(path);
+		if (!d->paths[d->nstack])
+			return -ENOMEM;
+		d->bytes += strlen(path) + 1;
+	}
+	d->stack[d->nstack++] = (struct ovl_dlayer){ .layer = (uint16_t)layer };
 	return 0;
 }
 
@@ -533,6 +545,14 @@ static int install_dir(struct ovl_ld *d)
 			c->bytes -= (d->childcap - c->nstack) * sizeof(*fit);
 			c->stack = fit;
 		}
+		if (c->paths) {
+			char **pfit = realloc(c->paths, c->nstack * sizeof(*pfit));
+
+			if (pfit) {
+				c->bytes -= (d->childcap - c->nstack) * sizeof(*pfit);
+				c->paths = pfit;
+			}
+		}
 	}
 	c->opaque = d->opaque;
 	/* The root's inode is its own; a merged directory reports its
@@ -571,7 +591,7 @@ int ovl_resolve_ent(struct ovl_walk *w, struct ovl_dir *p, struct ovl_ent *e)
 	}
 	d.last = check_redirect ? false : npoe == 0;
 	if (lo) {
-		r = lookup_layer(&d, 0, p->stack[0].path, 0, &hit);
+		r = lookup_layer(&d, 0, ovl_dl_path(p, 0), 0, &hit);
 		if (r < 0) {
 			err = r;
 			goto out;
@@ -590,7 +610,7 @@ int ovl_resolve_ent(struct ovl_walk *w, struct ovl_dir *p, struct ovl_ent *e)
 		}
 	}
 	for (i = 0; !d.stop;) {
-		const struct ovl_dlayer *l;
+		const char *base;
 		int base_si, layer;
 
 		if (poe_root) {
@@ -599,15 +619,16 @@ int ovl_resolve_ent(struct ovl_walk *w, struct ovl_dir *p, struct ovl_ent *e)
 
 			if (i >= root->nstack - rlo)
 				break;
-			l = &root->stack[rlo + i];
+			layer = root->stack[rlo + i].layer;
+			base = "";
 			base_si = p == root ? (int)(rlo + i) : -1;
 		} else {
 			if (i >= npoe)
 				break;
-			l = &p->stack[lo + i];
+			layer = p->stack[lo + i].layer;
+			base = ovl_dl_path(p, lo + i);
 			base_si = (int)(lo + i);
 		}
-		layer = l->layer;
 		if (!may_follow(&d, upperredirect)) {
 			err = -EPERM;
 			goto out;
@@ -616,7 +637,7 @@ int ovl_resolve_ent(struct ovl_walk *w, struct ovl_dir *p, struct ovl_ent *e)
 			d.last = i == (poe_root ? (uint32_t)s->nlower : npoe) - 1;
 		else if (d.is_dir || !s->ndata)
 			d.last = layer == s->nlower;
-		r = lookup_layer(&d, layer, l->path, base_si, &hit);
+		r = lookup_layer(&d, layer, base, base_si, &hit);
 		if (r < 0) {
 			err = r;
 			goto out;

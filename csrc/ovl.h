@@ -44,6 +44,7 @@ enum ovl_xattr_ns {
 #define OVL_CFG_NO_CACHE	 0x1	/* drop the cache after every call */
 #define OVL_CFG_METACOPY	 0x2	/* like mount -o metacopy=on */
 #define OVL_CFG_REDIRECT_NOFOLLOW 0x4	/* like redirect_dir=nofollow: EPERM */
+#define OVL_CFG_VOLATILE	 0x8	/* like -o volatile: copy-up skips fsync */
 
 struct ovl_config {
 	const char *const *lowers;	/* host paths, top-most first */
@@ -154,6 +155,23 @@ long ovl_getxattr(struct ovl_stack *s, const char *path, unsigned flags,
 		  const char *name, void *buf, size_t size);
 long ovl_listxattr(struct ovl_stack *s, const char *path, unsigned flags,
 		   char *buf, size_t size);
+
+/* How a copy-up moved the data (ovl_copy_up's return value). */
+enum ovl_copy_method {
+	OVL_COPY_NONE = 0,	/* nothing to copy: already up, empty, or not a file */
+	OVL_COPY_CLONE = 1,	/* FICLONE: extents shared, no data moved */
+	OVL_COPY_CFR = 2,	/* copy_file_range over the data extents */
+	OVL_COPY_SENDFILE = 3,
+	OVL_COPY_RW = 4,	/* read/write through a buffer */
+};
+
+/* Copy the entry at path up to the upper layer, its ancestors first, the
+ * way the kernel does before changing it (see copy_up.c for the order and
+ * the guarantees: atomic through the work dir, safe against concurrent
+ * copiers).  OVL_LOOKUP_FOLLOW copies up a final symlink's target.  Return
+ * an enum ovl_copy_method (OVL_COPY_NONE if it was already up), -EROFS for
+ * a stack without an upper layer, or a lookup or copy error. */
+int ovl_copy_up(struct ovl_stack *s, const char *path, unsigned flags);
 
 struct ovl_cache_stats {
 	uint64_t hits;		/* lookups answered without I/O */

@@ -97,12 +97,13 @@ struct ovl_mcdata {
 	char path[];		/* relative to the layer root */
 };
 
-/* One layer of a directory's merge stack. */
+/* One layer of a directory's merge stack (4 bytes: a 500-layer directory
+ * is common).  Its path in that layer is the directory's union path unless
+ * a redirect made it another (ovl_dir.paths). */
 struct ovl_dlayer {
-	const char *path;	/* relative to the layer root; == dir->path unless redirected */
 	uint16_t layer;
 	uint8_t xmarker;	/* <ns>.overlay.opaque = "x": may hold xattr whiteouts */
-	uint8_t owned;		/* path allocated for this element */
+	uint8_t pad;
 };
 
 struct ovl_arena_chunk;
@@ -120,6 +121,7 @@ struct ovl_dir {
 	uint32_t pathlen;
 	uint32_t nstack;
 	struct ovl_dlayer *stack;
+	char **paths;		/* per stack layer, NULL = path; NULL when none differ */
 	struct ovl_ent **table;	/* open addressing, mask + 1 slots */
 	uint32_t mask;
 	uint32_t nents;		/* names incl. whiteouts */
@@ -148,6 +150,7 @@ struct ovl_fdslot {
 
 struct ovl_stack {
 	struct ovl_layer *layers;	/* [0] upper (fd -1 if none), lowers, data */
+	int work_fd;			/* <work>/work, where copies are built; -1 */
 	int nlayers;
 	int nlower;			/* lowers are 1..nlower */
 	int ndata;			/* data layers follow the lowers */
@@ -178,6 +181,12 @@ struct ovl_walk {
 	struct ovl_dir *dir;	/* directory holding ent (NULL for the root) */
 	struct ovl_ent *ent;	/* the entry the path names */
 };
+
+/* The path of stack layer si of d, relative to that layer's root. */
+static inline const char *ovl_dl_path(const struct ovl_dir *d, uint32_t si)
+{
+	return d->paths && d->paths[si] ? d->paths[si] : d->path;
+}
 
 static inline bool ovl_kernel_wh(const struct ovl_stack *s)
 {
@@ -245,6 +254,12 @@ int ovl_index_layer(struct ovl_stack *s, struct ovl_dir *d, uint32_t si,
 int ovl_index_finish(struct ovl_dir *d);
 int ovl_build_begin(struct ovl_dir *d);
 void ovl_build_end(struct ovl_dir *d);
+
+/* copy_data.c */
+int ovl_copy_data(int in, int out, off_t size);
+
+/* copy_up.c */
+int ovl_work_cleanup(int work_fd);
 
 /* namei.c */
 int ovl_walk_path(struct ovl_walk *w, const char *path, unsigned flags);

@@ -234,4 +234,11 @@ def test_stub_init_signature():
     pos, kw = _params(init)
     assert pos == ["self", "lowers", "upper", "work"]
     assert kw == ["xattr_namespace", "whiteouts", "cache", "data_layers", "metacopy",
-                  "redirect_follow", "cache_max_bytes"]
+                  "redirect_follow", "cache_max_bytes", "volatile"]
+
+
+def test_unknown_keyword_rejected(tmp_path):
+    """volatile= travels through **options (a C keyword for Cython): any
+    other keyword is still a TypeError naming it."""
+    with pytest.raises(TypeError, match="bogus"):
+        overlayfs.Stack([str(tmp_path)], bogus=1)

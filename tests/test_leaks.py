@@ -127,6 +127,14 @@ def _closed_calls(L):
     _ = s.closed
 
 
+def _copy_up_cycle(st):
+    """Copy d/g up, then take the copy away again so the next call copies."""
+    host = st.copy_up("d/g")
+    assert st.last_copy_method != "none"
+    os.unlink(host)
+    st.invalidate("d/g")
+
+
 def _cold(st, fn):
     st.invalidate()
     fn()
@@ -173,6 +181,7 @@ CALLS = {
                   {"listxattr"}),
     "invalidate-path": (lambda st, L: st.invalidate("tree/s3/f7"), set()),
     "cache_info": (lambda st, L: st.cache_info(), {"cache_info"}),
+    "copy_up": (lambda st, L: _copy_up_cycle(st), {"copy_up", "last_copy_method"}),
     "open-close": (lambda st, L: _open_close(L), {"close", "closed"}),
     "open-fail": (lambda st, L: _open_fail(L), set()),
     "dropped-open": (lambda st, L: _dropped_open(L), set()),
@@ -189,7 +198,7 @@ def _measure(fn, n):
 def test_no_leak(st, L, name):
     fn, _ = CALLS[name]
     loops = LOOPS // 4 if name in ("open-close", "dropped-open", "open-fail", "closed-calls",
-                                   "walk", "walk-bottomup") else LOOPS
+                                   "walk", "walk-bottomup", "copy_up") else LOOPS
     call = lambda: fn(st, L)   # noqa: E731
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ResourceWarning)

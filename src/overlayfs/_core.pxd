@@ -16,6 +16,12 @@ cdef extern from "ovl.h" nogil:
         OVL_CFG_NO_CACHE
         OVL_CFG_METACOPY
         OVL_CFG_REDIRECT_NOFOLLOW
+        OVL_CFG_VOLATILE
+        OVL_COPY_NONE
+        OVL_COPY_CLONE
+        OVL_COPY_CFR
+        OVL_COPY_SENDFILE
+        OVL_COPY_RW
         OVL_LOOKUP_FOLLOW
         OVL_LOOKUP_CACHED
         OVL_INFO_MERGED
@@ -78,3 +84,4 @@ cdef extern from "ovl.h" nogil:
     void ovl_cache_stats(ovl_stack *s, ovl_cstats *out)
     uint64_t ovl_cache_generation(const ovl_stack *s)
     int ovl_invalidate(ovl_stack *s, const char *path)
+    int ovl_copy_up(ovl_stack *s, const char *path, unsigned flags)

@@ -16,7 +16,7 @@ from collections import namedtuple
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_GET_SIZE, PyBytes_FromStringAndSize
 from cpython.mem cimport PyMem_Malloc, PyMem_Free
 from cpython.ref cimport PyObject, Py_INCREF
-from libc.errno cimport EAGAIN, ENOENT, ENOTDIR, ERANGE, EROFS, ENAMETOOLONG
+from libc.errno cimport EAGAIN, ENOENT, ENOTDIR, ERANGE, EROFS, ENAMETOOLONG, EXDEV
 from libc.stdint cimport uint64_t, int64_t
 from libc.string cimport strlen, memchr
 from posix.stat cimport struct_stat
@@ -57,6 +57,8 @@ flushes); generation: bumped by every invalidation."""
 _WHITEOUTS = {"kernel": OVL_WHITEOUT_KERNEL, "oci": OVL_WHITEOUT_OCI,
               "auto": OVL_WHITEOUT_AUTO}
 _XATTR_NS = {"trusted": OVL_XATTR_TRUSTED, "user": OVL_XATTR_USER}
+_COPY_METHODS = {OVL_COPY_NONE: "none", OVL_COPY_CLONE: "clone", OVL_COPY_CFR: "copy_file_range",
+                 OVL_COPY_SENDFILE: "sendfile", OVL_COPY_RW: "read_write"}
 
 # os.stat_result is a struct sequence: on the CPythons we support it has 10
 # visible and 19 total fields in a known order, so it is filled directly.
@@ -157,7 +159,7 @@ cdef class Stack:
 
     Stack(lowers, upper=None, work=None, *, xattr_namespace="trusted",
           whiteouts="auto", cache=True, data_layers=(), metacopy=False,
-          redirect_follow=True, cache_max_bytes=None)
+          redirect_follow=True, cache_max_bytes=None, volatile=False)
 
     lowers are top-most first, like lowerdir=top:...:bottom.  Layer indices:
     0 is the upper, 1..N the lowers in that order, N+1.. the data-only layers.
@@ -180,13 +182,14 @@ cdef class Stack:
     cdef bint _cache
     cdef dict _listings
     cdef uint64_t _listings_gen
+    cdef int _last_copy_method
 
     def __cinit__(self):
         self._s = NULL
 
     def __init__(self, lowers, upper=None, work=None, *, xattr_namespace="trusted",
                  whiteouts="auto", cache=True, data_layers=(), metacopy=False,
-                 redirect_follow=True, cache_max_bytes=None):
+                 redirect_follow=True, cache_max_bytes=None, **options):
         cdef ovl_config cfg
         cdef const char **arr = NULL
         cdef int bad = -1
@@ -195,6 +198,10 @@ cdef class Stack:
         cdef ovl_stack *s = NULL
         if self._s != NULL:
             raise RuntimeError("Stack is already initialized")
+        # "volatile" is a C keyword, so Cython cannot name a parameter so.
+        no_fsync = options.pop("volatile", False)
+        if options:
+            raise TypeError(f"Stack() got an unexpected keyword argument {next(iter(options))!r}")
         if isinstance(lowers, (str, bytes, os.PathLike)):
             raise TypeError("lowers must be a sequence of layer paths (top-most first), "
                             "not a single path")
@@ -243,6 +250,8 @@ cdef class Stack:
                 cfg.flags |= OVL_CFG_METACOPY
             if not redirect_follow:
                 cfg.flags |= OVL_CFG_REDIRECT_NOFOLLOW
+            if no_fsync:
+                cfg.flags |= OVL_CFG_VOLATILE
             cfg.cache_max_bytes = cache_max_bytes or 0
             with nogil:
                 rc = ovl_stack_open(&cfg, &s, &bad)
@@ -259,6 +268,9 @@ cdef class Stack:
                 culprit = None
             if rc == -ENOTDIR:
                 raise NotADirectoryError(ENOTDIR, "layer is not a directory", culprit)
+            if rc == -EXDEV and bad == -2:
+                raise OSError(EXDEV, "the work dir must be on the upper layer's filesystem",
+                              culprit)
             raise _oserror(rc, culprit)
         self._s = s
         self.lowers = lowers
@@ -637,6 +649,46 @@ cdef class Stack:
                 for d in reversed(dirs):
                     if followlinks or d not in links:
                         stack.append(join(top, d))
+
+    # -- copy-up -----------------------------------------------------------
+
+    def copy_up(self, path, *, follow_symlinks=False):
+        """Copy path up to the upper layer, its ancestors first, the way the
+        kernel does before a change, and return the host path of the upper
+        copy.  A no-op for what is already in the upper layer.
+
+        The copy is built in the work dir and installed with a no-replace
+        link or rename: a crash leaves no partial file, and of concurrent
+        copiers (threads or processes) one wins.  Data moves by reflink
+        where the filesystem shares extents, else copy_file_range over the
+        data extents (holes stay holes), else sendfile, else read/write; it
+        is fsynced unless the Stack is volatile.  xattrs (but the stack's
+        private ones), owner, mode and times are kept.  Cost: one directory
+        per missing ancestor, then the data.  OSError(EROFS) without an
+        upper layer."""
+        cdef _CPath h = _CPath.__new__(_CPath)
+        cdef const char *p = _cpath(path, h)
+        cdef ovl_stack *s = self._get()
+        cdef unsigned flags = OVL_LOOKUP_FOLLOW if follow_symlinks else 0
+        cdef int rc
+        if self.upper is None:
+            raise OSError(EROFS, "no upper layer to copy up to", path)
+        self._enter()
+        with nogil:
+            rc = ovl_copy_up(s, p, flags)
+        self._leave()
+        if rc < 0:
+            raise _oserror(rc, path)
+        self._last_copy_method = rc
+        self._listings = {}
+        return self.resolve(path, follow_symlinks=follow_symlinks)
+
+    @property
+    def last_copy_method(self):
+        """How the last copy_up() moved data: "none" (nothing to copy or
+        already up), "clone" (reflink), "copy_file_range", "sendfile" or
+        "read_write"."""
+        return _COPY_METHODS[self._last_copy_method]
 
     # -- xattrs ----------------------------------------------------------
 

@@ -1,0 +1,493 @@
+/* copy_up.c - copying an entry up to the upper layer before it changes
+ * (copy_up.c:ovl_copy_up_flags, ovl_copy_up_one, ovl_do_copy_up).
+ *
+ * Ancestors first, top-down, each directory alone.  Every copy is built in
+ * the work dir -- a regular file as an O_TMPFILE (nothing to clean up after
+ * a crash), anything else under a temp name with no permission bits -- and
+ * installed with a no-replace link or rename, so a crash leaves either no
+ * upper copy or a complete one, and of two racing copiers the loser just
+ * drops its temp.  Metadata follows ovl_copy_up_metadata: xattrs (the
+ * stack's private <ns>.overlay.* ones skipped, escaped ones verbatim), then
+ * size, owner, mode (not for symlinks) and times; the upper parent's times
+ * are restored afterwards.
+ */
+#define _GNU_SOURCE
+#include <dirent.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <limits.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <sys/xattr.h>
+#include <unistd.h>
+
+#include "ovl_internal.h"
+
+#define TEMP_PREFIX "#ovl."
+
+#ifndef RENAME_NOREPLACE
+#define RENAME_NOREPLACE 1
+#endif
+
+static int sys_renameat2(int olddfd, const char *old, int newdfd, const char *new_,
+			 unsigned flags)
+{
+	long r = syscall(SYS_renameat2, olddfd, old, newdfd, new_, flags);
+
+	return r < 0 ? -errno : 0;
+}
+
+/* A temp name in the work dir that says which process made it. */
+static void temp_name(char *buf, size_t size)
+{
+	static unsigned long counter;
+	unsigned long n = __atomic_add_fetch(&counter, 1, __ATOMIC_RELAXED);
+
+	snprintf(buf, size, TEMP_PREFIX "%d.%lu", (int)getpid(), n);
+}
+
+/* Is this xattr one a copy must not carry?  The stack's private names, and
+ * nothing else (escaped <ns>.overlay.overlay.* names are copied verbatim). */
+static bool skip_xattr(const struct ovl_stack *s, const char *name)
+{
+	return ovl_xattr_is_private(s, name);
+}
+
+/* A failure to copy these loses a security property: it is fatal. */
+static bool must_copy(const char *name)
+{
+	return !strncmp(name, "security.", 9) || !strncmp(name, "system.posix_acl", 16);
+}
+
+/* Copy the xattrs of src (an fd open for reading) to dst (likewise). */
+static int copy_xattrs(const struct ovl_stack *s, int src, int dst)
+{
+	char *list = NULL, *val = NULL;
+	ssize_t n = flistxattr(src, NULL, 0);
+	size_t valcap = 0;
+	int err = 0;
+
+	if (n < 0)
+		return errno == EOPNOTSUPP || errno == ENOTSUP ? 0 : -errno;
+	if (n == 0)
+		return 0;
+	list = malloc((size_t)n);
+	if (!list)
+		return -ENOMEM;
+	n = flistxattr(src, list, (size_t)n);
+	if (n < 0) {
+		err = -errno;
+		goto out;
+	}
+	for (char *name = list; name < list + n; name += strlen(name) + 1) {
+		ssize_t len;
+
+		if (skip_xattr(s, name))
+			continue;
+		len = fgetxattr(src, name, NULL, 0);
+		if (len < 0) {
+			if (errno == ENODATA)
+				continue;	/* removed meanwhile */
+			err = -errno;
+			goto out;
+		}
+		if ((size_t)len > valcap) {
+			char *v = realloc(val, (size_t)len);
+
+			if (!v) {
+				err = -ENOMEM;
+				goto out;
+			}
+			val = v;
+			valcap = (size_t)len;
+		}
+		len = fgetxattr(src, name, val, (size_t)len);
+		if (len < 0) {
+			err = -errno;
+			goto out;
+		}
+		if (fsetxattr(dst, name, val, (size_t)len, 0) < 0) {
+			if ((errno == EOPNOTSUPP || errno == ENOTSUP) && !must_copy(name))
+				continue;
+			err = -errno;
+			goto out;
+		}
+	}
+out:
+	free(list);
+	free(val);
+	return err;
+}
+
+/* Owner, mode and times of st on the fd (size was set by the data copy).
+ * The owner goes first: chown clears set-id bits that chmod then sets. */
+static int set_attrs_fd(int fd, const struct stat *st)
+{
+	struct timespec ts[2] = { st->st_atim, st->st_mtim };
+
+	if (fchown(fd, st->st_uid, st->st_gid) < 0 ||
+	    fchmod(fd, st->st_mode & 07777) < 0 || futimens(fd, ts) < 0)
+		return -errno;
+	return 0;
+}
+
+/* The same by name in dfd, for objects that cannot be opened (symlinks,
+ * devices, fifos); a symlink keeps its mode. */
+static int set_attrs_at(int dfd, const char *name, const struct stat *st)
+{
+	struct timespec ts[2] = { st->st_atim, st->st_mtim };
+
+	if (fchownat(dfd, name, st->st_uid, st->st_gid, AT_SYMLINK_NOFOLLOW) < 0)
+		return -errno;
+	if (!S_ISLNK(st->st_mode) && fchmodat(dfd, name, st->st_mode & 07777, 0) < 0)
+		return -errno;
+	if (utimensat(dfd, name, ts, AT_SYMLINK_NOFOLLOW) < 0)
+		return -errno;
+	return 0;
+}
+
+struct ovl_cu {
+	struct ovl_stack *s;
+	int method;		/* enum ovl_copy_method of the data copy */
+};
+
+/* Install a temp of the work dir as name in the upper dir udir, never
+ * replacing anything.  -EEXIST: another copier was first (temp removed). */
+static int install_named(struct ovl_stack *s, const char *tmp, int udir, const char *name,
+			 bool is_dir)
+{
+	int err = sys_renameat2(s->work_fd, tmp, udir, name, RENAME_NOREPLACE);
+
+	if (err)
+		unlinkat(s->work_fd, tmp, is_dir ? AT_REMOVEDIR : 0);
+	return err;
+}
+
+/* Copy one directory alone (no contents) from (layer, rel) to name in the
+ * upper directory udir. */
+static int copy_dir(struct ovl_cu *c, int layer, const char *rel, int udir, const char *name)
+{
+	struct ovl_stack *s = c->s;
+	char tmp[64];
+	struct stat st;
+	int src, dst = -1, err;
+
+	src = ovl_layer_open(s, layer, rel, O_RDONLY | O_DIRECTORY);
+	if (src < 0)
+		return src;
+	if (fstat(src, &st) < 0) {
+		err = -errno;
+		goto out;
+	}
+	temp_name(tmp, sizeof(tmp));
+	if (mkdirat(s->work_fd, tmp, 0) < 0) {
+		err = -errno;
+		goto out;
+	}
+	dst = openat(s->work_fd, tmp, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+	err = dst < 0 ? -errno : copy_xattrs(s, src, dst);
+	if (!err)
+		err = set_attrs_fd(dst, &st);
+	if (err) {
+		unlinkat(s->work_fd, tmp, AT_REMOVEDIR);
+		goto out;
+	}
+	err = install_named(s, tmp, udir, name, true);
+	if (err == -EEXIST)
+		err = 0;
+out:
+	if (dst >= 0)
+		close(dst);
+	close(src);
+	return err;
+}
+
+/* Link an O_TMPFILE into udir as name. */
+static int link_tmpfile(int fd, int udir, const char *name)
+{
+	char proc[64];
+
+	if (linkat(fd, "", udir, name, AT_EMPTY_PATH) == 0)
+		return 0;
+	if (errno != ENOENT && errno != EPERM)
+		return -errno;
+	/* Without CAP_DAC_READ_SEARCH: through the fd's /proc link. */
+	snprintf(proc, sizeof(proc), "/proc/self/fd/%d", fd);
+	return linkat(AT_FDCWD, proc, udir, name, AT_SYMLINK_FOLLOW) == 0 ? 0 : -errno;
+}
+
+/* Copy a regular file: metadata from (layer, rel), data from (dlayer,
+ * drel) (the same unless it is a metacopy file). */
+static int copy_file(struct ovl_cu *c, int layer, const char *rel, int dlayer,
+		     const char *drel, int udir, const char *name)
+{
+	struct ovl_stack *s = c->s;
+	struct stat st;
+	char tmp[64];
+	bool named = false;
+	int src, data, dst, err;
+
+	src = ovl_layer_open(s, layer, rel, O_RDONLY | O_NONBLOCK | O_NOCTTY);
+	if (src < 0)
+		return src;
+	data = dlayer == layer && !strcmp(drel, rel) ? src :
+	       ovl_layer_open(s, dlayer, drel, O_RDONLY | O_NONBLOCK | O_NOCTTY);
+	if (data < 0) {
+		close(src);
+		return data;
+	}
+	if (fstat(src, &st) < 0) {
+		err = -errno;
+		goto out_src;
+	}
+	dst = openat(s->work_fd, ".", O_TMPFILE | O_WRONLY | O_CLOEXEC, 0);
+	if (dst < 0 && (errno == EOPNOTSUPP || errno == EISDIR || errno == EINVAL)) {
+		/* No O_TMPFILE here: a temp name with no permission bits. */
+		temp_name(tmp, sizeof(tmp));
+		dst = openat(s->work_fd, tmp, O_CREAT | O_EXCL | O_WRONLY | O_CLOEXEC, 0);
+		named = true;
+	}
+	if (dst < 0) {
+		err = -errno;
+		goto out_src;
+	}
+	err = ovl_copy_data(data, dst, st.st_size);
+	if (err >= 0) {
+		c->method = err;
+		err = copy_xattrs(s, src, dst);
+	}
+	if (!err)
+		err = set_attrs_fd(dst, &st);
+	if (!err && !(s->cfg & OVL_CFG_VOLATILE) && fsync(dst) < 0)
+		err = -errno;
+	if (!err)
+		err = named ? install_named(s, tmp, udir, name, false) : link_tmpfile(dst, udir, name);
+	else if (named)
+		unlinkat(s->work_fd, tmp, 0);
+	if (err == -EEXIST)
+		err = 0;	/* another copier was first; its copy is complete */
+	close(dst);
+out_src:
+	if (data != src)
+		close(data);
+	close(src);
+	return err;
+}
+
+/* Copy a symlink, fifo, socket or device as itself. */
+static int copy_special(struct ovl_cu *c, int layer, const char *rel, int udir,
+			const char *name)
+{
+	struct ovl_stack *s = c->s;
+	const char *slash = strrchr(rel, '/');
+	char parent[PATH_MAX], target[PATH_MAX], tmp[64];
+	const char *base = slash ? slash + 1 : rel;
+	struct stat st;
+	int pfd, err = 0;
+
+	snprintf(parent, sizeof(parent), "%.*s", slash ? (int)(slash - rel) : 0, rel);
+	pfd = ovl_layer_open(s, layer, parent, O_PATH | O_DIRECTORY);
+	if (pfd < 0)
+		return pfd;
+	if (fstatat(pfd, base, &st, AT_SYMLINK_NOFOLLOW) < 0) {
+		err = -errno;
+		goto out;
+	}
+	temp_name(tmp, sizeof(tmp));
+	if (S_ISLNK(st.st_mode)) {
+		ssize_t n = readlinkat(pfd, base, target, sizeof(target));
+
+		if (n < 0 || (size_t)n >= sizeof(target)) {
+			err = n < 0 ? -errno : -ENAMETOOLONG;
+			goto out;
+		}
+		target[n] = '\0';
+		if (symlinkat(target, s->work_fd, tmp) < 0)
+			err = -errno;
+	} else if (mknodat(s->work_fd, tmp, st.st_mode & S_IFMT, st.st_rdev) < 0) {
+		err = -errno;
+	}
+	if (err)
+		goto out;
+	err = set_attrs_at(s->work_fd, tmp, &st);
+	if (err) {
+		unlinkat(s->work_fd, tmp, 0);
+		goto out;
+	}
+	err = install_named(s, tmp, udir, name, false);
+	if (err == -EEXIST)
+		err = 0;
+out:
+	close(pfd);
+	return err;
+}
+
+/* Open the upper directory at union path dpath for changes, remembering
+ * its times so that adding to it does not show (ovl_copy_up_one restores
+ * the parent's times). */
+static int open_upper_dir(struct ovl_stack *s, const char *dpath, struct stat *st)
+{
+	int fd = ovl_layer_open(s, 0, dpath, O_RDONLY | O_DIRECTORY);
+
+	if (fd >= 0 && fstat(fd, st) < 0) {
+		close(fd);
+		return -errno;
+	}
+	return fd;
+}
+
+static void restore_times(int fd, const struct stat *st)
+{
+	struct timespec ts[2] = { st->st_atim, st->st_mtim };
+
+	futimens(fd, ts);	/* best effort, as in the kernel */
+}
+
+/* Copy directory node d up if it is not in the upper layer yet (its
+ * ancestors first).  *top gets the highest directory that was created. */
+static int copy_up_dir(struct ovl_cu *c, struct ovl_dir *d, struct ovl_dir **top)
+{
+	struct ovl_stack *s = c->s;
+	struct stat pst;
+	int udir, err;
+
+	if (d->stack[0].layer == 0)
+		return 0;
+	err = copy_up_dir(c, d->parent, top);
+	if (err)
+		return err;
+	udir = open_upper_dir(s, d->parent->path, &pst);
+	if (udir < 0)
+		return udir;
+	err = copy_dir(c, d->stack[0].layer, ovl_dl_path(d, 0), udir, d->ent->name);
+	restore_times(udir, &pst);
+	close(udir);
+	if (!err && !*top)
+		*top = d;
+	return err;
+}
+
+struct copy_up_arg {
+	int method;
+};
+
+static int copy_up_op(struct ovl_walk *w, void *arg)
+{
+	struct copy_up_arg *a = arg;
+	struct ovl_stack *s = w->s;
+	struct ovl_cu c = { .s = s, .method = OVL_COPY_NONE };
+	struct ovl_ent *e = w->ent;
+	struct ovl_dir *p = w->dir, *node = NULL, *top = NULL, *drop;
+	struct stat pst;
+	char *rel = NULL;
+	int layer, udir, err;
+
+	if (e == s->root_ent)
+		return 0;	/* the upper root is there */
+	if (e->dtype == DT_DIR) {
+		err = ovl_ent_dir(w, p, e, &node);
+		if (err)
+			return err;
+		if (node->stack[0].layer == 0)
+			return 0;
+		err = copy_up_dir(&c, node, &top);
+		goto done;
+	}
+	err = ovl_ent_relpath(s, p, e, &layer, &rel);
+	if (err)
+		return err;
+	if (layer == 0) {
+		free(rel);
+		return 0;	/* already up (a metacopy's data stays below) */
+	}
+	err = copy_up_dir(&c, p, &top);
+	if (err)
+		goto done;
+	udir = open_upper_dir(s, p->path, &pst);
+	if (udir < 0) {
+		err = udir;
+		goto done;
+	}
+	if (e->dtype == DT_REG) {
+		const struct ovl_mcdata *mc = e->flags & OVL_E_METACOPY ?
+					      ovl_fill_extra(e->ext) : NULL;
+
+		if (mc && mc->err)
+			err = mc->err;
+		else
+			err = copy_file(&c, layer, rel, mc ? mc->layer : layer,
+					mc ? mc->path : rel, udir, e->name);
+	} else {
+		err = copy_special(&c, layer, rel, udir, e->name);
+	}
+	restore_times(udir, &pst);
+	close(udir);
+	if (!top)
+		top = p;
+done:
+	free(rel);
+	/* The parent of the highest directory created, or the one holding
+	 * the entry, has a new upper name: read it again next time. */
+	if (top) {
+		drop = top == p && !node ? p : top->parent;
+		if (!drop || drop == s->root)
+			ovl_cache_flush(s);
+		else {
+			ovl_dir_free(s, drop);
+			__atomic_add_fetch(&s->generation, 1, __ATOMIC_RELEASE);
+		}
+	}
+	a->method = c.method;
+	return err;
+}
+
+int ovl_copy_up(struct ovl_stack *s, const char *path, unsigned flags)
+{
+	struct copy_up_arg a = { OVL_COPY_NONE };
+	struct ovl_walk w = { .s = s };
+	int err;
+
+	if (s->work_fd < 0)
+		return -EROFS;
+	pthread_rwlock_wrlock(&s->lock);
+	err = ovl_walk_path(&w, path, flags & OVL_LOOKUP_FOLLOW);
+	if (!err)
+		err = copy_up_op(&w, &a);
+	ovl_cache_trim(s);
+	pthread_rwlock_unlock(&s->lock);
+	ovl_atomic_inc(&s->misses);
+	return err ? err : a.method;
+}
+
+/* Remove temps left in the work dir by processes that are gone (a crash in
+ * the middle of a copy-up).  Called when a stack opens its work dir. */
+int ovl_work_cleanup(int work_fd)
+{
+	int fd = openat(work_fd, ".", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+	DIR *dir;
+	struct dirent *de;
+
+	if (fd < 0)
+		return -errno;
+	dir = fdopendir(fd);
+	if (!dir) {
+		close(fd);
+		return -errno;
+	}
+	while ((de = readdir(dir))) {
+		int pid;
+
+		if (strncmp(de->d_name, TEMP_PREFIX, strlen(TEMP_PREFIX)) ||
+		    sscanf(de->d_name + strlen(TEMP_PREFIX), "%d.", &pid) != 1)
+			continue;
+		if (pid == getpid() || kill(pid, 0) == 0 || errno != ESRCH)
+			continue;	/* its maker may still be at work */
+		if (unlinkat(work_fd, de->d_name, 0) < 0 && errno == EISDIR)
+			unlinkat(work_fd, de->d_name, AT_REMOVEDIR);
+	}
+	closedir(dir);
+	return 0;
+}
