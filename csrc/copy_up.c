@@ -32,8 +32,8 @@
 #define RENAME_NOREPLACE 1
 #endif
 
-static int sys_renameat2(int olddfd, const char *old, int newdfd, const char *new_,
-			 unsigned flags)
+int ovl_renameat2(int olddfd, const char *old, int newdfd, const char *new_,
+		  unsigned flags)
 {
 	long r = syscall(SYS_renameat2, olddfd, old, newdfd, new_, flags);
 
@@ -41,7 +41,7 @@ static int sys_renameat2(int olddfd, const char *old, int newdfd, const char *ne
 }
 
 /* A temp name in the work dir that says which process made it. */
-static void temp_name(char *buf, size_t size)
+void ovl_temp_name(char *buf, size_t size)
 {
 	static unsigned long counter;
 	unsigned long n = __atomic_add_fetch(&counter, 1, __ATOMIC_RELAXED);
@@ -159,7 +159,7 @@ struct ovl_cu {
 static int install_named(struct ovl_stack *s, const char *tmp, int udir, const char *name,
 			 bool is_dir)
 {
-	int err = sys_renameat2(s->work_fd, tmp, udir, name, RENAME_NOREPLACE);
+	int err = ovl_renameat2(s->work_fd, tmp, udir, name, RENAME_NOREPLACE);
 
 	if (err)
 		unlinkat(s->work_fd, tmp, is_dir ? AT_REMOVEDIR : 0);
@@ -182,7 +182,7 @@ static int copy_dir(struct ovl_cu *c, int layer, const char *rel, int udir, cons
 		err = -errno;
 		goto out;
 	}
-	temp_name(tmp, sizeof(tmp));
+	ovl_temp_name(tmp, sizeof(tmp));
 	if (mkdirat(s->work_fd, tmp, 0) < 0) {
 		err = -errno;
 		goto out;
@@ -246,7 +246,7 @@ static int copy_file(struct ovl_cu *c, int layer, const char *rel, int dlayer,
 	dst = openat(s->work_fd, ".", O_TMPFILE | O_WRONLY | O_CLOEXEC, 0);
 	if (dst < 0 && (errno == EOPNOTSUPP || errno == EISDIR || errno == EINVAL)) {
 		/* No O_TMPFILE here: a temp name with no permission bits. */
-		temp_name(tmp, sizeof(tmp));
+		ovl_temp_name(tmp, sizeof(tmp));
 		dst = openat(s->work_fd, tmp, O_CREAT | O_EXCL | O_WRONLY | O_CLOEXEC, 0);
 		named = true;
 	}
@@ -296,7 +296,7 @@ static int copy_special(struct ovl_cu *c, int layer, const char *rel, int udir,
 		err = -errno;
 		goto out;
 	}
-	temp_name(tmp, sizeof(tmp));
+	ovl_temp_name(tmp, sizeof(tmp));
 	if (S_ISLNK(st.st_mode)) {
 		ssize_t n = readlinkat(pfd, base, target, sizeof(target));
 
@@ -328,7 +328,7 @@ out:
 /* Open the upper directory at union path dpath for changes, remembering
  * its times so that adding to it does not show (ovl_copy_up_one restores
  * the parent's times). */
-static int open_upper_dir(struct ovl_stack *s, const char *dpath, struct stat *st)
+int ovl_open_upper_dir(struct ovl_stack *s, const char *dpath, struct stat *st)
 {
 	int fd = ovl_layer_open(s, 0, dpath, O_RDONLY | O_DIRECTORY);
 
@@ -359,7 +359,7 @@ static int copy_up_dir(struct ovl_cu *c, struct ovl_dir *d, struct ovl_dir **top
 	err = copy_up_dir(c, d->parent, top);
 	if (err)
 		return err;
-	udir = open_upper_dir(s, d->parent->path, &pst);
+	udir = ovl_open_upper_dir(s, d->parent->path, &pst);
 	if (udir < 0)
 		return udir;
 	err = copy_dir(c, d->stack[0].layer, ovl_dl_path(d, 0), udir, d->ent->name);
@@ -370,21 +370,31 @@ static int copy_up_dir(struct ovl_cu *c, struct ovl_dir *d, struct ovl_dir **top
 	return err;
 }
 
-struct copy_up_arg {
-	int method;
-};
-
-static int copy_up_op(struct ovl_walk *w, void *arg)
+/* Copy directory d up (with its ancestors) if it is not up yet; *top gets
+ * the highest directory created (NULL if none).  Write lock held. */
+int ovl_copy_up_dir(struct ovl_stack *s, struct ovl_dir *d, struct ovl_dir **top)
 {
-	struct copy_up_arg *a = arg;
+	struct ovl_cu c = { .s = s };
+
+	*top = NULL;
+	return copy_up_dir(&c, d, top);
+}
+
+/* Copy entry e of directory p up (ancestors first).  *changed gets the
+ * directory whose index no longer matches the layers (see
+ * ovl_drop_changed); *method how the data moved.  Write lock held. */
+int ovl_copy_up_ent(struct ovl_walk *w, struct ovl_dir *p, struct ovl_ent *e,
+		    struct ovl_dir **changed, int *method)
+{
 	struct ovl_stack *s = w->s;
 	struct ovl_cu c = { .s = s, .method = OVL_COPY_NONE };
-	struct ovl_ent *e = w->ent;
-	struct ovl_dir *p = w->dir, *node = NULL, *top = NULL, *drop;
+	struct ovl_dir *node = NULL, *top = NULL;
 	struct stat pst;
 	char *rel = NULL;
 	int layer, udir, err;
 
+	*changed = NULL;
+	*method = OVL_COPY_NONE;
 	if (e == s->root_ent)
 		return 0;	/* the upper root is there */
 	if (e->dtype == DT_DIR) {
@@ -406,7 +416,7 @@ static int copy_up_op(struct ovl_walk *w, void *arg)
 	err = copy_up_dir(&c, p, &top);
 	if (err)
 		goto done;
-	udir = open_upper_dir(s, p->path, &pst);
+	udir = ovl_open_upper_dir(s, p->path, &pst);
 	if (udir < 0) {
 		err = udir;
 		goto done;
@@ -425,41 +435,48 @@ static int copy_up_op(struct ovl_walk *w, void *arg)
 	}
 	restore_times(udir, &pst);
 	close(udir);
-	if (!top)
-		top = p;
 done:
 	free(rel);
-	/* The parent of the highest directory created, or the one holding
-	 * the entry, has a new upper name: read it again next time. */
-	if (top) {
-		drop = top == p && !node ? p : top->parent;
-		if (!drop || drop == s->root)
-			ovl_cache_flush(s);
-		else {
-			ovl_dir_free(s, drop);
-			__atomic_add_fetch(&s->generation, 1, __ATOMIC_RELEASE);
-		}
-	}
-	a->method = c.method;
+	/* The parent of the highest directory created, or the directory that
+	 * holds the entry, has a new upper name. */
+	*changed = top ? top->parent : node ? NULL : p;
+	if (top && !top->parent)
+		*changed = s->root;
+	*method = c.method;
 	return err;
+}
+
+/* Forget a directory whose index no longer matches the layers (and all
+ * below it); the root means everything. */
+void ovl_drop_changed(struct ovl_stack *s, struct ovl_dir *d)
+{
+	if (!d)
+		return;
+	if (d == s->root) {
+		ovl_cache_flush(s);
+		return;
+	}
+	ovl_dir_free(s, d);
+	__atomic_add_fetch(&s->generation, 1, __ATOMIC_RELEASE);
 }
 
 int ovl_copy_up(struct ovl_stack *s, const char *path, unsigned flags)
 {
-	struct copy_up_arg a = { OVL_COPY_NONE };
 	struct ovl_walk w = { .s = s };
-	int err;
+	struct ovl_dir *changed = NULL;
+	int err, method = OVL_COPY_NONE;
 
 	if (s->work_fd < 0)
 		return -EROFS;
 	pthread_rwlock_wrlock(&s->lock);
 	err = ovl_walk_path(&w, path, flags & OVL_LOOKUP_FOLLOW);
 	if (!err)
-		err = copy_up_op(&w, &a);
+		err = ovl_copy_up_ent(&w, w.dir, w.ent, &changed, &method);
+	ovl_drop_changed(s, changed);
 	ovl_cache_trim(s);
 	pthread_rwlock_unlock(&s->lock);
 	ovl_atomic_inc(&s->misses);
-	return err ? err : a.method;
+	return err ? err : method;
 }
 
 /* Remove temps left in the work dir by processes that are gone (a crash in

@@ -173,6 +173,33 @@ enum ovl_copy_method {
  * a stack without an upper layer, or a lookup or copy error. */
 int ovl_copy_up(struct ovl_stack *s, const char *path, unsigned flags);
 
+/* Changes, made as the kernel's overlayfs makes them (dir.c): the parent
+ * chain is copied up first; a name that exists below is removed with a
+ * whiteout in the stack's form (char 0:0, or ".wh.NAME" for
+ * OVL_WHITEOUT_OCI), an upper-only one without a trace; a directory made
+ * over a whiteout is opaque.  All return 0 (an fd for ovl_open_write) or
+ * -errno as the same call through an overlay mount would: -EROFS without
+ * an upper layer, -ENOENT, -EEXIST, -ENOTEMPTY (judged on the merged
+ * view), -EISDIR, -ENOTDIR...  flags: OVL_LOOKUP_FOLLOW or 0. */
+int ovl_unlink(struct ovl_stack *s, const char *path);
+int ovl_rmdir(struct ovl_stack *s, const char *path);
+int ovl_mkdir(struct ovl_stack *s, const char *path, mode_t mode);
+int ovl_mknod(struct ovl_stack *s, const char *path, mode_t mode, dev_t dev);
+int ovl_symlink(struct ovl_stack *s, const char *target, const char *path);
+int ovl_chmod(struct ovl_stack *s, const char *path, unsigned flags, mode_t mode);
+int ovl_chown(struct ovl_stack *s, const char *path, unsigned flags, uid_t uid, gid_t gid);
+int ovl_utimens(struct ovl_stack *s, const char *path, unsigned flags,
+		const struct timespec ts[2]);
+int ovl_truncate(struct ovl_stack *s, const char *path, off_t length);
+int ovl_setxattr(struct ovl_stack *s, const char *path, unsigned flags, const char *name,
+		 const void *value, size_t size, int xflags);
+int ovl_removexattr(struct ovl_stack *s, const char *path, unsigned flags, const char *name);
+/* open(2) for writing, truncating or creating (O_WRONLY/O_RDWR, O_APPEND,
+ * O_TRUNC, O_CREAT, O_EXCL, O_NOFOLLOW...): a regular file is copied up
+ * (or created in the upper layer) and opened there; a fifo or device is
+ * opened where it is.  Return an fd or -errno. */
+int ovl_open_write(struct ovl_stack *s, const char *path, int oflags, mode_t mode);
+
 struct ovl_cache_stats {
 	uint64_t hits;		/* lookups answered without I/O */
 	uint64_t misses;	/* lookups that had to read a layer */

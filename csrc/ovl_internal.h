@@ -260,6 +260,14 @@ int ovl_copy_data(int in, int out, off_t size);
 
 /* copy_up.c */
 int ovl_work_cleanup(int work_fd);
+int ovl_renameat2(int olddfd, const char *old, int newdfd, const char *new_,
+		  unsigned flags);
+void ovl_temp_name(char *buf, size_t size);
+int ovl_open_upper_dir(struct ovl_stack *s, const char *dpath, struct stat *st);
+int ovl_copy_up_dir(struct ovl_stack *s, struct ovl_dir *d, struct ovl_dir **top);
+int ovl_copy_up_ent(struct ovl_walk *w, struct ovl_dir *p, struct ovl_ent *e,
+		    struct ovl_dir **changed, int *method);
+void ovl_drop_changed(struct ovl_stack *s, struct ovl_dir *d);
 
 /* namei.c */
 int ovl_walk_path(struct ovl_walk *w, const char *path, unsigned flags);

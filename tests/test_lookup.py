@@ -365,12 +365,17 @@ def test_c_os_open_and_read_only(three):
             os.close(fd)
         # A merged directory has no single fd.
         util.expect_errno(errno.EISDIR, st.os_open, "d")
+        util.expect_errno(errno.ENOENT, st.os_open, "nope")
+    # Without an upper layer every write is EROFS.
+    with overlayfs.Stack(L.lowers) as st:
         for mode in ("w", "wb", "a", "r+", "x", "rb+"):
             util.expect_errno(errno.EROFS, st.open, "f", mode)
         util.expect_errno(errno.EROFS, st.os_open, "f", os.O_WRONLY)
         util.expect_errno(errno.EROFS, st.os_open, "f", os.O_RDWR)
         util.expect_errno(errno.EROFS, st.os_open, "f", os.O_RDONLY | os.O_TRUNC)
-        util.expect_errno(errno.ENOENT, st.os_open, "nope")
+        for call in (lambda: st.unlink("f"), lambda: st.mkdir("new"), lambda: st.chmod("f", 0o600),
+                     lambda: st.copy_up("f"), lambda: st.setxattr("f", "user.a", b"1")):
+            util.expect_errno(errno.EROFS, call)
         util.expect_errno(errno.EISDIR, st.open, "d")
         # The files on disk are untouched.
         with open(L.p(1, "f"), "rb") as f:

@@ -1,6 +1,8 @@
 # Declarations of the C core's public API (csrc/ovl.h).  Every call can run
 # without the GIL.
 from posix.stat cimport struct_stat
+from posix.types cimport mode_t, dev_t, uid_t, gid_t, off_t
+from posix.time cimport timespec
 from libc.stdint cimport uint8_t, uint16_t, uint32_t, uint64_t
 
 cdef extern from "ovl.h" nogil:
@@ -85,3 +87,16 @@ cdef extern from "ovl.h" nogil:
     uint64_t ovl_cache_generation(const ovl_stack *s)
     int ovl_invalidate(ovl_stack *s, const char *path)
     int ovl_copy_up(ovl_stack *s, const char *path, unsigned flags)
+    int ovl_unlink(ovl_stack *s, const char *path)
+    int ovl_rmdir(ovl_stack *s, const char *path)
+    int ovl_mkdir(ovl_stack *s, const char *path, mode_t mode)
+    int ovl_mknod(ovl_stack *s, const char *path, mode_t mode, dev_t dev)
+    int ovl_symlink(ovl_stack *s, const char *target, const char *path)
+    int ovl_chmod(ovl_stack *s, const char *path, unsigned flags, mode_t mode)
+    int ovl_chown(ovl_stack *s, const char *path, unsigned flags, uid_t uid, gid_t gid)
+    int ovl_utimens(ovl_stack *s, const char *path, unsigned flags, const timespec *ts)
+    int ovl_truncate(ovl_stack *s, const char *path, off_t length)
+    int ovl_setxattr(ovl_stack *s, const char *path, unsigned flags, const char *name,
+                     const void *value, size_t size, int xflags)
+    int ovl_removexattr(ovl_stack *s, const char *path, unsigned flags, const char *name)
+    int ovl_open_write(ovl_stack *s, const char *path, int oflags, mode_t mode)

@@ -20,6 +20,7 @@ from libc.errno cimport EAGAIN, ENOENT, ENOTDIR, ERANGE, EROFS, ENAMETOOLONG, EX
 from libc.stdint cimport uint64_t, int64_t
 from libc.string cimport strlen, memchr
 from posix.stat cimport struct_stat
+from posix.time cimport timespec
 
 
 cdef extern from "Python.h":
@@ -41,7 +42,18 @@ cdef extern from "<dirent.h>":
 cdef extern from "<fcntl.h>":
     enum:
         O_RDONLY
+        O_WRONLY
+        O_RDWR
+        O_ACCMODE
+        O_CREAT
+        O_EXCL
+        O_TRUNC
+        O_APPEND
         O_CLOEXEC
+
+cdef extern from "<sys/stat.h>":
+    enum:
+        UTIME_NOW
 
 __all__ = ["Stack", "Entry", "CacheInfo"]
 
@@ -491,34 +503,258 @@ cdef class Stack:
 
     def open(self, path, mode="rb", buffering=-1, encoding=None, errors=None,
              newline=None):
-        """Open the file that wins for path, read-only, like io.open.
+        """Open the file that wins for path, like io.open.
 
-        The data of a metacopy file is read from the layer holding it.  Any
-        write mode raises OSError(EROFS).  Cost: the lookup, then one
-        contained openat2 in the layer.
-        """
-        if any(c in mode for c in "wax+"):
-            raise OSError(EROFS, "read-only stack: writing needs copy-up", path)
-        fd = self.os_open(path, O_RDONLY | O_CLOEXEC)
+        Reading needs no copy-up (the data of a metacopy file is read from
+        the layer holding it).  A write mode ("w", "a", "x", "+") copies the
+        file up first, or creates it in the upper layer; without an upper
+        layer it raises OSError(EROFS).  Cost: the lookup, then one contained
+        open in the layer (plus the copy-up for writing)."""
+        cdef int flags
+        plus = "+" in mode
+        if "w" in mode:
+            flags = (O_RDWR if plus else O_WRONLY) | O_CREAT | O_TRUNC
+        elif "a" in mode:
+            flags = (O_RDWR if plus else O_WRONLY) | O_CREAT | O_APPEND
+        elif "x" in mode:
+            flags = (O_RDWR if plus else O_WRONLY) | O_CREAT | O_EXCL
+        else:
+            flags = O_RDWR if plus else O_RDONLY
+        fd = self.os_open(path, flags | O_CLOEXEC, 0o666)
         try:
             return io.open(fd, mode, buffering, encoding, errors, newline, closefd=True)
         except BaseException:
             os.close(fd)
             raise
 
-    def os_open(self, path, int flags=O_RDONLY):
-        """Open path like os.open (read-only flags only) and return the fd."""
+    def os_open(self, path, int flags=O_RDONLY, int mode=0o777):
+        """Open path like os.open and return the fd.
+
+        Read-only flags open the winning file where it is.  Write access,
+        O_TRUNC or O_CREAT copy a regular file up (or create it in the upper
+        layer, the process umask applying to mode) and open it there; a fifo
+        or device is opened where it is, as the kernel does.  OSError(EROFS)
+        for writing without an upper layer."""
         cdef _CPath h = _CPath.__new__(_CPath)
         cdef const char *p = _cpath(path, h)
         cdef ovl_stack *s = self._get()
         cdef int fd
+        cdef bint write = (flags & O_ACCMODE) != O_RDONLY or (flags & (O_TRUNC | O_CREAT))
+        if write and self.upper is None:
+            raise OSError(EROFS, "read-only stack: no upper layer to write to", path)
         self._enter()
         with nogil:
-            fd = ovl_open(s, p, flags)
+            if write:
+                fd = ovl_open_write(s, p, flags, <mode_t>mode)
+            else:
+                fd = ovl_open(s, p, flags)
         self._leave()
+        if write:
+            self._listings = {}
         if fd < 0:
             raise _oserror(fd, path)
         return fd
+
+    # -- changes -------------------------------------------------------------
+
+    cdef inline int _changed(self, int rc, object path) except -1:
+        self._listings = {}
+        if rc < 0:
+            raise _oserror(rc, path)
+        return 0
+
+    cdef inline ovl_stack *_writable(self, object path) except NULL:
+        cdef ovl_stack *s = self._get()
+        if self.upper is None:
+            raise OSError(EROFS, "read-only stack: no upper layer to write to", path)
+        return s
+
+    def unlink(self, path):
+        """Remove a non-directory, like os.unlink: a name that exists below
+        is hidden by a whiteout in the upper layer, an upper-only one is just
+        removed.  The parent chain is copied up first."""
+        cdef _CPath h = _CPath.__new__(_CPath)
+        cdef const char *p = _cpath(path, h)
+        cdef ovl_stack *s = self._writable(path)
+        cdef int rc
+        self._enter()
+        with nogil:
+            rc = ovl_unlink(s, p)
+        self._leave()
+        self._changed(rc, path)
+
+    def remove(self, path):
+        """Same as unlink()."""
+        self.unlink(path)
+
+    def rmdir(self, path):
+        """Remove an empty directory, like os.rmdir; emptiness is judged on
+        the merged view (whiteouts in the upper are cleaned up)."""
+        cdef _CPath h = _CPath.__new__(_CPath)
+        cdef const char *p = _cpath(path, h)
+        cdef ovl_stack *s = self._writable(path)
+        cdef int rc
+        self._enter()
+        with nogil:
+            rc = ovl_rmdir(s, p)
+        self._leave()
+        self._changed(rc, path)
+
+    def mkdir(self, path, mode=0o777):
+        """Create a directory in the upper layer, like os.mkdir (the
+        process umask applies).  Made over a whiteout it is opaque."""
+        cdef _CPath h = _CPath.__new__(_CPath)
+        cdef const char *p = _cpath(path, h)
+        cdef ovl_stack *s = self._writable(path)
+        cdef mode_t m = mode
+        cdef int rc
+        self._enter()
+        with nogil:
+            rc = ovl_mkdir(s, p, m)
+        self._leave()
+        self._changed(rc, path)
+
+    def makedirs(self, name, mode=0o777, exist_ok=False):
+        """Create a directory and its missing parents, like os.makedirs."""
+        name = os.fspath(name)
+        sep = b"/" if isinstance(name, bytes) else "/"
+        head = name.rstrip(sep)
+        if not head:
+            if exist_ok:
+                return
+            raise FileExistsError(17, os.strerror(17), name)
+        parent = head.rpartition(sep)[0]
+        if parent and not self.exists(parent):
+            self.makedirs(parent, mode, exist_ok=True)
+        try:
+            self.mkdir(name, mode)
+        except OSError:
+            if not exist_ok or not self.isdir(name):
+                raise
+
+    def symlink(self, src, dst):
+        """Create a symlink dst pointing to src, like os.symlink."""
+        cdef _CPath ht = _CPath.__new__(_CPath)
+        cdef _CPath hp = _CPath.__new__(_CPath)
+        cdef const char *t = _cpath(src, ht)
+        cdef const char *p = _cpath(dst, hp)
+        cdef ovl_stack *s = self._writable(dst)
+        cdef int rc
+        self._enter()
+        with nogil:
+            rc = ovl_symlink(s, t, p)
+        self._leave()
+        self._changed(rc, dst)
+
+    def mknod(self, path, mode=0o600, device=0):
+        """Create a file system node, like os.mknod (a char device 0:0 is
+        the overlay's whiteout: EPERM, as through a mount)."""
+        cdef _CPath h = _CPath.__new__(_CPath)
+        cdef const char *p = _cpath(path, h)
+        cdef ovl_stack *s = self._writable(path)
+        cdef mode_t m = mode
+        cdef dev_t d = device
+        cdef int rc
+        self._enter()
+        with nogil:
+            rc = ovl_mknod(s, p, m, d)
+        self._leave()
+        self._changed(rc, path)
+
+    def mkfifo(self, path, mode=0o666):
+        """Create a FIFO, like os.mkfifo."""
+        self.mknod(path, _stat.S_IFIFO | (mode & 0o7777))
+
+    cdef int _attr(self, object path, int op, bint follow, long a, long b,
+                   const timespec *ts) except -1:
+        cdef _CPath h = _CPath.__new__(_CPath)
+        cdef const char *p = _cpath(path, h)
+        cdef ovl_stack *s = self._writable(path)
+        cdef unsigned flags = OVL_LOOKUP_FOLLOW if follow else 0
+        cdef int rc
+        self._enter()
+        with nogil:
+            if op == 0:
+                rc = ovl_chmod(s, p, flags, <mode_t>a)
+            elif op == 1:
+                rc = ovl_chown(s, p, flags, <uid_t>a, <gid_t>b)
+            elif op == 2:
+                rc = ovl_utimens(s, p, flags, ts)
+            else:
+                rc = ovl_truncate(s, p, <off_t>a)
+        self._leave()
+        return self._changed(rc, path)
+
+    def chmod(self, path, mode, *, follow_symlinks=True):
+        """Change the mode, like os.chmod; copies up first."""
+        self._attr(path, 0, follow_symlinks, mode, 0, NULL)
+
+    def chown(self, path, uid, gid, *, follow_symlinks=True):
+        """Change the owner, like os.chown (-1 keeps a value); copies up first."""
+        self._attr(path, 1, follow_symlinks, uid, gid, NULL)
+
+    def utime(self, path, times=None, *, ns=None, follow_symlinks=True):
+        """Set access and modification times, like os.utime: times=(atime,
+        mtime) in seconds, ns=(atime_ns, mtime_ns), or neither for "now".
+        Copies up first."""
+        cdef timespec ts[2]
+        if times is not None and ns is not None:
+            raise ValueError("utime: you may specify either 'times' or 'ns' but not both")
+        if ns is not None:
+            a, m = ns
+            ts[0].tv_sec, ts[0].tv_nsec = divmod(int(a), 1000000000)
+            ts[1].tv_sec, ts[1].tv_nsec = divmod(int(m), 1000000000)
+        elif times is not None:
+            a, m = times
+            ts[0].tv_sec, ts[0].tv_nsec = divmod(int(round(a * 1e9)), 1000000000)
+            ts[1].tv_sec, ts[1].tv_nsec = divmod(int(round(m * 1e9)), 1000000000)
+        else:
+            ts[0].tv_sec = ts[1].tv_sec = 0
+            ts[0].tv_nsec = ts[1].tv_nsec = UTIME_NOW
+        self._attr(path, 2, follow_symlinks, 0, 0, ts)
+
+    def truncate(self, path, length):
+        """Truncate (or extend) a file to length bytes, like os.truncate;
+        copies up first."""
+        if length < 0:
+            raise OSError(22, os.strerror(22), path)
+        self._attr(path, 3, True, length, 0, NULL)
+
+    def setxattr(self, path, attribute, value, flags=0, *, follow_symlinks=True):
+        """Set an xattr through the overlay, like os.setxattr (a
+        "<ns>.overlay.X" name is stored escaped); copies up first."""
+        cdef _CPath h = _CPath.__new__(_CPath)
+        cdef _CPath ha = _CPath.__new__(_CPath)
+        cdef const char *p = _cpath(path, h)
+        cdef const char *a = _cpath(attribute, ha)
+        cdef ovl_stack *s = self._writable(path)
+        cdef bytes v = bytes(value)
+        cdef const char *vp = v
+        cdef size_t vlen = len(v)
+        cdef int xf = flags
+        cdef unsigned fl = OVL_LOOKUP_FOLLOW if follow_symlinks else 0
+        cdef int rc
+        self._enter()
+        with nogil:
+            rc = ovl_setxattr(s, p, fl, a, vp, vlen, xf)
+        self._leave()
+        self._changed(rc, path)
+
+    def removexattr(self, path, attribute, *, follow_symlinks=True):
+        """Remove an xattr through the overlay, like os.removexattr (ENODATA
+        for a missing one, before any copy-up)."""
+        cdef _CPath h = _CPath.__new__(_CPath)
+        cdef _CPath ha = _CPath.__new__(_CPath)
+        cdef const char *p = _cpath(path, h)
+        cdef const char *a = _cpath(attribute, ha)
+        cdef ovl_stack *s = self._writable(path)
+        cdef unsigned fl = OVL_LOOKUP_FOLLOW if follow_symlinks else 0
+        cdef int rc
+        self._enter()
+        with nogil:
+            rc = ovl_removexattr(s, p, fl, a)
+        self._leave()
+        self._changed(rc, path)
 
     # -- listings ---------------------------------------------------------
 
