@@ -31,6 +31,9 @@
 #ifndef RENAME_NOREPLACE
 #define RENAME_NOREPLACE 1
 #endif
+#ifndef RENAME_WHITEOUT
+#define RENAME_WHITEOUT 4
+#endif
 
 #define OCI_WH ".wh."
 #define OCI_OPQ ".wh..wh..opq"
@@ -763,4 +766,246 @@ int ovl_open_write(struct ovl_stack *s, const char *path, int oflags, mode_t mod
 	int err = lock_for_write(s);
 
 	return err ? err : locked(s, open_write(s, path, oflags, mode, 0));
+}
+
+/* rename(2) with replace semantics (dir.c:ovl_rename): a directory that is
+ * merged or only below gives EXDEV (no redirect_dir); a non-directory is
+ * copied up and renamed in the upper layer, leaving a whiteout at the old
+ * name when a lower copy is there; a pure-upper directory moved into a
+ * merged parent becomes opaque. */
+static int do_rename(struct ovl_stack *s, const char *from, const char *to)
+{
+	struct ovl_target a, b;
+	struct ovl_dir *top = NULL;
+	bool is_dir, lower_old, present = false;
+	int ua = -1, ub = -1, wh, err, method;
+
+	err = find_target(s, from, &a);
+	if (err == -EBUSY)
+		return -EBUSY;
+	if (err)
+		return err;
+	if (a.dot)
+		return -EBUSY;
+	if (!a.ent)
+		return -ENOENT;
+	err = find_target(s, to, &b);
+	if (err == -EBUSY)
+		return -EBUSY;
+	if (err)
+		return err;
+	if (b.dot)
+		return -EBUSY;
+	is_dir = a.ent->dtype == DT_DIR;
+	if (!is_dir && (a.slash || b.slash))
+		return -ENOTDIR;
+	if (a.dir == b.dir && a.ent == b.ent)
+		return 0;	/* the same name: nothing to do */
+	if (b.ent) {
+		if (is_dir && b.ent->dtype != DT_DIR)
+			return -ENOTDIR;
+		if (!is_dir && b.ent->dtype == DT_DIR)
+			return -EISDIR;
+		if (is_dir && b.node->norder)
+			return -ENOTEMPTY;
+	}
+	if (is_dir) {
+		/* Into itself? */
+		for (struct ovl_dir *d = b.dir; d; d = d->parent)
+			if (d == a.node)
+				return -EINVAL;
+		if (a.node->nstack > 1 || a.node->stack[0].layer != 0)
+			return -EXDEV;	/* merged or lower: needs redirect_dir */
+	}
+	lower_old = lower_positive(a.dir, a.name, a.len);
+	/* Both parents up, then the object. */
+	err = ovl_copy_up_dir(s, a.dir, &top);
+	a.changed = top ? top->parent : a.dir;
+	if (!err)
+		err = ovl_copy_up_dir(s, b.dir, &top);
+	b.changed = top ? top->parent : b.dir;
+	if (!err && !is_dir) {
+		struct ovl_dir *chg;
+
+		a.w.dir = a.dir;
+		a.w.ent = a.ent;
+		err = ovl_copy_up_ent(&a.w, a.dir, a.ent, &chg, &method);
+	}
+	if (err)
+		goto out;
+	struct stat st;
+
+	ua = ovl_open_upper_dir(s, a.dir->path, &st);
+	ub = ua < 0 ? -1 : ovl_open_upper_dir(s, b.dir->path, &st);
+	if (ua < 0 || ub < 0) {
+		err = ua < 0 ? ua : ub;
+		goto out;
+	}
+	wh = upper_whiteout(s, ub, b.name, &present);
+	if (wh < 0) {
+		err = wh;
+		goto out;
+	}
+	if (b.ent && is_dir && present) {
+		err = clear_whiteouts(s, ub, b.name);
+		if (err)
+			goto out;
+	}
+	if (lower_old && s->whiteouts != OVL_WHITEOUT_OCI) {
+		err = ovl_renameat2(ua, a.name, ub, b.name, RENAME_WHITEOUT);
+		if (err == -EINVAL) {
+			/* No RENAME_WHITEOUT on this filesystem. */
+			err = renameat(ua, a.name, ub, b.name) < 0 ? -errno : 0;
+			if (!err)
+				err = make_whiteout(s, ua, a.name);
+		}
+	} else {
+		err = renameat(ua, a.name, ub, b.name) < 0 ? -errno : 0;
+		if (!err && lower_old)
+			err = make_whiteout(s, ua, a.name);
+	}
+	if (!err && wh == 2) {
+		char whn[OVL_NAME_MAX + 8];
+
+		snprintf(whn, sizeof(whn), OCI_WH "%s", b.name);
+		unlinkat(ub, whn, 0);
+	}
+	if (!err && is_dir && (wh || b.dir->nstack > 1 || b.dir->stack[0].layer != 0)) {
+		/* Below the new name something would show through. */
+		if (s->whiteouts == OVL_WHITEOUT_OCI || wh == 2) {
+			int dfd = openat(ub, b.name, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+			int fd = dfd < 0 ? -1 : openat(dfd, OCI_OPQ, O_CREAT | O_WRONLY | O_CLOEXEC, 0);
+
+			err = fd < 0 ? -errno : 0;
+			if (fd >= 0)
+				close(fd);
+			if (dfd >= 0)
+				close(dfd);
+		} else {
+			int dfd = openat(ub, b.name, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+
+			err = dfd < 0 ? -errno : fsetxattr(dfd, s->x_opaque, "y", 1, 0) < 0 ? -errno : 0;
+			if (dfd >= 0)
+				close(dfd);
+		}
+	}
+out:
+	if (ua >= 0)
+		close(ua);
+	if (ub >= 0)
+		close(ub);
+	/* Both parents changed; dropping one may free the other. */
+	if (a.changed && b.changed && a.changed != b.changed) {
+		bool b_under_a = false, a_under_b = false;
+
+		for (struct ovl_dir *d = b.changed; d; d = d->parent)
+			b_under_a |= d == a.changed;
+		for (struct ovl_dir *d = a.changed; d; d = d->parent)
+			a_under_b |= d == b.changed;
+		if (b_under_a)
+			b.changed = NULL;
+		else if (a_under_b)
+			a.changed = NULL;
+	} else if (a.changed == b.changed) {
+		b.changed = NULL;
+	}
+	ovl_drop_changed(s, b.changed);
+	ovl_drop_changed(s, a.changed);
+	return err;
+}
+
+int ovl_rename(struct ovl_stack *s, const char *from, const char *to)
+{
+	int err = lock_for_write(s);
+
+	return err ? err : locked(s, do_rename(s, from, to));
+}
+
+/* link(2): the source is copied up and linked in the upper layer; a
+ * directory cannot be linked. */
+static int do_link(struct ovl_stack *s, const char *from, const char *to)
+{
+	struct ovl_target a, b;
+	struct ovl_dir *top = NULL, *chg = NULL;
+	bool present = false;
+	int ua = -1, ub = -1, wh, err, method;
+	struct stat st;
+
+	err = find_target(s, from, &a);
+	if (err)
+		return err == -EBUSY ? -EPERM : err;
+	if (a.dot || (a.ent && a.ent->dtype == DT_DIR))
+		return -EPERM;
+	if (!a.ent)
+		return -ENOENT;
+	if (a.slash)
+		return -ENOTDIR;
+	err = find_target(s, to, &b);
+	if (err)
+		return err == -EBUSY ? -EEXIST : err;
+	if (b.dot || b.ent)
+		return -EEXIST;
+	if (b.slash)
+		return -ENOENT;
+	a.w.dir = a.dir;
+	a.w.ent = a.ent;
+	err = ovl_copy_up_ent(&a.w, a.dir, a.ent, &chg, &method);
+	a.changed = chg ? chg : a.dir;
+	if (!err)
+		err = ovl_copy_up_dir(s, b.dir, &top);
+	b.changed = top ? top->parent : b.dir;
+	if (err)
+		goto out;
+	ua = ovl_open_upper_dir(s, a.dir->path, &st);
+	ub = ua < 0 ? -1 : ovl_open_upper_dir(s, b.dir->path, &st);
+	if (ua < 0 || ub < 0) {
+		err = ua < 0 ? ua : ub;
+		goto out;
+	}
+	wh = upper_whiteout(s, ub, b.name, &present);
+	if (wh < 0 || present) {
+		err = wh < 0 ? wh : -EEXIST;
+	} else if (wh == 1) {
+		/* Over a whiteout: linked in the work dir, then exchanged. */
+		char tmp[64];
+
+		ovl_temp_name(tmp, sizeof(tmp));
+		err = linkat(ua, a.name, s->work_fd, tmp, 0) < 0 ? -errno : 0;
+		if (!err)
+			err = ovl_renameat2(s->work_fd, tmp, ub, b.name, RENAME_EXCHANGE);
+		unlinkat(s->work_fd, tmp, 0);
+	} else {
+		err = linkat(ua, a.name, ub, b.name, 0) < 0 ? -errno : 0;
+		if (!err && wh == 2) {
+			char whn[OVL_NAME_MAX + 8];
+
+			snprintf(whn, sizeof(whn), OCI_WH "%s", b.name);
+			unlinkat(ub, whn, 0);
+		}
+	}
+out:
+	if (ua >= 0)
+		close(ua);
+	if (ub >= 0)
+		close(ub);
+	if (a.changed == b.changed)
+		b.changed = NULL;
+	else {
+		for (struct ovl_dir *d = b.changed; d; d = d->parent)
+			if (d == a.changed)
+				b.changed = NULL;
+		for (struct ovl_dir *d = a.changed; d && b.changed; d = d->parent)
+			if (d == b.changed)
+				a.changed = NULL;
+	}
+	ovl_drop_changed(s, b.changed);
+	ovl_drop_changed(s, a.changed);
+	return err;
+}
+
+int ovl_link(struct ovl_stack *s, const char *from, const char *to)
+{
+	int err = lock_for_write(s);
+
+	return err ? err : locked(s, do_link(s, from, to));
 }

@@ -194,6 +194,10 @@ int ovl_truncate(struct ovl_stack *s, const char *path, off_t length);
 int ovl_setxattr(struct ovl_stack *s, const char *path, unsigned flags, const char *name,
 		 const void *value, size_t size, int xflags);
 int ovl_removexattr(struct ovl_stack *s, const char *path, unsigned flags, const char *name);
+/* rename(2), replacing to: -EXDEV for a directory that is merged or only in
+ * a lower layer (the kernel without redirect_dir); copy and delete instead. */
+int ovl_rename(struct ovl_stack *s, const char *from, const char *to);
+int ovl_link(struct ovl_stack *s, const char *from, const char *to);
 /* open(2) for writing, truncating or creating (O_WRONLY/O_RDWR, O_APPEND,
  * O_TRUNC, O_CREAT, O_EXCL, O_NOFOLLOW...): a regular file is copied up
  * (or created in the upper layer) and opened there; a fifo or device is

@@ -151,6 +151,11 @@ def _change_cycle(st):
     st.truncate("chg/f", 0)
     st.setxattr("chg/f", "user.a", b"1")
     st.removexattr("chg/f", "user.a")
+    st.rename("chg/f", "chg/g")
+    st.replace("chg/g", "chg/f")
+    st.link("chg/f", "chg/h")
+    st.move("chg/h", "chg/i")
+    st.remove("chg/i")
     for name in ("chg/f", "chg/lnk", "chg/fifo", "chg/node"):
         st.remove(name)
     st.rmdir("chg/a/b")
@@ -207,7 +212,8 @@ CALLS = {
     "copy_up": (lambda st, L: _copy_up_cycle(st), {"copy_up", "last_copy_method"}),
     "changes": (lambda st, L: _change_cycle(st), {"mkdir", "makedirs", "symlink", "mkfifo", "mknod",
                                                   "chmod", "chown", "utime", "truncate", "setxattr",
-                                                  "removexattr", "remove", "unlink", "rmdir"}),
+                                                  "removexattr", "remove", "unlink", "rmdir",
+                                                  "rename", "replace", "link", "move"}),
     "open-close": (lambda st, L: _open_close(L), {"close", "closed"}),
     "open-fail": (lambda st, L: _open_fail(L), set()),
     "dropped-open": (lambda st, L: _dropped_open(L), set()),

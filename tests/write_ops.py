@@ -519,24 +519,139 @@ def _child_main() -> int:
 # ---------------------------------------------------------------------------
 
 
-def apply_stack(stack_cls, lowers, upper, work, ops, *, umask=0o022, stack_kwargs=None, paths_extra=()):
-    """Open a Stack on the layers and apply *ops* with the process umask set to *umask*.
+#: Seconds the Stack side may take for a whole sequence before it is killed.
+STACK_TIMEOUT = 60
 
-    Returns ``{"outcomes", "window", "live_view"}``: the view is collected
-    through the same (live) Stack instance after the last operation, to catch
-    stale caches.
+
+def run_forked(body, timeout=STACK_TIMEOUT):
+    """Run ``body(send)`` in a forked child; ``send(kind, value)`` streams JSON messages back.
+
+    Returns ``(messages, error)``: the ``[kind, value]`` pairs received, and
+    None or how the child failed (an exception, a crash, or a hang past
+    *timeout* seconds, after which it is killed).  Used for everything the
+    Stack does, so that a deadlock or a crash in it fails one test instead of
+    stopping the run.
     """
-    old = os.umask(umask)
+    import select  # noqa: PLC0415
+
+    rfd, wfd = os.pipe()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    pid = os.fork()
+    if pid == 0:  # the child: never returns into the caller
+        status = 1
+        try:
+            os.close(rfd)
+
+            def send(kind, value):
+                kernel._write_all(wfd, json.dumps([kind, value]).encode() + b"\n")
+
+            body(send)
+            status = 0
+        except BaseException as e:  # noqa: BLE001
+            try:
+                kernel._write_all(wfd, json.dumps(["error", "%s: %s" % (type(e).__name__, e)]).encode() + b"\n")
+            except BaseException:  # noqa: BLE001
+                pass
+        finally:
+            os._exit(status)
+    os.close(wfd)
+    buf = b""
+    deadline = time.monotonic() + timeout
+    error = None
     try:
+        while True:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                error = "TIMEOUT after %ds (killed)" % timeout
+                os.kill(pid, 9)
+                break
+            ready, _, _ = select.select([rfd], [], [], left)
+            if ready:
+                chunk = os.read(rfd, 1 << 20)
+                if not chunk:
+                    break
+                buf += chunk
+    finally:
+        os.close(rfd)
+        _, status = os.waitpid(pid, 0)
+    messages = []
+    for line in buf.split(b"\n"):
+        if not line:
+            continue
+        try:
+            msg = json.loads(line)
+        except ValueError:
+            break  # a partial line from a killed child
+        if msg[0] == "error":
+            error = msg[1]
+        else:
+            messages.append(msg)
+    code = os.waitstatus_to_exitcode(status)
+    if error is None and code != 0:
+        error = "child died (%s)" % ("signal %d" % -code if code < 0 else "exit %d" % code)
+    return messages, error
+
+
+def apply_stack(stack_cls, lowers, upper, work, ops, *, umask=0o022, stack_kwargs=None, paths_extra=(),
+                timeout=None):
+    """Open a Stack on the layers and apply *ops* with the umask set to *umask*.
+
+    Runs in a forked child (see :func:`run_forked`), so a hang or a crash in
+    the Stack names the operation instead of stopping the test run.  Returns
+    ``{"outcomes", "window", "live_view", "error"}``: the view is collected
+    through the same (live) Stack instance after the last operation, to catch
+    stale caches; ``error`` is None or what went wrong (outcomes then stop early).
+    """
+
+    def body(send):
+        os.umask(umask)
         with stack_cls(lowers, upper, work, **(stack_kwargs or {})) as st:
             fs = StackFS(st)
-            t0 = time.time_ns()
-            outcomes = apply_ops(fs, ops)
-            t1 = time.time_ns()
-            live = kernel.stack_view(st, paths_extra)
-    finally:
-        os.umask(old)
-    return {"outcomes": outcomes, "window": [t0, t1], "live_view": live}
+            send("t0", time.time_ns())
+            for op in ops:
+                send("outcome", apply_op(fs, op))
+            send("t1", time.time_ns())
+            send("view", kernel.stack_view(st, paths_extra))
+
+    messages, error = run_forked(body, STACK_TIMEOUT if timeout is None else timeout)
+    res = {"outcomes": [], "window": [0, 0], "live_view": None, "error": error}
+    for kind, value in messages:
+        if kind == "t0":
+            res["window"] = [value, value]
+        elif kind == "t1":
+            res["window"][1] = value
+        elif kind == "outcome":
+            res["outcomes"].append(value)
+        elif kind == "view":
+            res["live_view"] = value
+    if error is not None:
+        i = len(res["outcomes"])
+        res["error"] += (" during op %d %s" % (i, format_op(ops[i])) if i < len(ops)
+                         else " while collecting the live view")
+        if res["window"][0]:
+            res["window"][1] = time.time_ns()
+    return res
+
+
+def fresh_stack_view(stack_cls, layout, paths_extra=(), stack_kwargs=None, timeout=None):
+    """The view through a new Stack on *layout* and its API cross-check (in a forked child).
+
+    Returns ``(view or None, problems)``.
+    """
+
+    def body(send):
+        with stack_cls(layout.lowers, layout.upper, layout.work, **(stack_kwargs or {})) as st:
+            view = kernel.stack_view(st, paths_extra)
+            send("view", view)
+            send("problems", kernel.check_stack_api(st, view))
+
+    messages, error = run_forked(body, STACK_TIMEOUT if timeout is None else timeout)
+    got = dict((k, v) for k, v in messages)
+    problems = list(got.get("problems", []))
+    if error is not None:
+        problems.append("fresh Stack failed: %s" % error)
+    return got.get("view"), problems
 
 
 # ---------------------------------------------------------------------------
@@ -1191,22 +1306,27 @@ def run_stack_side(layout: Layout, ops, stack_cls, *, umask=0o022, stack_kwargs=
                       stack_kwargs=stack_kwargs, paths_extra=extra)
     window = res["window"]
     dump = dump_upper(layout.upper, window)
-    views = {"live stack": normalize_view(res["live_view"], window)}
-    with stack_cls(layout.lowers, layout.upper, layout.work, **(stack_kwargs or {})) as st:
-        fresh = kernel.stack_view(st, extra)
-        problems = kernel.check_stack_api(st, fresh)
-    views["fresh stack"] = normalize_view(fresh, window)
+    views = {}
+    if res["live_view"] is not None:
+        views["live stack"] = normalize_view(res["live_view"], window)
+    fresh, problems = fresh_stack_view(stack_cls, layout, extra, stack_kwargs)
+    if fresh is not None:
+        views["fresh stack"] = normalize_view(fresh, window)
     if kernel_readback:
         views["kernel on stack layers"] = normalize_view(
             kernel.kernel_view(layout.lowers, layout.upper, layout.work, paths_extra=extra), window)
     result = SideResult(label, res["outcomes"], window, dump, views)
     result.api_problems = problems
+    result.error = res["error"]
     return result
 
 
 def compare_sides(a: SideResult, b: SideResult, ops, *, view_ignore=VIEW_IGNORE) -> list[str]:
     """Every difference between two sides: outcomes, upper dumps, then each view of b against a's."""
     out = []
+    for side in (a, b):
+        if getattr(side, "error", None):
+            out.append("%s side failed: %s" % (side.label, side.error))
     for i, (op, oa, ob) in enumerate(zip(ops, a.outcomes, b.outcomes)):
         if oa != ob:
             out.append("op %d %s: %s=%s %s=%s" % (i, format_op(op), a.label, oa, b.label, ob))

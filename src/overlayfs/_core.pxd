@@ -100,3 +100,5 @@ cdef extern from "ovl.h" nogil:
                      const void *value, size_t size, int xflags)
     int ovl_removexattr(ovl_stack *s, const char *path, unsigned flags, const char *name)
     int ovl_open_write(ovl_stack *s, const char *path, int oflags, mode_t mode)
+    int ovl_rename(ovl_stack *s, const char *src, const char *dst)
+    int ovl_link(ovl_stack *s, const char *src, const char *dst)

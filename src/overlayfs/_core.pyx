@@ -685,6 +685,90 @@ cdef class Stack:
         self._leave()
         return self._changed(rc, path)
 
+    cdef int _two(self, object src, object dst, bint link) except -1:
+        cdef _CPath ha = _CPath.__new__(_CPath)
+        cdef _CPath hb = _CPath.__new__(_CPath)
+        cdef const char *a = _cpath(src, ha)
+        cdef const char *b = _cpath(dst, hb)
+        cdef ovl_stack *s = self._writable(src)
+        cdef int rc
+        self._enter()
+        with nogil:
+            rc = ovl_link(s, a, b) if link else ovl_rename(s, a, b)
+        self._leave()
+        self._listings = {}
+        if rc < 0:
+            raise OSError(-rc, os.strerror(-rc), src, None, dst)
+        return 0
+
+    def rename(self, src, dst):
+        """Rename src to dst, replacing dst, like os.replace.  A directory
+        that is merged or only in a lower layer gives OSError(EXDEV), as the
+        kernel's overlay does without redirect_dir: use move()."""
+        self._two(src, dst, False)
+
+    def replace(self, src, dst):
+        """Same as rename()."""
+        self._two(src, dst, False)
+
+    def link(self, src, dst):
+        """Make dst a hard link to src (copied up first), like os.link."""
+        self._two(src, dst, True)
+
+    def move(self, src, dst):
+        """Move src to dst like mv(1) through an overlay mount: rename, and
+        where that gives EXDEV (a merged or lower directory) copy the tree
+        through the union -- modes, owners, times, xattrs, symlinks, fifos,
+        devices -- then remove the source.  Cost: a rename, or a copy of the
+        tree."""
+        try:
+            self.rename(src, dst)
+            return
+        except OSError as e:
+            if e.errno != 18:
+                raise
+        if self.lexists(dst):
+            self.rmdir(dst)
+        self._copy_tree(src, dst)
+        self._remove_tree(src)
+
+    def _copy_tree(self, src, dst):
+        st = self.lstat(src)
+        mode = st.st_mode
+        if _stat.S_ISDIR(mode):
+            self.mkdir(dst, 0o700)
+            sep = b"/" if isinstance(src, bytes) else "/"
+            for name in self.listdir(src):
+                self._copy_tree(src + sep + name, dst + sep + name)
+        elif _stat.S_ISLNK(mode):
+            self.symlink(self.readlink(src), dst)
+        elif _stat.S_ISREG(mode):
+            with self.open(src, "rb") as fin, self.open(dst, "xb") as fout:
+                while True:
+                    chunk = fin.read(1 << 20)
+                    if not chunk:
+                        break
+                    fout.write(chunk)
+        else:
+            self.mknod(dst, mode, st.st_rdev)
+        for name in (self.listxattr(src, follow_symlinks=False)
+                     if not _stat.S_ISLNK(mode) else ()):
+            self.setxattr(dst, name, self.getxattr(src, name, follow_symlinks=False),
+                          follow_symlinks=False)
+        self.chown(dst, st.st_uid, st.st_gid, follow_symlinks=False)
+        if not _stat.S_ISLNK(mode):
+            self.chmod(dst, _stat.S_IMODE(mode))
+        self.utime(dst, ns=(st.st_atime_ns, st.st_mtime_ns), follow_symlinks=False)
+
+    def _remove_tree(self, path):
+        if self.isdir(path) and not self.islink(path):
+            sep = b"/" if isinstance(path, bytes) else "/"
+            for name in self.listdir(path):
+                self._remove_tree(path + sep + name)
+            self.rmdir(path)
+        else:
+            self.unlink(path)
+
     def chmod(self, path, mode, *, follow_symlinks=True):
         """Change the mode, like os.chmod; copies up first."""
         self._attr(path, 0, follow_symlinks, mode, 0, NULL)
