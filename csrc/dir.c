@@ -768,6 +768,26 @@ int ovl_open_write(struct ovl_stack *s, const char *path, int oflags, mode_t mod
 	return err ? err : locked(s, open_write(s, path, oflags, mode, 0));
 }
 
+static bool is_under(const struct ovl_dir *d, const struct ovl_dir *ancestor)
+{
+	for (; d; d = d->parent)
+		if (d == ancestor)
+			return true;
+	return false;
+}
+
+/* Drop two changed directories from the cache; dropping one frees what
+ * is below it, the other among it perhaps. */
+static void drop_both(struct ovl_stack *s, struct ovl_dir *a, struct ovl_dir *b)
+{
+	if (a && b && is_under(b, a))
+		b = NULL;
+	else if (a && b && is_under(a, b))
+		a = NULL;
+	ovl_drop_changed(s, b);
+	ovl_drop_changed(s, a);
+}
+
 /* rename(2) with replace semantics (dir.c:ovl_rename): a directory that is
  * merged or only below gives EXDEV (no redirect_dir); a non-directory is
  * copied up and renamed in the upper layer, leaving a whiteout at the old
@@ -894,23 +914,7 @@ out:
 		close(ua);
 	if (ub >= 0)
 		close(ub);
-	/* Both parents changed; dropping one may free the other. */
-	if (a.changed && b.changed && a.changed != b.changed) {
-		bool b_under_a = false, a_under_b = false;
-
-		for (struct ovl_dir *d = b.changed; d; d = d->parent)
-			b_under_a |= d == a.changed;
-		for (struct ovl_dir *d = a.changed; d; d = d->parent)
-			a_under_b |= d == b.changed;
-		if (b_under_a)
-			b.changed = NULL;
-		else if (a_under_b)
-			a.changed = NULL;
-	} else if (a.changed == b.changed) {
-		b.changed = NULL;
-	}
-	ovl_drop_changed(s, b.changed);
-	ovl_drop_changed(s, a.changed);
+	drop_both(s, a.changed, b.changed);
 	return err;
 }
 
@@ -988,18 +992,7 @@ out:
 		close(ua);
 	if (ub >= 0)
 		close(ub);
-	if (a.changed == b.changed)
-		b.changed = NULL;
-	else {
-		for (struct ovl_dir *d = b.changed; d; d = d->parent)
-			if (d == a.changed)
-				b.changed = NULL;
-		for (struct ovl_dir *d = a.changed; d && b.changed; d = d->parent)
-			if (d == b.changed)
-				a.changed = NULL;
-	}
-	ovl_drop_changed(s, b.changed);
-	ovl_drop_changed(s, a.changed);
+	drop_both(s, a.changed, b.changed);
 	return err;
 }
 

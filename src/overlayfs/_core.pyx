@@ -569,50 +569,43 @@ cdef class Stack:
             raise OSError(EROFS, "read-only stack: no upper layer to write to", path)
         return s
 
+    cdef int _path_op(self, object path, int op, mode_t mode, dev_t dev) except -1:
+        cdef _CPath h = _CPath.__new__(_CPath)
+        cdef const char *p = _cpath(path, h)
+        cdef ovl_stack *s = self._writable(path)
+        cdef int rc
+        self._enter()
+        with nogil:
+            if op == 0:
+                rc = ovl_unlink(s, p)
+            elif op == 1:
+                rc = ovl_rmdir(s, p)
+            elif op == 2:
+                rc = ovl_mkdir(s, p, mode)
+            else:
+                rc = ovl_mknod(s, p, mode, dev)
+        self._leave()
+        return self._changed(rc, path)
+
     def unlink(self, path):
         """Remove a non-directory, like os.unlink: a name that exists below
         is hidden by a whiteout in the upper layer, an upper-only one is just
         removed.  The parent chain is copied up first."""
-        cdef _CPath h = _CPath.__new__(_CPath)
-        cdef const char *p = _cpath(path, h)
-        cdef ovl_stack *s = self._writable(path)
-        cdef int rc
-        self._enter()
-        with nogil:
-            rc = ovl_unlink(s, p)
-        self._leave()
-        self._changed(rc, path)
+        self._path_op(path, 0, 0, 0)
 
     def remove(self, path):
         """Same as unlink()."""
-        self.unlink(path)
+        self._path_op(path, 0, 0, 0)
 
     def rmdir(self, path):
         """Remove an empty directory, like os.rmdir; emptiness is judged on
         the merged view (whiteouts in the upper are cleaned up)."""
-        cdef _CPath h = _CPath.__new__(_CPath)
-        cdef const char *p = _cpath(path, h)
-        cdef ovl_stack *s = self._writable(path)
-        cdef int rc
-        self._enter()
-        with nogil:
-            rc = ovl_rmdir(s, p)
-        self._leave()
-        self._changed(rc, path)
+        self._path_op(path, 1, 0, 0)
 
     def mkdir(self, path, mode=0o777):
         """Create a directory in the upper layer, like os.mkdir (the
         process umask applies).  Made over a whiteout it is opaque."""
-        cdef _CPath h = _CPath.__new__(_CPath)
-        cdef const char *p = _cpath(path, h)
-        cdef ovl_stack *s = self._writable(path)
-        cdef mode_t m = mode
-        cdef int rc
-        self._enter()
-        with nogil:
-            rc = ovl_mkdir(s, p, m)
-        self._leave()
-        self._changed(rc, path)
+        self._path_op(path, 2, mode, 0)
 
     def makedirs(self, name, mode=0o777, exist_ok=False):
         """Create a directory and its missing parents, like os.makedirs."""
@@ -649,17 +642,7 @@ cdef class Stack:
     def mknod(self, path, mode=0o600, device=0):
         """Create a file system node, like os.mknod (a char device 0:0 is
         the overlay's whiteout: EPERM, as through a mount)."""
-        cdef _CPath h = _CPath.__new__(_CPath)
-        cdef const char *p = _cpath(path, h)
-        cdef ovl_stack *s = self._writable(path)
-        cdef mode_t m = mode
-        cdef dev_t d = device
-        cdef int rc
-        self._enter()
-        with nogil:
-            rc = ovl_mknod(s, p, m, d)
-        self._leave()
-        self._changed(rc, path)
+        self._path_op(path, 3, mode, device)
 
     def mkfifo(self, path, mode=0o666):
         """Create a FIFO, like os.mkfifo."""
