@@ -888,7 +888,8 @@ def write_readme(lines: list[str], head: list[str]) -> None:
         "overlay mount, fuse-overlayfs, the plain-Python reference resolver and a plain "
         "ext4 tree.  Run it as root (it mounts inside a private mount namespace and drops "
         "the page cache for the cold figures); on the machine below `--quick` takes about "
-        "1.5 minutes and a full run about 3; `--write-readme` rewrites this file.",
+        "1.5 minutes and a full run about 3; `--write-readme` rewrites this part of the "
+        "file (the sections other benchmarks write below it are kept).",
         "",
         "```",
         doc,
@@ -901,8 +902,20 @@ def write_readme(lines: list[str], head: list[str]) -> None:
         *lines,
         "",
     ])
-    with open(os.path.join(HERE, "README.md"), "w") as f:
-        f.write(text)
+    path = os.path.join(HERE, "README.md")
+    # Keep the sections written by the other benchmarks (bench_copy_up.py,
+    # bench_mount.py): everything from the first "## " heading not ours.
+    rest = ""
+    try:
+        with open(path) as f:
+            old = f.read()
+        starts = [old.find(h) for h in ("\n## Copy-up", "\n## Mounting") if h in old]
+        if starts:
+            rest = old[min(starts):]
+    except FileNotFoundError:
+        pass
+    with open(path, "w") as f:
+        f.write(text + rest)
 
 
 def main(argv=None) -> int:
