@@ -30,6 +30,12 @@
 #ifndef __NR_getxattrat
 #define __NR_getxattrat 464
 #endif
+#ifndef __NR_setxattrat
+#define __NR_setxattrat 463
+#endif
+#ifndef __NR_removexattrat
+#define __NR_removexattrat 466
+#endif
 #ifndef __NR_listxattrat
 #define __NR_listxattrat 465
 #endif
@@ -86,6 +92,28 @@ static inline long ovl_sys_getxattrat(int dfd, const char *path, unsigned at_fla
 			 sizeof(args));
 
 	return r < 0 ? -errno : r;
+}
+
+/* Return 0 or -errno. */
+static inline int ovl_sys_setxattrat(int dfd, const char *path, unsigned at_flags,
+				     const char *name, const void *value, size_t size,
+				     unsigned xflags)
+{
+	struct ovl_xattr_args args = {
+		.value = (uint64_t)(uintptr_t)value, .size = (uint32_t)size, .flags = xflags,
+	};
+	long r = syscall(__NR_setxattrat, dfd, path, at_flags, name, &args, sizeof(args));
+
+	return r < 0 ? -errno : 0;
+}
+
+/* Return 0 or -errno. */
+static inline int ovl_sys_removexattrat(int dfd, const char *path, unsigned at_flags,
+					const char *name)
+{
+	long r = syscall(__NR_removexattrat, dfd, path, at_flags, name);
+
+	return r < 0 ? -errno : 0;
 }
 
 /* Return the list length or -errno. */

@@ -122,6 +122,42 @@ out:
 	return err;
 }
 
+/* The same for objects that cannot be opened (symlinks, fifos, devices),
+ * by name; needs the *xattrat calls (Linux 6.13), skipped without them. */
+static int copy_xattrs_at(const struct ovl_stack *s, int sdir, const char *sname,
+			  int ddir, const char *dname)
+{
+	char *list = NULL, val[65536];
+	long n;
+	int err = 0;
+
+	if (!s->have_xattrat)
+		return 0;
+	n = ovl_at_listxattr(s, sdir, sname, &list);
+	if (n <= 0)
+		return n == -EOPNOTSUPP ? 0 : (int)n;
+	for (char *name = list; name < list + n; name += strlen(name) + 1) {
+		long len;
+
+		if (skip_xattr(s, name))
+			continue;
+		len = ovl_at_getxattr(s, sdir, sname, name, val, sizeof(val));
+		if (len == -ENODATA)
+			continue;
+		if (len < 0) {
+			err = (int)len;
+			break;
+		}
+		err = ovl_sys_setxattrat(ddir, dname, AT_SYMLINK_NOFOLLOW, name, val, (size_t)len, 0);
+		if (err && (err == -EOPNOTSUPP || err == -EPERM) && !must_copy(name))
+			err = 0;
+		if (err)
+			break;
+	}
+	free(list);
+	return err;
+}
+
 /* Owner, mode and times of st on the fd (size was set by the data copy).
  * The owner goes first: chown clears set-id bits that chmod then sets. */
 static int set_attrs_fd(int fd, const struct stat *st)
@@ -312,7 +348,9 @@ static int copy_special(struct ovl_cu *c, int layer, const char *rel, int udir,
 	}
 	if (err)
 		goto out;
-	err = set_attrs_at(s->work_fd, tmp, &st);
+	err = copy_xattrs_at(s, pfd, base, s->work_fd, tmp);
+	if (!err)
+		err = set_attrs_at(s->work_fd, tmp, &st);
 	if (err) {
 		unlinkat(s->work_fd, tmp, 0);
 		goto out;

@@ -106,25 +106,34 @@ static int find_target(struct ovl_stack *s, const char *path, struct ovl_target 
 	return 0;
 }
 
-/* Does a lower layer of d show name (namei.c:ovl_lower_positive)? */
-static bool lower_positive(const struct ovl_dir *d, const char *name, size_t len)
+/* Does a lower layer of d show name (namei.c:ovl_lower_positive)?  The
+ * first lower layer that holds it decides: a whiteout of any form, no. */
+static bool lower_positive(struct ovl_stack *s, struct ovl_dir *d, const char *name,
+			   size_t len)
 {
 	const struct ovl_ent *e = ovl_dir_find(d, name, len, ovl_name_hash(name, len));
 
 	if (!e)
 		return false;
 	for (uint32_t si = 0; si < d->nstack; si++) {
-		int bits;
+		int bits, kind;
 
 		if (d->stack[si].layer == 0)
 			continue;
 		bits = ovl_occ_bits(d, e, si);
-		if ((bits & OK_KIND) == OK_NONE) {
+		kind = bits & OK_KIND;
+		if (kind == OK_NONE) {
 			if (bits & OK_OCI)
 				return false;
 			continue;
 		}
-		return (bits & OK_KIND) != OK_WH;
+		if (kind == OK_REG && ovl_kernel_wh(s)) {
+			int pfd = ovl_fdcache_get(s, d, si);
+
+			if (pfd >= 0 && ovl_is_xwhiteout_at(s, pfd, name) == 1)
+				return false;
+		}
+		return kind != OK_WH;
 	}
 	return false;
 }
@@ -171,13 +180,25 @@ static int upper_whiteout(struct ovl_stack *s, int udir, const char *name, bool 
 	return fstatat(udir, wh, &st, AT_SYMLINK_NOFOLLOW) == 0 ? 2 : 0;
 }
 
-/* Make a whiteout (the stack's form) named name in dfd. */
+/* Make a whiteout (the stack's form) named name in dfd.  A kernel-form
+ * one is made in the work dir and moved into place, so that, like the
+ * kernel's, it belongs to the stack's owner whatever the directory's
+ * setgid bit says. */
 static int make_whiteout(struct ovl_stack *s, int dfd, const char *name)
 {
 	if (ovl_kernel_wh(s) && s->whiteouts != OVL_WHITEOUT_OCI) {
-		if (mknodat(dfd, name, S_IFCHR, makedev(0, 0)) < 0)
+		char tmp[64];
+		int err;
+
+		if (dfd == s->work_fd)
+			return mknodat(dfd, name, S_IFCHR, makedev(0, 0)) < 0 ? -errno : 0;
+		ovl_temp_name(tmp, sizeof(tmp));
+		if (mknodat(s->work_fd, tmp, S_IFCHR, makedev(0, 0)) < 0)
 			return -errno;
-		return 0;
+		err = ovl_renameat2(s->work_fd, tmp, dfd, name, RENAME_NOREPLACE);
+		if (err)
+			unlinkat(s->work_fd, tmp, 0);
+		return err;
 	}
 	char wh[OVL_NAME_MAX + 8];
 	int fd;
@@ -283,14 +304,16 @@ static int remove_common(struct ovl_stack *s, const char *path, bool is_rmdir)
 		return -ENOTDIR;
 	if (is_rmdir && t.node->norder)
 		return -ENOTEMPTY;
-	lower = lower_positive(t.dir, t.name, t.len);
+	lower = lower_positive(s, t.dir, t.name, t.len);
 	in_upper = t.dir->stack[t.ent->top].layer == 0;
 	udir = upper_parent(&t);
 	if (udir < 0) {
 		ovl_drop_changed(s, t.changed);
 		return udir;
 	}
-	if (in_upper && is_rmdir)
+	/* Whiteouts in the upper dir are cleaned only when it is merged: an
+	 * upper-only dir holding any gives ENOTEMPTY, as in the kernel. */
+	if (in_upper && is_rmdir && lower)
 		err = clear_whiteouts(s, udir, t.name);
 	if (!err) {
 		if (in_upper && lower)
@@ -333,6 +356,15 @@ int ovl_rmdir(struct ovl_stack *s, const char *path)
 	int err = lock_for_write(s);
 
 	return err ? err : locked(s, remove_common(s, path, true));
+}
+
+/* The process umask (there is no way to read it without setting it). */
+static mode_t umask_now(void)
+{
+	mode_t m = umask(0);
+
+	umask(m);
+	return m;
 }
 
 /* What a create makes, in the work dir or in place. */
@@ -412,8 +444,19 @@ static int create_common(struct ovl_stack *s, const char *path, struct ovl_creat
 		 * opaque, then exchanged with it (dir.c:ovl_create_over_whiteout). */
 		char tmp[64];
 
+		struct stat pst;
+
 		ovl_temp_name(tmp, sizeof(tmp));
 		err = create_at(s->work_fd, tmp, c);
+		/* Made in the work dir, it must still get what the upper parent's
+		 * setgid bit would have given it. */
+		if (!err && fstat(udir, &pst) == 0 && (pst.st_mode & S_ISGID)) {
+			if (fchownat(s->work_fd, tmp, (uid_t)-1, pst.st_gid, AT_SYMLINK_NOFOLLOW) < 0)
+				err = -errno;
+			else if (S_ISDIR(c->mode) &&
+				 fchmodat(s->work_fd, tmp, (c->mode & 07777 & ~umask_now()) | S_ISGID, 0) < 0)
+				err = -errno;
+		}
 		if (!err && S_ISDIR(c->mode)) {
 			int dfd = openat(s->work_fd, tmp, O_RDONLY | O_DIRECTORY | O_NOFOLLOW |
 					 O_CLOEXEC);
@@ -456,11 +499,18 @@ int ovl_mknod(struct ovl_stack *s, const char *path, mode_t mode, dev_t dev)
 		return -EINVAL;
 	if ((mode & S_IFMT) == 0)
 		c.mode |= S_IFREG;
-	if (S_ISCHR(mode) && dev == makedev(0, 0))
-		return -EPERM;	/* whiteouts are the overlay's own */
 	err = lock_for_write(s);
 	if (err)
 		return err;
+	if (S_ISCHR(mode) && dev == makedev(0, 0)) {
+		/* Whiteouts are the overlay's own: EPERM, after EEXIST. */
+		struct ovl_target t;
+
+		err = find_target(s, path, &t);
+		if (!err)
+			err = t.ent || t.dot ? -EEXIST : -EPERM;
+		return locked(s, err == -EBUSY ? -EEXIST : err);
+	}
 	err = create_common(s, path, &c);
 	if (c.fd >= 0)
 		close(c.fd);
@@ -552,15 +602,18 @@ static int setattr_common(struct ovl_stack *s, const char *path, unsigned flags,
 	err = lock_for_write(s);
 	if (err)
 		return err;
-	if (a->op == A_TRUNCATE) {
+	if (a->op == A_TRUNCATE || (a->op == A_CHMOD && !(flags & OVL_LOOKUP_FOLLOW))) {
 		struct ovl_walk w = { .s = s };
 
-		/* Only a regular file can be truncated: no copy-up otherwise. */
-		err = ovl_walk_path(&w, path, OVL_LOOKUP_FOLLOW);
-		if (!err && w.ent->dtype == DT_DIR)
+		/* Errors the kernel gives before any copy-up: only a regular
+		 * file can be truncated, a symlink has no mode to change. */
+		err = ovl_walk_path(&w, path, flags & OVL_LOOKUP_FOLLOW);
+		if (!err && a->op == A_TRUNCATE && w.ent->dtype == DT_DIR)
 			err = -EISDIR;
-		else if (!err && w.ent->dtype != DT_REG)
+		else if (!err && a->op == A_TRUNCATE && w.ent->dtype != DT_REG)
 			err = -EINVAL;
+		else if (!err && a->op == A_CHMOD && w.ent->dtype == DT_LNK)
+			err = -EOPNOTSUPP;
 		if (err)
 			return locked(s, err);
 	}
@@ -630,19 +683,31 @@ static int xattr_change(struct ovl_stack *s, const char *path, unsigned flags,
 
 	if (!real)
 		return strncmp(name, s->xprefix, s->xprefixlen) ? -ENOMEM : -EINVAL;
-	if (remove && s->work_fd >= 0) {
-		/* ENODATA before any copy-up (xattrs.c:ovl_xattr_set). */
-		long r = ovl_getxattr(s, path, flags, name, NULL, 0);
-
-		if (r < 0) {
-			free(real);
-			return (int)r;
-		}
-	}
 	err = lock_for_write(s);
 	if (err) {
 		free(real);
 		return err;
+	}
+	/* Before any copy-up: user.* xattrs live on files and directories
+	 * only (EPERM), and removing a missing one is ENODATA. */
+	struct ovl_walk w = { .s = s };
+
+	err = ovl_walk_path(&w, path, flags & OVL_LOOKUP_FOLLOW);
+	if (!err && !strncmp(name, "user.", 5) && w.ent->dtype != DT_REG && w.ent->dtype != DT_DIR)
+		err = -EPERM;
+	if (err) {
+		free(real);
+		return locked(s, err);
+	}
+	if (remove) {
+		pthread_rwlock_unlock(&s->lock);
+		long r = ovl_getxattr(s, path, flags, name, NULL, 0);
+
+		pthread_rwlock_wrlock(&s->lock);
+		if (r < 0) {
+			free(real);
+			return locked(s, (int)r);
+		}
 	}
 	err = upper_object(s, path, flags, &t, &udir, &oname);
 	if (!err) {
@@ -660,8 +725,13 @@ static int xattr_change(struct ovl_stack *s, const char *path, unsigned flags,
 				err = err < 0 ? -errno : 0;
 				close(fd);
 			}
+		} else if (s->have_xattrat) {
+			/* trusted.* on a symlink, fifo or device. */
+			err = remove ? ovl_sys_removexattrat(udir, oname, AT_SYMLINK_NOFOLLOW, real) :
+			      ovl_sys_setxattrat(udir, oname, AT_SYMLINK_NOFOLLOW, real, value, size,
+						 (unsigned)xflags);
 		} else {
-			err = -EPERM;	/* user.* xattrs live on files and dirs only */
+			err = -EOPNOTSUPP;	/* needs setxattrat (Linux 6.13) */
 		}
 	}
 	if (udir >= 0)
@@ -695,7 +765,7 @@ static int open_write(struct ovl_stack *s, const char *path, int oflags, mode_t 
 		return -EISDIR;
 	if (err)
 		return err;
-	if (t.dot)
+	if (t.dot || (t.slash && (oflags & O_CREAT)))
 		return -EISDIR;
 	if (!t.ent) {
 		struct ovl_create c = { .mode = S_IFREG | (mode & 07777), .oflags = oflags & ~O_ACCMODE };
@@ -728,6 +798,18 @@ static int open_write(struct ovl_stack *s, const char *path, int oflags, mode_t 
 		return -EISDIR;
 	if (t.slash)
 		return -ENOTDIR;
+	if ((oflags & O_ACCMODE) == O_RDONLY && !(oflags & O_TRUNC)) {
+		/* O_CREAT of an existing file: nothing to write, no copy-up. */
+		char *rel;
+		int layer;
+
+		err = ovl_ent_relpath(s, t.dir, t.ent, &layer, &rel);
+		if (err)
+			return err;
+		fd = ovl_layer_open(s, layer, rel, oflags & ~(O_CREAT | O_EXCL));
+		free(rel);
+		return fd;
+	}
 	if (t.ent->dtype != DT_REG) {
 		/* A fifo, socket or device: opened where it is, no copy-up. */
 		char *rel;
@@ -817,6 +899,12 @@ static int do_rename(struct ovl_stack *s, const char *from, const char *to)
 	if (b.dot)
 		return -EBUSY;
 	is_dir = a.ent->dtype == DT_DIR;
+	if (is_dir) {
+		/* Into itself, before anything else. */
+		for (struct ovl_dir *d = b.dir; d; d = d->parent)
+			if (d == a.node)
+				return -EINVAL;
+	}
 	if (!is_dir && (a.slash || b.slash))
 		return -ENOTDIR;
 	if (a.dir == b.dir && a.ent == b.ent)
@@ -829,15 +917,9 @@ static int do_rename(struct ovl_stack *s, const char *from, const char *to)
 		if (is_dir && b.node->norder)
 			return -ENOTEMPTY;
 	}
-	if (is_dir) {
-		/* Into itself? */
-		for (struct ovl_dir *d = b.dir; d; d = d->parent)
-			if (d == a.node)
-				return -EINVAL;
-		if (a.node->nstack > 1 || a.node->stack[0].layer != 0)
-			return -EXDEV;	/* merged or lower: needs redirect_dir */
-	}
-	lower_old = lower_positive(a.dir, a.name, a.len);
+	if (is_dir && (a.node->nstack > 1 || a.node->stack[0].layer != 0))
+		return -EXDEV;	/* merged or lower: needs redirect_dir */
+	lower_old = lower_positive(s, a.dir, a.name, a.len);
 	/* Both parents up, then the object. */
 	err = ovl_copy_up_dir(s, a.dir, &top);
 	a.changed = top ? top->parent : a.dir;
@@ -871,7 +953,16 @@ static int do_rename(struct ovl_stack *s, const char *from, const char *to)
 		if (err)
 			goto out;
 	}
-	if (lower_old && s->whiteouts != OVL_WHITEOUT_OCI) {
+	if (wh == 1 && lower_old) {
+		/* Over a whiteout with a lower copy behind the old name: the
+		 * two swap, the whiteout now hiding the old name. */
+		err = ovl_renameat2(ua, a.name, ub, b.name, RENAME_EXCHANGE);
+	} else if (wh == 1 && is_dir) {
+		/* A directory does not rename over a device: drop it first. */
+		err = unlinkat(ub, b.name, 0) < 0 ? -errno : 0;
+		if (!err)
+			err = renameat(ua, a.name, ub, b.name) < 0 ? -errno : 0;
+	} else if (lower_old && s->whiteouts != OVL_WHITEOUT_OCI) {
 		err = ovl_renameat2(ua, a.name, ub, b.name, RENAME_WHITEOUT);
 		if (err == -EINVAL) {
 			/* No RENAME_WHITEOUT on this filesystem. */
@@ -890,8 +981,9 @@ static int do_rename(struct ovl_stack *s, const char *from, const char *to)
 		snprintf(whn, sizeof(whn), OCI_WH "%s", b.name);
 		unlinkat(ub, whn, 0);
 	}
-	if (!err && is_dir && (wh || b.dir->nstack > 1 || b.dir->stack[0].layer != 0)) {
-		/* Below the new name something would show through. */
+	if (!err && is_dir && (b.dir->nstack > 1 || b.dir->stack[0].layer != 0)) {
+		/* A pure-upper dir moved into a merged parent: nothing below
+		 * may show through it (dir.c:ovl_rename). */
 		if (s->whiteouts == OVL_WHITEOUT_OCI || wh == 2) {
 			int dfd = openat(ub, b.name, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
 			int fd = dfd < 0 ? -1 : openat(dfd, OCI_OPQ, O_CREAT | O_WRONLY | O_CLOEXEC, 0);
@@ -935,19 +1027,21 @@ static int do_link(struct ovl_stack *s, const char *from, const char *to)
 	int ua = -1, ub = -1, wh, err, method;
 	struct stat st;
 
+	/* In linkat's order: the old path, the new one, then what they are. */
 	err = find_target(s, from, &a);
-	if (err)
-		return err == -EBUSY ? -EPERM : err;
-	if (a.dot || (a.ent && a.ent->dtype == DT_DIR))
-		return -EPERM;
-	if (!a.ent)
+	if (err && err != -EBUSY)
+		return err;
+	if (!err && !a.dot && !a.ent)
 		return -ENOENT;
+	int berr = find_target(s, to, &b);
+
+	if (berr && berr != -EBUSY)
+		return berr;
+	if (err == -EBUSY || a.dot || a.ent->dtype == DT_DIR)
+		return -EPERM;
 	if (a.slash)
 		return -ENOTDIR;
-	err = find_target(s, to, &b);
-	if (err)
-		return err == -EBUSY ? -EEXIST : err;
-	if (b.dot || b.ent)
+	if (berr == -EBUSY || b.dot || b.ent)
 		return -EEXIST;
 	if (b.slash)
 		return -ENOENT;

@@ -415,8 +415,22 @@ static int open_op(struct ovl_walk *w, void *arg)
 	char *rel;
 	int layer, err;
 
-	if (e->dtype == DT_DIR)
-		return -EISDIR;
+	if (e->dtype == DT_DIR) {
+		/* A directory opens as its top-most layer's (the merged listing
+		 * is what scandir gives). */
+		struct ovl_dir *node;
+
+		err = settle(w, &node);
+		if (!err)
+			err = ovl_ent_relpath(s, w->dir, e, &layer, &rel);
+		if (err)
+			return err;
+		a->fd = ovl_layer_open(s, layer, rel, a->oflags);
+		free(rel);
+		return a->fd < 0 ? a->fd : 0;
+	}
+	if (a->oflags & O_DIRECTORY)
+		return -ENOTDIR;
 	if (e->flags & OVL_E_METACOPY) {
 		const struct ovl_mcdata *mc = ent_mcdata(e);
 
@@ -439,7 +453,7 @@ static int open_op(struct ovl_walk *w, void *arg)
 int ovl_open(struct ovl_stack *s, const char *path, int oflags)
 {
 	struct open_arg a = { .fd = -1 };
-	const int allowed = O_NONBLOCK | O_CLOEXEC | O_NOATIME | O_NOFOLLOW | O_NOCTTY;
+	const int allowed = O_NONBLOCK | O_CLOEXEC | O_NOATIME | O_NOFOLLOW | O_NOCTTY | O_DIRECTORY;
 	int err;
 
 	if ((oflags & O_ACCMODE) != O_RDONLY || (oflags & (O_CREAT | O_TRUNC | O_APPEND)))

@@ -116,10 +116,11 @@ long ovl_readlink(struct ovl_stack *s, const char *path, char *buf,
 		  size_t bufsize);
 
 /* Open the data of the entry for reading (open flags: O_RDONLY plus
- * O_NONBLOCK/O_CLOEXEC/O_NOATIME/O_NOCTTY/O_NOFOLLOW), through the layer
- * root with no symlink or mount crossing.  Return an fd, -EISDIR for a
- * directory (a merged one has no single fd), -EROFS for write flags,
- * -EINVAL for other flags, or an ovl_lookup error. */
+ * O_NONBLOCK/O_CLOEXEC/O_NOATIME/O_NOCTTY/O_NOFOLLOW/O_DIRECTORY), through
+ * the layer root with no symlink or mount crossing.  A directory opens as
+ * its top-most layer's directory (ovl_listdir gives the merged listing).
+ * Return an fd, -ENOTDIR (O_DIRECTORY on a non-directory), -EROFS for write
+ * flags, -EINVAL for other flags, or an ovl_lookup error. */
 int ovl_open(struct ovl_stack *s, const char *path, int oflags);
 
 /* One merged directory entry. */

@@ -363,8 +363,15 @@ def test_c_os_open_and_read_only(three):
             assert os.get_inheritable(fd) is False
         finally:
             os.close(fd)
-        # A merged directory has no single fd.
-        util.expect_errno(errno.EISDIR, st.os_open, "d")
+        # A directory opens as its top-most layer's directory (scandir gives
+        # the merged listing); O_DIRECTORY on a file is ENOTDIR.
+        fd = st.os_open("d", os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            assert os.path.samestat(
+                os.fstat(fd), os.stat(st.resolve("d")))
+        finally:
+            os.close(fd)
+        util.expect_errno(errno.ENOTDIR, st.os_open, "f", os.O_RDONLY | os.O_DIRECTORY)
         util.expect_errno(errno.ENOENT, st.os_open, "nope")
     # Without an upper layer every write is EROFS.
     with overlayfs.Stack(L.lowers) as st:

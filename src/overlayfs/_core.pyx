@@ -8,6 +8,7 @@ GIL (no syscall, no lock wait); only when a layer must be read is the GIL
 released around the C call.
 """
 import io
+import math
 import os
 import stat as _stat
 import warnings
@@ -108,6 +109,19 @@ cdef object _make_stat(const struct_stat *st):
         Py_INCREF(v)
         PyStructSequence_SET_ITEM(r, i, v)
     return r
+
+
+def _to_timespec(t):
+    """Seconds as (sec, nsec), rounded down like os.utime does with floats."""
+    if isinstance(t, int):
+        return t, 0
+    frac, whole = math.modf(t)
+    nsec = math.floor(frac * 1e9)
+    if nsec >= 1000000000:
+        whole, nsec = whole + 1, nsec - 1000000000
+    elif nsec < 0:
+        whole, nsec = whole - 1, nsec + 1000000000
+    return int(whole), int(nsec)
 
 
 cdef inline object _oserror(long rc, object path):
@@ -618,7 +632,8 @@ cdef class Stack:
             raise FileExistsError(17, os.strerror(17), name)
         parent = head.rpartition(sep)[0]
         if parent and not self.exists(parent):
-            self.makedirs(parent, mode, exist_ok=True)
+            # Like os.makedirs: mode is for the leaf only.
+            self.makedirs(parent, exist_ok=True)
         try:
             self.mkdir(name, mode)
         except OSError:
@@ -773,8 +788,8 @@ cdef class Stack:
             ts[1].tv_sec, ts[1].tv_nsec = divmod(int(m), 1000000000)
         elif times is not None:
             a, m = times
-            ts[0].tv_sec, ts[0].tv_nsec = divmod(int(round(a * 1e9)), 1000000000)
-            ts[1].tv_sec, ts[1].tv_nsec = divmod(int(round(m * 1e9)), 1000000000)
+            ts[0].tv_sec, ts[0].tv_nsec = _to_timespec(a)
+            ts[1].tv_sec, ts[1].tv_nsec = _to_timespec(m)
         else:
             ts[0].tv_sec = ts[1].tv_sec = 0
             ts[0].tv_nsec = ts[1].tv_nsec = UTIME_NOW
