@@ -211,7 +211,9 @@ static int copy_dir(struct ovl_cu *c, int layer, const char *rel, int udir, cons
 	struct stat st;
 	int src, dst = -1, err;
 
-	src = ovl_layer_open(s, layer, rel, O_RDONLY | O_DIRECTORY);
+	src = ovl_layer_open(s, layer, rel, O_RDONLY | O_DIRECTORY | O_NOATIME);
+	if (src == -EPERM)
+		src = ovl_layer_open(s, layer, rel, O_RDONLY | O_DIRECTORY);
 	if (src < 0)
 		return src;
 	if (fstat(src, &st) < 0) {
@@ -255,6 +257,17 @@ static int link_tmpfile(int fd, int udir, const char *name)
 	return linkat(AT_FDCWD, proc, udir, name, AT_SYMLINK_FOLLOW) == 0 ? 0 : -errno;
 }
 
+/* Open a lower file for copying without touching its atime, as the kernel
+ * does (O_NOATIME needs its owner or CAP_FOWNER; else a plain open). */
+static int open_noatime(const struct ovl_stack *s, int layer, const char *rel)
+{
+	int fd = ovl_layer_open(s, layer, rel, O_RDONLY | O_NONBLOCK | O_NOCTTY | O_NOATIME);
+
+	if (fd == -EPERM)
+		fd = ovl_layer_open(s, layer, rel, O_RDONLY | O_NONBLOCK | O_NOCTTY);
+	return fd;
+}
+
 /* Copy a regular file: metadata from (layer, rel), data from (dlayer,
  * drel) (the same unless it is a metacopy file). */
 static int copy_file(struct ovl_cu *c, int layer, const char *rel, int dlayer,
@@ -266,11 +279,10 @@ static int copy_file(struct ovl_cu *c, int layer, const char *rel, int dlayer,
 	bool named = false;
 	int src, data, dst, err;
 
-	src = ovl_layer_open(s, layer, rel, O_RDONLY | O_NONBLOCK | O_NOCTTY);
+	src = open_noatime(s, layer, rel);
 	if (src < 0)
 		return src;
-	data = dlayer == layer && !strcmp(drel, rel) ? src :
-	       ovl_layer_open(s, dlayer, drel, O_RDONLY | O_NONBLOCK | O_NOCTTY);
+	data = dlayer == layer && !strcmp(drel, rel) ? src : open_noatime(s, dlayer, drel);
 	if (data < 0) {
 		close(src);
 		return data;
