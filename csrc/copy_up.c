@@ -158,26 +158,31 @@ static int copy_xattrs_at(const struct ovl_stack *s, int sdir, const char *sname
 	return err;
 }
 
-/* Owner, mode and times of st on the fd (size was set by the data copy).
- * The owner goes first: chown clears set-id bits that chmod then sets. */
+/* The owner of st on the fd.  It goes before the xattrs and the mode:
+ * chown(2) clears set-id bits (which chmod then sets) and file capabilities
+ * (security.capability, which the xattr copy then sets); the kernel's
+ * ovl_set_attr changes the owner without either effect. */
+static int set_owner_fd(int fd, const struct stat *st)
+{
+	return fchown(fd, st->st_uid, st->st_gid) < 0 ? -errno : 0;
+}
+
+/* Mode and times of st on the fd, after the owner and the xattrs. */
 static int set_attrs_fd(int fd, const struct stat *st)
 {
 	struct timespec ts[2] = { st->st_atim, st->st_mtim };
 
-	if (fchown(fd, st->st_uid, st->st_gid) < 0 ||
-	    fchmod(fd, st->st_mode & 07777) < 0 || futimens(fd, ts) < 0)
+	if (fchmod(fd, st->st_mode & 07777) < 0 || futimens(fd, ts) < 0)
 		return -errno;
 	return 0;
 }
 
 /* The same by name in dfd, for objects that cannot be opened (symlinks,
- * devices, fifos); a symlink keeps its mode. */
+ * devices, fifos); a symlink keeps its mode.  The owner was set already. */
 static int set_attrs_at(int dfd, const char *name, const struct stat *st)
 {
 	struct timespec ts[2] = { st->st_atim, st->st_mtim };
 
-	if (fchownat(dfd, name, st->st_uid, st->st_gid, AT_SYMLINK_NOFOLLOW) < 0)
-		return -errno;
 	if (!S_ISLNK(st->st_mode) && fchmodat(dfd, name, st->st_mode & 07777, 0) < 0)
 		return -errno;
 	if (utimensat(dfd, name, ts, AT_SYMLINK_NOFOLLOW) < 0)
@@ -226,7 +231,9 @@ static int copy_dir(struct ovl_cu *c, int layer, const char *rel, int udir, cons
 		goto out;
 	}
 	dst = openat(s->work_fd, tmp, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
-	err = dst < 0 ? -errno : copy_xattrs(s, src, dst);
+	err = dst < 0 ? -errno : set_owner_fd(dst, &st);
+	if (!err)
+		err = copy_xattrs(s, src, dst);
 	if (!err)
 		err = set_attrs_fd(dst, &st);
 	if (err) {
@@ -305,8 +312,10 @@ static int copy_file(struct ovl_cu *c, int layer, const char *rel, int dlayer,
 	err = ovl_copy_data(data, dst, st.st_size);
 	if (err >= 0) {
 		c->method = err;
-		err = copy_xattrs(s, src, dst);
+		err = set_owner_fd(dst, &st);
 	}
+	if (!err)
+		err = copy_xattrs(s, src, dst);
 	if (!err)
 		err = set_attrs_fd(dst, &st);
 	if (!err && !(s->cfg & OVL_CFG_VOLATILE) && fsync(dst) < 0)
@@ -360,7 +369,9 @@ static int copy_special(struct ovl_cu *c, int layer, const char *rel, int udir,
 	}
 	if (err)
 		goto out;
-	err = copy_xattrs_at(s, pfd, base, s->work_fd, tmp);
+	err = fchownat(s->work_fd, tmp, st.st_uid, st.st_gid, AT_SYMLINK_NOFOLLOW) < 0 ? -errno : 0;
+	if (!err)
+		err = copy_xattrs_at(s, pfd, base, s->work_fd, tmp);
 	if (!err)
 		err = set_attrs_at(s->work_fd, tmp, &st);
 	if (err) {

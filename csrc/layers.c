@@ -97,9 +97,16 @@ int ovl_layer_open(const struct ovl_stack *s, int layer, const char *relpath,
 	return open_walk(l, relpath, oflags);
 }
 
+/* A layer directory to read: with O_NOATIME, like the kernel's
+ * ovl_path_open, so that looking leaves the layers' atimes alone (it needs
+ * the directory's owner or CAP_FOWNER; else a plain open). */
 int ovl_layer_open_dir(const struct ovl_stack *s, int layer, const char *relpath)
 {
-	return ovl_layer_open(s, layer, relpath, O_RDONLY | O_DIRECTORY);
+	int fd = ovl_layer_open(s, layer, relpath, O_RDONLY | O_DIRECTORY | O_NOATIME);
+
+	if (fd == -EPERM)
+		fd = ovl_layer_open(s, layer, relpath, O_RDONLY | O_DIRECTORY);
+	return fd;
 }
 
 /* getxattr on an fd opened for reading.  Return the length or -errno. */

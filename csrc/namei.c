@@ -300,7 +300,7 @@ static int lookup_single(struct ovl_ld *d, int layer, const char *base, int base
 
 	if (last_element)
 		d->is_dir = true;
-	fd = ovl_layer_open(s, layer, hit->path, O_RDONLY | O_DIRECTORY);
+	fd = ovl_layer_open_dir(s, layer, hit->path);
 	if (fd < 0) {
 		err = fd == -ENOENT ? -ESTALE : fd;
 		goto drop;

@@ -173,6 +173,10 @@ def build_parity_layers(root, ns="trusted"):
     write_file(j(l1, b"a/sugid_sticky"), b"x", 0o7755, 1234, 4321)
     write_file(j(l1, b"a/nomode"), b"secret", 0o000, 99, 98)
     targets += [b"a/suid", b"a/suid_other", b"a/sgid", b"a/sugid_sticky", b"a/nomode"]
+    # File capabilities (security.capability) on a set-uid file and a plain one.
+    write_file(j(l1, b"a/cap"), b"x", 0o755, 0, 0, {"security.capability": CAP_NET_RAW_V2, "user.c": b"c"})
+    write_file(j(l1, b"a/cap_suid"), b"x", 0o4750, 0, 10, {"security.capability": CAP_NET_RAW_V2})
+    targets += [b"a/cap", b"a/cap_suid"]
 
     # Data shapes: empty, sparse (data islands, a trailing hole, all hole), plain.
     write_file(j(l1, b"data/empty"), b"", 0o600, 1, 2, {"user.on_empty": b"e"})
@@ -197,7 +201,7 @@ def build_parity_layers(root, ns="trusted"):
     targets.append(b"x/escaped")
 
     # Symlinks of every shape, with owners.
-    symlink(j(l1, b"links/rel"), b"../a/b/c/d/deep", 12, 34)
+    symlink(j(l1, b"links/rel"), b"../a/b/c/d/deep", 12, 34, {"trusted.on_symlink": b"s"})
     symlink(j(l1, b"links/abs"), b"/etc/passwd")
     symlink(j(l1, b"links/dangling"), b"does/not/exist")
     symlink(j(l1, b"links/long"), b"L" * 200 + b"/" + b"M" * 200 + b"/" + b"N" * 500)
@@ -205,10 +209,10 @@ def build_parity_layers(root, ns="trusted"):
     targets += [b"links/rel", b"links/abs", b"links/dangling", b"links/long", b"links/odd target"]
 
     # fifos and devices (not whiteouts: rdev != 0:0).
-    mknod(j(l1, b"dev/fifo"), stat.S_IFIFO, 0o620, 0, 3, 4)
+    mknod(j(l1, b"dev/fifo"), stat.S_IFIFO, 0o620, 0, 3, 4, {"trusted.on_fifo": b"f"})
     mknod(j(l1, b"dev/null"), stat.S_IFCHR, 0o666, os.makedev(1, 3))
-    mknod(j(l1, b"dev/chr"), stat.S_IFCHR, 0o4640, os.makedev(10, 200), 5, 6)
-    mknod(j(l1, b"dev/blk"), stat.S_IFBLK, 0o660, os.makedev(7, 200), 0, 6)
+    mknod(j(l1, b"dev/chr"), stat.S_IFCHR, 0o4640, os.makedev(10, 200), 5, 6, {"trusted.on_chr": b"c"})
+    mknod(j(l1, b"dev/blk"), stat.S_IFBLK, 0o660, os.makedev(7, 200), 0, 6, {"trusted.on_blk": b"b" * 100})
     targets += [b"dev/fifo", b"dev/null", b"dev/chr", b"dev/blk"]
 
     # Hard links: copy-up breaks them (index=off).  h1 up alone; t1 and t2 up
@@ -352,8 +356,8 @@ def file_sha256(path):
 def dump_tree(root, *, data=True):
     """{relpath (bytes, b"" for the root): record} of everything under *root*.
 
-    Each object is lstat'ed before anything reads it, so the dump leaves atimes
-    alone for what it records.  Records: type, mode, uid, gid, size, nlink,
+    Dirs and data are read with O_NOATIME and a symlink's atime is put back
+    after readlink, so dumping changes no atime (a symlink's ctime changes).  Records: type, mode, uid, gid, size, nlink,
     atime_ns, mtime_ns, blocks, rdev (devices), target (symlinks), sha256
     (regular files, if *data*), xattrs {name: value}, ino.
     """
@@ -378,10 +382,16 @@ def dump_tree(root, *, data=True):
         rec["xattrs"] = xattrs
         if stat.S_ISLNK(st.st_mode):
             rec["target"] = os.readlink(full)
+            # readlink(2) updates the atime (relatime): put it back.
+            os.utime(full, ns=(st.st_atime_ns, st.st_mtime_ns), follow_symlinks=False)
         elif stat.S_ISREG(st.st_mode) and data:
             rec["sha256"] = file_sha256(full)
         elif stat.S_ISDIR(st.st_mode):
-            names = sorted(os.listdir(full))
+            fd = os.open(full, os.O_RDONLY | os.O_DIRECTORY | os.O_NOATIME)
+            try:
+                names = sorted(os.fsencode(n) for n in os.listdir(fd))
+            finally:
+                os.close(fd)
             rec["names"] = names
             todo.extend(os.path.join(rel, n) if rel else n for n in names)
         out[rel] = rec
@@ -576,18 +586,20 @@ def fs_magic_name(path):
 
 
 def fiemap_extents(path):
-    """[(logical, physical, length, flags)] in 512-byte... no: filesystem blocks,
-    parsed from ``filefrag -v`` (the physical offsets tell shared extents)."""
+    """[(logical, physical, length, flags)] (in filesystem blocks) from
+    ``filefrag -v``; equal physical offsets of two files mean shared extents."""
     res = subprocess.run([b"filefrag", b"-v", os.fsencode(path)], capture_output=True, check=True)
     extents = []
     for line in res.stdout.decode(errors="replace").splitlines():
         parts = [p.strip() for p in line.split(":")]
-        if len(parts) < 5 or not parts[0].isdigit():
+        if len(parts) < 4 or not parts[0].isdigit():
             continue
-        logical = parts[1].split("..")
-        physical = parts[2].split("..")
         try:
-            extents.append((int(logical[0]), int(physical[0]), int(parts[3]), parts[4] if len(parts) > 4 else ""))
+            logical = int(parts[1].split("..")[0])
+            physical = int(parts[2].split("..")[0])
+            length = int(parts[3])
         except ValueError:
             continue
+        flags = parts[-1] if len(parts) > 4 and not parts[-1].isdigit() else ""
+        extents.append((logical, physical, length, flags))
     return extents
