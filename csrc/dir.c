@@ -211,6 +211,27 @@ static int make_whiteout(struct ovl_stack *s, int dfd, const char *name)
 	return 0;
 }
 
+/* Mark directory dfd/name opaque: the kernel's xattr, or the OCI
+ * ".wh..wh..opq" inside it. */
+static int mark_opaque(const struct ovl_stack *s, int dfd, const char *name, bool oci)
+{
+	int dir = openat(dfd, name, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC), fd, err = 0;
+
+	if (dir < 0)
+		return -errno;
+	if (oci) {
+		fd = openat(dir, OCI_OPQ, O_CREAT | O_WRONLY | O_CLOEXEC, 0);
+		if (fd < 0)
+			err = -errno;
+		else
+			close(fd);
+	} else if (fsetxattr(dir, s->x_opaque, "y", 1, 0) < 0) {
+		err = -errno;
+	}
+	close(dir);
+	return err;
+}
+
 /* Remove what an upper directory holds besides whiteouts: nothing may be
  * there (the merged directory is empty); whiteouts are cleaned up. */
 static int clear_whiteouts(struct ovl_stack *s, int udir, const char *name)
@@ -426,16 +447,8 @@ static int create_common(struct ovl_stack *s, const char *path, struct ovl_creat
 		char wh_name[OVL_NAME_MAX + 8];
 
 		err = create_at(udir, t.name, c);
-		if (!err && S_ISDIR(c->mode)) {
-			int dfd = openat(udir, t.name, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
-			int fd = dfd < 0 ? -1 : openat(dfd, OCI_OPQ, O_CREAT | O_WRONLY | O_CLOEXEC, 0);
-
-			err = fd < 0 ? -errno : 0;
-			if (fd >= 0)
-				close(fd);
-			if (dfd >= 0)
-				close(dfd);
-		}
+		if (!err && S_ISDIR(c->mode))
+			err = mark_opaque(s, udir, t.name, true);
 		snprintf(wh_name, sizeof(wh_name), OCI_WH "%s", t.name);
 		if (!err && unlinkat(udir, wh_name, 0) < 0)
 			err = -errno;
@@ -443,7 +456,6 @@ static int create_common(struct ovl_stack *s, const char *path, struct ovl_creat
 		/* Over a whiteout: built in the work dir, a directory marked
 		 * opaque, then exchanged with it (dir.c:ovl_create_over_whiteout). */
 		char tmp[64];
-
 		struct stat pst;
 
 		ovl_temp_name(tmp, sizeof(tmp));
@@ -457,15 +469,8 @@ static int create_common(struct ovl_stack *s, const char *path, struct ovl_creat
 				 fchmodat(s->work_fd, tmp, (c->mode & 07777 & ~umask_now()) | S_ISGID, 0) < 0)
 				err = -errno;
 		}
-		if (!err && S_ISDIR(c->mode)) {
-			int dfd = openat(s->work_fd, tmp, O_RDONLY | O_DIRECTORY | O_NOFOLLOW |
-					 O_CLOEXEC);
-
-			err = dfd < 0 ? -errno :
-			      fsetxattr(dfd, s->x_opaque, "y", 1, 0) < 0 ? -errno : 0;
-			if (dfd >= 0)
-				close(dfd);
-		}
+		if (!err && S_ISDIR(c->mode))
+			err = mark_opaque(s, s->work_fd, tmp, false);
 		if (!err)
 			err = ovl_renameat2(s->work_fd, tmp, udir, t.name, RENAME_EXCHANGE);
 		/* After the exchange the temp is the whiteout; else our object. */
@@ -984,22 +989,7 @@ static int do_rename(struct ovl_stack *s, const char *from, const char *to)
 	if (!err && is_dir && (b.dir->nstack > 1 || b.dir->stack[0].layer != 0)) {
 		/* A pure-upper dir moved into a merged parent: nothing below
 		 * may show through it (dir.c:ovl_rename). */
-		if (s->whiteouts == OVL_WHITEOUT_OCI || wh == 2) {
-			int dfd = openat(ub, b.name, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
-			int fd = dfd < 0 ? -1 : openat(dfd, OCI_OPQ, O_CREAT | O_WRONLY | O_CLOEXEC, 0);
-
-			err = fd < 0 ? -errno : 0;
-			if (fd >= 0)
-				close(fd);
-			if (dfd >= 0)
-				close(dfd);
-		} else {
-			int dfd = openat(ub, b.name, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
-
-			err = dfd < 0 ? -errno : fsetxattr(dfd, s->x_opaque, "y", 1, 0) < 0 ? -errno : 0;
-			if (dfd >= 0)
-				close(dfd);
-		}
+		err = mark_opaque(s, ub, b.name, s->whiteouts == OVL_WHITEOUT_OCI || wh == 2);
 	}
 out:
 	if (ua >= 0)
