@@ -407,6 +407,43 @@ static void restore_times(int fd, const struct stat *st)
 	futimens(fd, ts);	/* best effort, as in the kernel */
 }
 
+/* Record in p's index that non-directory e now has its top-most copy in
+ * the upper layer (p's stack layer 0): the old top becomes an occurrence
+ * below it (it still decides whether removing the name needs a whiteout),
+ * and the metadata is read again on the next lookup.  Write lock held.
+ * Return 0, or -errno when the directory should be dropped instead. */
+static int index_copied_up(struct ovl_stack *s, struct ovl_dir *p, struct ovl_ent *e, int udir)
+{
+	uint32_t n = e->nocc + 1u, *occ;
+	int bits = ovl_occ_bits(p, e, e->top);
+	struct stat st;
+
+	if (e->top == 0 || fstatat(udir, e->name, &st, AT_SYMLINK_NOFOLLOW) < 0 ||
+	    IFTODT(st.st_mode) != e->dtype)
+		return -ESTALE;
+	/* The entry's run moves to the end of the array, one longer. */
+	occ = realloc(p->occ, (p->nocc + n) * sizeof(*occ));
+	if (!occ)
+		return -ENOMEM;
+	occ[p->nocc] = OVL_OCC(e->top, bits);
+	memcpy(occ + p->nocc + 1, occ + e->occ, e->nocc * sizeof(*occ));
+	p->bytes += n * sizeof(*occ);
+	p->occ = occ;
+	e->occ = p->nocc;
+	e->nocc = (uint16_t)n;
+	p->nocc += n;
+	e->top = 0;
+	e->ino = st.st_ino;
+	e->flags &= (uint8_t)~(OVL_E_FILLED | OVL_E_METACOPY | OVL_E_TOPOCI);
+	if (e->ext) {
+		e->ext = NULL;	/* the old metadata stays in the arena until p goes */
+		p->nfilled--;
+	}
+	ovl_dir_account(s, p);
+	__atomic_add_fetch(&s->generation, 1, __ATOMIC_RELEASE);
+	return 0;
+}
+
 /* Copy directory node d up if it is not in the upper layer yet (its
  * ancestors first).  *top gets the highest directory that was created. */
 static int copy_up_dir(struct ovl_cu *c, struct ovl_dir *d, struct ovl_dir **top)
@@ -495,6 +532,14 @@ int ovl_copy_up_ent(struct ovl_walk *w, struct ovl_dir *p, struct ovl_ent *e,
 		err = copy_special(&c, layer, rel, udir, e->name);
 	}
 	restore_times(udir, &pst);
+	/* The directory was up already: its index just gains the upper copy
+	 * (no re-reading every layer of it after each copy-up). */
+	if (!err && !top && p->stack[0].layer == 0 && index_copied_up(s, p, e, udir) == 0) {
+		close(udir);
+		free(rel);
+		*method = c.method;
+		return 0;
+	}
 	close(udir);
 done:
 	free(rel);
