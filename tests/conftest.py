@@ -17,10 +17,13 @@ is added here.
 
 from __future__ import annotations
 
+import functools
 import importlib.util
 import os
 import pathlib
+import shutil
 import sys
+import tempfile
 
 import pytest
 
@@ -112,3 +115,40 @@ class KernelViews:
 @pytest.fixture(scope="session")
 def kernel_views(tmp_path_factory):
     return KernelViews(tmp_path_factory.mktemp("kernel-views"))
+
+
+def _tiny_mount(base: str) -> None:
+    """Mount and unmount a two-layer overlay with overlayfs.mount under base."""
+    import overlayfs._mount as om
+
+    dirs = [os.path.join(base, n) for n in ("a", "b", "t")]
+    for d in dirs:
+        os.mkdir(d)
+    om.mount(dirs[2], dirs[:2]).unmount()
+
+
+@functools.cache
+def _library_mount_unavailable():
+    """Why overlayfs.mount cannot mount here (None when it can)."""
+    import overlayfs._mount as om
+
+    if not sys.platform.startswith("linux"):
+        return "kernel overlays need Linux"
+    base = tempfile.mkdtemp(prefix="ovl-gate-")
+    try:
+        om.run_in_private_namespace(_tiny_mount, base)
+    except Exception as exc:  # noqa: BLE001 - the reason is the skip message
+        return f"cannot mount overlays in a private mount namespace here: {exc}"
+    finally:
+        shutil.rmtree(base, ignore_errors=True)
+    return None
+
+
+@pytest.fixture
+def mountable() -> None:
+    """Skip (or fail under OVERLAYFS_REQUIRE_KERNEL=1) where overlayfs.mount cannot mount."""
+    reason = _library_mount_unavailable()
+    if reason:
+        if require_kernel_env():
+            pytest.fail(f"OVERLAYFS_REQUIRE_KERNEL=1 but {reason}", pytrace=False)
+        pytest.skip(reason)

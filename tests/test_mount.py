@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import ctypes
 import errno
-import functools
 import importlib
 import hashlib
 import io
@@ -22,7 +21,6 @@ import shutil
 import stat
 import subprocess
 import sys
-import tempfile
 from collections.abc import Callable
 from typing import Any
 
@@ -37,38 +35,6 @@ SPECIAL = "sp ace:co,lon\\back"
 
 
 # --- gating -------------------------------------------------------------------------------
-
-
-def _tiny_mount(base: str) -> str:
-    dirs = [os.path.join(base, n) for n in ("a", "b", "t")]
-    for d in dirs:
-        os.mkdir(d)
-    with om.mount(dirs[2], dirs[:2]) as m:
-        return m.strategy
-
-
-@functools.cache
-def _mount_unavailable() -> str | None:
-    if not sys.platform.startswith("linux"):
-        return "kernel overlays need Linux"
-    base = tempfile.mkdtemp(prefix="ovl-gate-")
-    try:
-        om.run_in_private_namespace(_tiny_mount, base)
-    except Exception as exc:  # noqa: BLE001 - the reason is the skip message
-        return f"cannot mount overlays in a private mount namespace here: {exc}"
-    finally:
-        shutil.rmtree(base, ignore_errors=True)
-    return None
-
-
-@pytest.fixture
-def mountable() -> None:
-    """Skip (or fail under OVERLAYFS_REQUIRE_KERNEL=1) where overlays cannot be mounted."""
-    reason = _mount_unavailable()
-    if reason:
-        if REQUIRE_KERNEL:
-            pytest.fail(f"OVERLAYFS_REQUIRE_KERNEL=1 but {reason}", pytrace=False)
-        pytest.skip(reason)
 
 
 def stack_class() -> Any:

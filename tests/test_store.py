@@ -10,13 +10,10 @@ core (and fail under the same variable).
 from __future__ import annotations
 
 import errno
-import functools
 import importlib
 import os
 import re
-import shutil
 import stat
-import tempfile
 from typing import Any
 
 import pytest
@@ -31,34 +28,6 @@ SHORT = re.compile(r"[A-Z2-7]{26}\Z")
 
 
 # --- gating -------------------------------------------------------------------------------
-
-
-def _tiny_mount(base: str) -> None:
-    dirs = [os.path.join(base, n) for n in ("a", "b", "t")]
-    for d in dirs:
-        os.mkdir(d)
-    om.mount(dirs[2], dirs[:2]).unmount()
-
-
-@functools.cache
-def _mount_unavailable() -> str | None:
-    base = tempfile.mkdtemp(prefix="ovl-gate-")
-    try:
-        om.run_in_private_namespace(_tiny_mount, base)
-    except Exception as exc:  # noqa: BLE001 - the reason is the skip message
-        return f"cannot mount overlays in a private mount namespace here: {exc}"
-    finally:
-        shutil.rmtree(base, ignore_errors=True)
-    return None
-
-
-@pytest.fixture
-def mountable() -> None:
-    reason = _mount_unavailable()
-    if reason:
-        if REQUIRE_KERNEL:
-            pytest.fail(f"OVERLAYFS_REQUIRE_KERNEL=1 but {reason}", pytrace=False)
-        pytest.skip(reason)
 
 
 @pytest.fixture
