@@ -568,20 +568,22 @@ void ovl_drop_changed(struct ovl_stack *s, struct ovl_dir *d)
 
 int ovl_copy_up(struct ovl_stack *s, const char *path, unsigned flags)
 {
+	struct ovl_change ch;
 	struct ovl_walk w = { .s = s };
 	struct ovl_dir *changed = NULL;
 	int err, method = OVL_COPY_NONE;
 
-	if (s->work_fd < 0)
-		return -EROFS;
-	pthread_rwlock_wrlock(&s->lock);
+	err = ovl_change_begin(s, &ch);
+	if (err)
+		return err;
+	/* The caller needs search access to the path, nothing more: the
+	 * copy changes nothing the overlay shows. */
+	w.cred = &ch.cred;
 	err = ovl_walk_path(&w, path, flags & OVL_LOOKUP_FOLLOW);
 	if (!err)
 		err = ovl_copy_up_ent(&w, w.dir, w.ent, &changed, &method);
 	ovl_drop_changed(s, changed);
-	ovl_cache_trim(s);
-	pthread_rwlock_unlock(&s->lock);
-	ovl_atomic_inc(&s->misses);
+	err = ovl_change_end(&ch, err);
 	return err ? err : method;
 }
 

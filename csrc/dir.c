@@ -52,8 +52,10 @@ struct ovl_target {
 };
 
 /* Resolve the parent of path (symlinks followed) and look the last name
- * up in it without following it.  Write lock held. */
-static int find_target(struct ovl_stack *s, const char *path, struct ovl_target *t)
+ * up in it without following it, checking search permission on the way
+ * as cred.  Write lock held. */
+static int find_target(struct ovl_stack *s, const struct ovl_cred *cred, const char *path,
+		       struct ovl_target *t)
 {
 	size_t n = strlen(path), end, start;
 	char *parent;
@@ -62,6 +64,7 @@ static int find_target(struct ovl_stack *s, const char *path, struct ovl_target 
 
 	memset(t, 0, sizeof(*t));
 	t->w.s = s;
+	t->w.cred = cred;
 	end = n;
 	while (end > 0 && path[end - 1] == '/')
 		end--;
@@ -69,11 +72,6 @@ static int find_target(struct ovl_stack *s, const char *path, struct ovl_target 
 	start = end;
 	while (start > 0 && path[start - 1] != '/')
 		start--;
-	if (end - start > OVL_NAME_MAX)
-		return -ENAMETOOLONG;
-	memcpy(t->name, path + start, end - start);
-	t->name[end - start] = '\0';
-	t->len = end - start;
 	parent = strndup(path, start);
 	if (!parent)
 		return -ENOMEM;
@@ -84,8 +82,17 @@ static int find_target(struct ovl_stack *s, const char *path, struct ovl_target 
 	if (err)
 		return err;
 	t->dir = d;
-	if (t->len == 0)
+	if (end == start)
 		return -EBUSY;	/* the root itself */
+	err = ovl_may_search(cred, d);
+	if (err)
+		return err;
+	/* The name's length matters only once the walk got there. */
+	if (end - start > OVL_NAME_MAX)
+		return -ENAMETOOLONG;
+	memcpy(t->name, path + start, end - start);
+	t->name[end - start] = '\0';
+	t->len = end - start;
 	if (!strcmp(t->name, ".") || !strcmp(t->name, "..")) {
 		t->dot = true;
 		return 0;
@@ -104,6 +111,34 @@ static int find_target(struct ovl_stack *s, const char *path, struct ovl_target 
 		return err;
 	t->ent = e;
 	return 0;
+}
+
+static void dir_attr(const struct ovl_dir *d, struct stat *st)
+{
+	ovl_fill_stat(d->fill, st);
+}
+
+static void target_attr(const struct ovl_target *t, struct stat *st)
+{
+	ovl_ent_attr(t->node, t->ent, st);
+}
+
+/* fs/namei.c:may_delete on the target's parent and the target. */
+static int may_delete_target(const struct ovl_cred *cred, const struct ovl_target *t)
+{
+	struct stat dst, vst;
+
+	dir_attr(t->dir, &dst);
+	target_attr(t, &vst);
+	return ovl_may_delete(cred, &dst, &vst);
+}
+
+static int may_create_in(const struct ovl_cred *cred, const struct ovl_target *t)
+{
+	struct stat dst;
+
+	dir_attr(t->dir, &dst);
+	return ovl_may_create(cred, &dst);
 }
 
 /* Does a lower layer of d show name (namei.c:ovl_lower_positive)?  The
@@ -302,13 +337,14 @@ static int whiteout_over(struct ovl_stack *s, int udir, const char *name, bool i
 	return 0;
 }
 
-static int remove_common(struct ovl_stack *s, const char *path, bool is_rmdir)
+static int remove_common(struct ovl_stack *s, const struct ovl_cred *cred, const char *path,
+			 bool is_rmdir)
 {
 	struct ovl_target t;
 	bool lower, in_upper;
 	int udir, err;
 
-	err = find_target(s, path, &t);
+	err = find_target(s, cred, path, &t);
 	if (err == -EBUSY)
 		return is_rmdir ? -EBUSY : -EISDIR;
 	if (err)
@@ -317,12 +353,15 @@ static int remove_common(struct ovl_stack *s, const char *path, bool is_rmdir)
 		return is_rmdir ? (!strcmp(t.name, ".") ? -EINVAL : -ENOTEMPTY) : -EISDIR;
 	if (!t.ent)
 		return -ENOENT;
+	if (!is_rmdir && t.slash)
+		return t.ent->dtype == DT_DIR ? -EISDIR : -ENOTDIR;
+	err = may_delete_target(cred, &t);
+	if (err)
+		return err;
 	if (is_rmdir && t.ent->dtype != DT_DIR)
 		return -ENOTDIR;
 	if (!is_rmdir && t.ent->dtype == DT_DIR)
 		return -EISDIR;
-	if (!is_rmdir && t.slash)
-		return -ENOTDIR;
 	if (is_rmdir && t.node->norder)
 		return -ENOTEMPTY;
 	lower = lower_positive(s, t.dir, t.name, t.len);
@@ -349,43 +388,20 @@ static int remove_common(struct ovl_stack *s, const char *path, bool is_rmdir)
 	return err;
 }
 
-static int locked(struct ovl_stack *s, int err)
-{
-	ovl_cache_trim(s);
-	pthread_rwlock_unlock(&s->lock);
-	ovl_atomic_inc(&s->misses);
-	return err;
-}
-
-static int lock_for_write(struct ovl_stack *s)
-{
-	if (s->work_fd < 0)
-		return -EROFS;
-	pthread_rwlock_wrlock(&s->lock);
-	return 0;
-}
-
 int ovl_unlink(struct ovl_stack *s, const char *path)
 {
-	int err = lock_for_write(s);
+	struct ovl_change c;
+	int err = ovl_change_begin(s, &c);
 
-	return err ? err : locked(s, remove_common(s, path, false));
+	return err ? err : ovl_change_end(&c, remove_common(s, &c.cred, path, false));
 }
 
 int ovl_rmdir(struct ovl_stack *s, const char *path)
 {
-	int err = lock_for_write(s);
+	struct ovl_change c;
+	int err = ovl_change_begin(s, &c);
 
-	return err ? err : locked(s, remove_common(s, path, true));
-}
-
-/* The process umask (there is no way to read it without setting it). */
-static mode_t umask_now(void)
-{
-	mode_t m = umask(0);
-
-	umask(m);
-	return m;
+	return err ? err : ovl_change_end(&c, remove_common(s, &c.cred, path, true));
 }
 
 /* What a create makes, in the work dir or in place. */
@@ -395,32 +411,94 @@ struct ovl_create {
 	const char *target;	/* symlinks */
 	int oflags;		/* regular files opened by the create */
 	int fd;			/* out: the open file */
+	uid_t uid;		/* the owner the kernel gives it */
+	gid_t gid;
+	bool sgid_parent;	/* made under a setgid directory */
+	bool other_owner;	/* the caller is not the opener */
 };
 
-static int create_at(int dfd, const char *name, struct ovl_create *c)
+/* Give a new object the owner the kernel's inode_init_owner gives it:
+ * the caller's fsuid; the parent's group under a setgid parent (and a
+ * directory its setgid bit), else the caller's fsgid.  chown clears the
+ * set-id bits, so the mode goes back on after it. */
+static int set_owner(int dfd, const char *name, const struct ovl_create *c)
 {
+	struct stat st;
+	mode_t want;
+
+	if (fstatat(dfd, name, &st, AT_SYMLINK_NOFOLLOW) < 0)
+		return -errno;
+	want = st.st_mode & 07777;
+	if (S_ISDIR(st.st_mode) && c->sgid_parent)
+		want |= S_ISGID;
+	if ((st.st_uid != c->uid || st.st_gid != c->gid) &&
+	    fchownat(dfd, name, c->uid, c->gid, AT_SYMLINK_NOFOLLOW) < 0)
+		return -errno;
+	if (!S_ISLNK(st.st_mode) && (want != (st.st_mode & 07777) || (want & 06000)) &&
+	    fchmodat(dfd, name, want, 0) < 0)
+		return -errno;
+	return 0;
+}
+
+/* Make the object at dfd/name; in_work: in the work dir, where a setgid
+ * parent cannot give it its group. */
+static int create_at(int dfd, const char *name, struct ovl_create *c, bool in_work)
+{
+	int err;
+
 	switch (c->mode & S_IFMT) {
 	case S_IFDIR:
-		return mkdirat(dfd, name, c->mode & 07777) < 0 ? -errno : 0;
+		err = mkdirat(dfd, name, c->mode & 07777) < 0 ? -errno : 0;
+		break;
 	case S_IFLNK:
-		return symlinkat(c->target, dfd, name) < 0 ? -errno : 0;
+		err = symlinkat(c->target, dfd, name) < 0 ? -errno : 0;
+		break;
 	case S_IFREG:
 		c->fd = openat(dfd, name, (c->oflags & ~O_TRUNC) | O_CREAT | O_EXCL | O_NOFOLLOW |
 			       O_CLOEXEC, c->mode & 07777);
-		return c->fd < 0 ? -errno : 0;
+		err = c->fd < 0 ? -errno : 0;
+		break;
 	default:
-		return mknodat(dfd, name, c->mode, c->rdev) < 0 ? -errno : 0;
+		err = mknodat(dfd, name, c->mode, c->rdev) < 0 ? -errno : 0;
+		break;
 	}
+	if (!err && (c->other_owner || (in_work && c->sgid_parent)))
+		err = set_owner(dfd, name, c);
+	return err;
 }
 
-static int create_common(struct ovl_stack *s, const char *path, struct ovl_create *c)
+/* The checks before a create (fs/namei.c:may_create, vfs_mknod) and the
+ * owner and mode the kernel gives the new object. */
+static int prepare_create(struct ovl_stack *s, const struct ovl_cred *cred,
+			  const struct ovl_target *t, struct ovl_create *c)
+{
+	struct stat dst;
+	int err;
+
+	dir_attr(t->dir, &dst);
+	err = ovl_may_create(cred, &dst);
+	if (err)
+		return err;
+	if ((S_ISCHR(c->mode) || S_ISBLK(c->mode)) && !ovl_capable(cred, OVL_CAP_MKNOD))
+		return -EPERM;
+	c->mode = ovl_strip_sgid(cred, &dst, c->mode);
+	c->sgid_parent = dst.st_mode & S_ISGID;
+	c->uid = cred->uid;
+	c->gid = c->sgid_parent ? dst.st_gid : cred->gid;
+	c->other_owner = cred->uid != s->mounter.uid ||
+			 (!c->sgid_parent && cred->gid != s->mounter.gid);
+	return 0;
+}
+
+static int create_common(struct ovl_stack *s, const struct ovl_cred *cred, const char *path,
+			 struct ovl_create *c)
 {
 	struct ovl_target t;
 	bool present = false;
 	int udir, wh, err;
 
 	c->fd = -1;
-	err = find_target(s, path, &t);
+	err = find_target(s, cred, path, &t);
 	if (err == -EBUSY)
 		return -EEXIST;
 	if (err)
@@ -429,6 +507,9 @@ static int create_common(struct ovl_stack *s, const char *path, struct ovl_creat
 		return -EEXIST;
 	if (t.slash && !S_ISDIR(c->mode))
 		return S_ISREG(c->mode) ? -EISDIR : -ENOENT;
+	err = prepare_create(s, cred, &t, c);
+	if (err)
+		return err;
 	udir = upper_parent(&t);
 	if (udir < 0) {
 		ovl_drop_changed(s, t.changed);
@@ -440,13 +521,13 @@ static int create_common(struct ovl_stack *s, const char *path, struct ovl_creat
 	} else if (present) {
 		err = -EEXIST;	/* the cache was behind the layer */
 	} else if (!wh) {
-		err = create_at(udir, t.name, c);
+		err = create_at(udir, t.name, c, false);
 	} else if (wh == 2) {
 		/* Over ".wh.NAME": create, mark a directory opaque the OCI
 		 * way, then drop the whiteout file. */
 		char wh_name[OVL_NAME_MAX + 8];
 
-		err = create_at(udir, t.name, c);
+		err = create_at(udir, t.name, c, false);
 		if (!err && S_ISDIR(c->mode))
 			err = mark_opaque(s, udir, t.name, true);
 		snprintf(wh_name, sizeof(wh_name), OCI_WH "%s", t.name);
@@ -456,19 +537,9 @@ static int create_common(struct ovl_stack *s, const char *path, struct ovl_creat
 		/* Over a whiteout: built in the work dir, a directory marked
 		 * opaque, then exchanged with it (dir.c:ovl_create_over_whiteout). */
 		char tmp[64];
-		struct stat pst;
 
 		ovl_temp_name(tmp, sizeof(tmp));
-		err = create_at(s->work_fd, tmp, c);
-		/* Made in the work dir, it must still get what the upper parent's
-		 * setgid bit would have given it. */
-		if (!err && fstat(udir, &pst) == 0 && (pst.st_mode & S_ISGID)) {
-			if (fchownat(s->work_fd, tmp, (uid_t)-1, pst.st_gid, AT_SYMLINK_NOFOLLOW) < 0)
-				err = -errno;
-			else if (S_ISDIR(c->mode) &&
-				 fchmodat(s->work_fd, tmp, (c->mode & 07777 & ~umask_now()) | S_ISGID, 0) < 0)
-				err = -errno;
-		}
+		err = create_at(s->work_fd, tmp, c, true);
 		if (!err && S_ISDIR(c->mode))
 			err = mark_opaque(s, s->work_fd, tmp, false);
 		if (!err)
@@ -490,9 +561,10 @@ static int create_common(struct ovl_stack *s, const char *path, struct ovl_creat
 int ovl_mkdir(struct ovl_stack *s, const char *path, mode_t mode)
 {
 	struct ovl_create c = { .mode = S_IFDIR | (mode & 07777) };
-	int err = lock_for_write(s);
+	struct ovl_change ch;
+	int err = ovl_change_begin(s, &ch);
 
-	return err ? err : locked(s, create_common(s, path, &c));
+	return err ? err : ovl_change_end(&ch, create_common(s, &ch.cred, path, &c));
 }
 
 int ovl_mknod(struct ovl_stack *s, const char *path, mode_t mode, dev_t dev)
@@ -504,22 +576,27 @@ int ovl_mknod(struct ovl_stack *s, const char *path, mode_t mode, dev_t dev)
 		return -EINVAL;
 	if ((mode & S_IFMT) == 0)
 		c.mode |= S_IFREG;
-	err = lock_for_write(s);
+	struct ovl_change ch;
+
+	err = ovl_change_begin(s, &ch);
 	if (err)
 		return err;
 	if (S_ISCHR(mode) && dev == makedev(0, 0)) {
-		/* Whiteouts are the overlay's own: EPERM, after EEXIST. */
+		/* Whiteouts are the overlay's own: EPERM, after EEXIST and
+		 * the parent's write permission. */
 		struct ovl_target t;
 
-		err = find_target(s, path, &t);
+		err = find_target(s, &ch.cred, path, &t);
 		if (!err)
-			err = t.ent || t.dot ? -EEXIST : -EPERM;
-		return locked(s, err == -EBUSY ? -EEXIST : err);
+			err = t.ent || t.dot ? -EEXIST : may_create_in(&ch.cred, &t);
+		if (!err)
+			err = -EPERM;
+		return ovl_change_end(&ch, err == -EBUSY ? -EEXIST : err);
 	}
-	err = create_common(s, path, &c);
+	err = create_common(s, &ch.cred, path, &c);
 	if (c.fd >= 0)
 		close(c.fd);
-	return locked(s, err);
+	return ovl_change_end(&ch, err);
 }
 
 int ovl_symlink(struct ovl_stack *s, const char *target, const char *path)
@@ -527,10 +604,12 @@ int ovl_symlink(struct ovl_stack *s, const char *target, const char *path)
 	struct ovl_create c = { .mode = S_IFLNK | 0777, .target = target };
 	int err;
 
+	struct ovl_change ch;
+
 	if (!*target)
 		return -ENOENT;
-	err = lock_for_write(s);
-	return err ? err : locked(s, create_common(s, path, &c));
+	err = ovl_change_begin(s, &ch);
+	return err ? err : ovl_change_end(&ch, create_common(s, &ch.cred, path, &c));
 }
 
 /* Copy up what path names (a final symlink followed with
@@ -542,7 +621,7 @@ static int upper_object(struct ovl_stack *s, const char *path, unsigned flags,
 	int method, err;
 
 	memset(t, 0, sizeof(*t));
-	t->w.s = s;
+	t->w.s = s;	/* the caller's search permission is checked already */
 	err = ovl_walk_path(&t->w, path, flags & OVL_LOOKUP_FOLLOW);
 	if (err)
 		return err;
@@ -572,7 +651,21 @@ struct attr_arg {
 	gid_t gid;
 	const struct timespec *ts;
 	off_t length;
+	mode_t kill;		/* set-id bits the caller's truncate clears */
 };
+
+/* Clear the set-id bits a change by the caller clears, which the work,
+ * done with the opener's rights, did not. */
+static int kill_suid(int fd, mode_t kill)
+{
+	struct stat st;
+
+	if (!kill)
+		return 0;
+	if (fstat(fd, &st) < 0 || fchmod(fd, st.st_mode & 07777 & ~kill) < 0)
+		return -errno;
+	return 0;
+}
 
 static int apply_attr(int udir, const char *name, unsigned flags, const struct attr_arg *a)
 {
@@ -591,44 +684,108 @@ static int apply_attr(int udir, const char *name, unsigned flags, const struct a
 			return errno == ELOOP ? -EINVAL : -errno;
 		if (ftruncate(fd, a->length) < 0)
 			err = -errno;
+		if (!err)
+			err = kill_suid(fd, a->kill);
 		close(fd);
 		return err;
 	}
 	return -EINVAL;
 }
 
-static int setattr_common(struct ovl_stack *s, const char *path, unsigned flags,
-			  const struct attr_arg *a)
+/* Walk to what path names as the caller and read its attributes. */
+static int walk_object(struct ovl_stack *s, const struct ovl_cred *cred, const char *path,
+		       unsigned flags, struct ovl_walk *w, struct stat *st)
 {
-	struct ovl_target t;
+	struct ovl_dir *node = NULL;
+	int err;
+
+	memset(w, 0, sizeof(*w));
+	w->s = s;
+	w->cred = cred;
+	err = ovl_walk_path(w, path, flags & OVL_LOOKUP_FOLLOW);
+	if (!err && w->ent->dtype == DT_DIR)
+		err = ovl_ent_dir(w, w->dir, w->ent, &node);
+	if (!err)
+		ovl_ent_attr(node, w->ent, st);
+	return err;
+}
+
+/* The caller's right to the change (fs/attr.c:setattr_prepare,
+ * may_setattr; fs/open.c:vfs_truncate), on the overlay's attributes. */
+static int may_setattr(const struct ovl_cred *cred, const struct stat *st, struct attr_arg *a)
+{
+	bool owner = ovl_owner_or_capable(cred, st), chown_cap = ovl_capable(cred, OVL_CAP_CHOWN);
+
+	switch (a->op) {
+	case A_CHMOD:
+		if (!owner)
+			return -EPERM;
+		if (!ovl_in_group(cred, st->st_gid) && !ovl_capable(cred, OVL_CAP_FSETID))
+			a->mode &= ~(mode_t)S_ISGID;
+		return 0;
+	case A_CHOWN:
+		if (a->uid != (uid_t)-1 && !chown_cap &&
+		    !(cred->uid == st->st_uid && a->uid == st->st_uid))
+			return -EPERM;
+		if (a->gid != (gid_t)-1 && !chown_cap &&
+		    !(cred->uid == st->st_uid && (a->gid == st->st_gid || ovl_in_group(cred, a->gid))))
+			return -EPERM;
+		/* A chown clears a non-directory's set-id bits: a mode
+		 * change, which needs ownership (fs/open.c:chown_common). */
+		if (!S_ISDIR(st->st_mode) && !owner &&
+		    ((st->st_mode & S_ISUID) ||
+		     ((st->st_mode & S_ISGID) &&
+		      ((st->st_mode & S_IXGRP) || (!ovl_in_group(cred, st->st_gid) &&
+						   !ovl_capable(cred, OVL_CAP_FSETID))))))
+			return -EPERM;
+		return 0;
+	case A_UTIMES:
+		/* "Now" needs ownership or write access; explicit times
+		 * ownership (EACCES and EPERM respectively). */
+		if (!a->ts || (a->ts[0].tv_nsec == UTIME_NOW && a->ts[1].tv_nsec == UTIME_NOW))
+			return owner ? 0 : ovl_permission(cred, st, OVL_MAY_WRITE);
+		return owner ? 0 : -EPERM;
+	case A_TRUNCATE:
+		a->kill = ovl_kill_suid(cred, st->st_mode);
+		return ovl_permission(cred, st, OVL_MAY_WRITE);
+	}
+	return -EINVAL;
+}
+
+static int setattr_common(struct ovl_stack *s, const char *path, unsigned flags,
+			  const struct attr_arg *arg)
+{
+	struct ovl_change ch;
+	struct ovl_target t = { 0 };
+	struct ovl_walk w;
+	struct attr_arg a = *arg;
+	struct stat st;
 	const char *name;
 	int udir = -1, err;
 
-	err = lock_for_write(s);
+	err = ovl_change_begin(s, &ch);
 	if (err)
 		return err;
-	if (a->op == A_TRUNCATE || (a->op == A_CHMOD && !(flags & OVL_LOOKUP_FOLLOW))) {
-		struct ovl_walk w = { .s = s };
-
-		/* Errors the kernel gives before any copy-up: only a regular
-		 * file can be truncated, a symlink has no mode to change. */
-		err = ovl_walk_path(&w, path, flags & OVL_LOOKUP_FOLLOW);
-		if (!err && a->op == A_TRUNCATE && w.ent->dtype == DT_DIR)
-			err = -EISDIR;
-		else if (!err && a->op == A_TRUNCATE && w.ent->dtype != DT_REG)
-			err = -EINVAL;
-		else if (!err && a->op == A_CHMOD && w.ent->dtype == DT_LNK)
-			err = -EOPNOTSUPP;
-		if (err)
-			return locked(s, err);
-	}
+	err = walk_object(s, &ch.cred, path, flags, &w, &st);
+	/* Errors the kernel gives before any copy-up: only a regular file
+	 * can be truncated, a symlink has no mode to change. */
+	if (!err && a.op == A_TRUNCATE && w.ent->dtype == DT_DIR)
+		err = -EISDIR;
+	else if (!err && a.op == A_TRUNCATE && w.ent->dtype != DT_REG)
+		err = -EINVAL;
+	else if (!err && a.op == A_CHMOD && w.ent->dtype == DT_LNK)
+		err = -EOPNOTSUPP;
+	if (!err)
+		err = may_setattr(&ch.cred, &st, &a);
+	if (err)
+		return ovl_change_end(&ch, err);
 	err = upper_object(s, path, flags, &t, &udir, &name);
 	if (!err)
-		err = apply_attr(udir, name, flags, a);
+		err = apply_attr(udir, name, flags, &a);
 	if (udir >= 0)
 		close(udir);
 	ovl_drop_changed(s, t.changed);
-	return locked(s, err);
+	return ovl_change_end(&ch, err);
 }
 
 int ovl_chmod(struct ovl_stack *s, const char *path, unsigned flags, mode_t mode)
@@ -650,6 +807,9 @@ int ovl_utimens(struct ovl_stack *s, const char *path, unsigned flags,
 {
 	struct attr_arg a = { .op = A_UTIMES, .ts = ts };
 
+	/* Nothing to do: the kernel does not even look the path up. */
+	if (ts && ts[0].tv_nsec == UTIME_OMIT && ts[1].tv_nsec == UTIME_OMIT)
+		return 0;
 	return setattr_common(s, path, flags, &a);
 }
 
@@ -677,47 +837,69 @@ static char *stored_xattr_name(const struct ovl_stack *s, const char *name)
 	return real;
 }
 
+/* fs/xattr.c:xattr_permission for a write, and the checks of the
+ * capability LSM and of POSIX ACLs, on the overlay's attributes. */
+static int may_set_xattr(const struct ovl_cred *cred, const struct stat *st, const char *name)
+{
+	bool owner = ovl_owner_or_capable(cred, st);
+
+	if (!strncmp(name, "security.", 9)) {
+		if (!strcmp(name, "security.capability"))
+			return ovl_capable(cred, OVL_CAP_SETFCAP) ? 0 : -EPERM;
+		return ovl_capable(cred, OVL_CAP_SYS_ADMIN) ? 0 : -EPERM;
+	}
+	if (!strncmp(name, "system.", 7))
+		return !strncmp(name, "system.posix_acl_", 17) && !owner ? -EPERM : 0;
+	if (!strncmp(name, "trusted.", 8))
+		return ovl_capable(cred, OVL_CAP_SYS_ADMIN) ? 0 : -EPERM;
+	if (!strncmp(name, "user.", 5)) {
+		/* user.* lives on files and directories only; a sticky
+		 * directory's belong to its owner. */
+		if (!S_ISREG(st->st_mode) && !S_ISDIR(st->st_mode))
+			return -EPERM;
+		if (S_ISDIR(st->st_mode) && (st->st_mode & S_ISVTX) && !owner)
+			return -EPERM;
+	}
+	return ovl_permission(cred, st, OVL_MAY_WRITE);
+}
+
 static int xattr_change(struct ovl_stack *s, const char *path, unsigned flags,
 			const char *name, const void *value, size_t size, int xflags,
 			bool remove)
 {
-	struct ovl_target t;
+	struct ovl_change ch;
+	struct ovl_target t = { 0 };
+	struct ovl_walk w;
+	struct stat st;
 	const char *oname;
 	char *real = stored_xattr_name(s, name);
 	int udir = -1, fd, err;
 
 	if (!real)
 		return strncmp(name, s->xprefix, s->xprefixlen) ? -ENOMEM : -EINVAL;
-	err = lock_for_write(s);
+	err = ovl_change_begin(s, &ch);
 	if (err) {
 		free(real);
 		return err;
 	}
-	/* Before any copy-up: user.* xattrs live on files and directories
-	 * only (EPERM), and removing a missing one is ENODATA. */
-	struct ovl_walk w = { .s = s };
-
-	err = ovl_walk_path(&w, path, flags & OVL_LOOKUP_FOLLOW);
-	if (!err && !strncmp(name, "user.", 5) && w.ent->dtype != DT_REG && w.ent->dtype != DT_DIR)
-		err = -EPERM;
-	if (err) {
-		free(real);
-		return locked(s, err);
-	}
-	if (remove) {
+	/* Before any copy-up: the caller's rights, then (removing) that
+	 * there is such an xattr: ENODATA. */
+	err = walk_object(s, &ch.cred, path, flags, &w, &st);
+	if (!err)
+		err = may_set_xattr(&ch.cred, &st, name);
+	if (!err && remove) {
 		pthread_rwlock_unlock(&s->lock);
 		long r = ovl_getxattr(s, path, flags, name, NULL, 0);
 
 		pthread_rwlock_wrlock(&s->lock);
-		if (r < 0) {
-			free(real);
-			return locked(s, (int)r);
-		}
+		err = r < 0 ? (int)r : 0;
+	}
+	if (err) {
+		free(real);
+		return ovl_change_end(&ch, err);
 	}
 	err = upper_object(s, path, flags, &t, &udir, &oname);
 	if (!err) {
-		struct stat st;
-
 		if (fstatat(udir, oname, &st, AT_SYMLINK_NOFOLLOW) < 0)
 			err = -errno;
 		else if (S_ISREG(st.st_mode) || S_ISDIR(st.st_mode)) {
@@ -743,7 +925,7 @@ static int xattr_change(struct ovl_stack *s, const char *path, unsigned flags,
 		close(udir);
 	ovl_drop_changed(s, t.changed);
 	free(real);
-	return locked(s, err);
+	return ovl_change_end(&ch, err);
 }
 
 int ovl_setxattr(struct ovl_stack *s, const char *path, unsigned flags, const char *name,
@@ -759,13 +941,13 @@ int ovl_removexattr(struct ovl_stack *s, const char *path, unsigned flags, const
 
 /* open(2) with write access, O_TRUNC or O_CREAT: copy up (or create) and
  * open the upper file; a fifo or device is opened where it is. */
-static int open_write(struct ovl_stack *s, const char *path, int oflags, mode_t mode,
-		      int hops)
+static int open_write(struct ovl_stack *s, const struct ovl_cred *cred, const char *path,
+		      int oflags, mode_t mode, int hops)
 {
 	struct ovl_target t;
 	int err, fd;
 
-	err = find_target(s, path, &t);
+	err = find_target(s, cred, path, &t);
 	if (err == -EBUSY)
 		return -EISDIR;
 	if (err)
@@ -780,7 +962,7 @@ static int open_write(struct ovl_stack *s, const char *path, int oflags, mode_t 
 		if (t.slash)
 			return -EISDIR;
 		c.oflags |= (oflags & O_ACCMODE);
-		err = create_common(s, path, &c);
+		err = create_common(s, cred, path, &c);
 		return err ? err : c.fd;
 	}
 	if ((oflags & O_CREAT) && (oflags & O_EXCL))
@@ -797,12 +979,25 @@ static int open_write(struct ovl_stack *s, const char *path, int oflags, mode_t 
 			snprintf(buf, sizeof(buf), "%s", target);
 		else
 			snprintf(buf, sizeof(buf), "%s/%s", t.dir->path, target);
-		return open_write(s, buf, oflags, mode, hops + 1);
+		return open_write(s, cred, buf, oflags, mode, hops + 1);
 	}
 	if (t.ent->dtype == DT_DIR)
 		return -EISDIR;
 	if (t.slash)
 		return -ENOTDIR;
+	/* fs/namei.c:may_open, as the caller. */
+	struct stat st;
+	int acc = (oflags & O_ACCMODE) == O_RDONLY ? OVL_MAY_READ :
+		  (oflags & O_ACCMODE) == O_WRONLY ? OVL_MAY_WRITE : OVL_MAY_READ | OVL_MAY_WRITE;
+
+	target_attr(&t, &st);
+	mode_t kill = oflags & O_TRUNC ? ovl_kill_suid(cred, st.st_mode) : 0;
+
+	err = ovl_permission(cred, &st, acc | (oflags & O_TRUNC ? OVL_MAY_WRITE : 0));
+	if (!err && (oflags & O_NOATIME) && !ovl_owner_or_capable(cred, &st))
+		err = -EPERM;
+	if (err)
+		return err;
 	if ((oflags & O_ACCMODE) == O_RDONLY && !(oflags & O_TRUNC)) {
 		/* O_CREAT of an existing file: nothing to write, no copy-up. */
 		char *rel;
@@ -829,7 +1024,6 @@ static int open_write(struct ovl_stack *s, const char *path, int oflags, mode_t 
 	}
 	struct ovl_dir *changed = NULL;
 	int method, udir;
-	struct stat st;
 
 	t.w.dir = t.dir;
 	t.w.ent = t.ent;
@@ -841,6 +1035,14 @@ static int open_write(struct ovl_stack *s, const char *path, int oflags, mode_t 
 		fd = udir < 0 ? udir : openat(udir, t.name, (oflags & ~(O_CREAT | O_EXCL)) |
 					      O_NOFOLLOW | O_CLOEXEC);
 		err = fd < 0 ? (udir < 0 ? fd : -errno) : fd;
+		if (fd >= 0 && kill) {
+			int kerr = kill_suid(fd, kill);
+
+			if (kerr) {
+				close(fd);
+				err = kerr;
+			}
+		}
 		if (udir >= 0)
 			close(udir);
 	}
@@ -850,9 +1052,10 @@ static int open_write(struct ovl_stack *s, const char *path, int oflags, mode_t 
 
 int ovl_open_write(struct ovl_stack *s, const char *path, int oflags, mode_t mode)
 {
-	int err = lock_for_write(s);
+	struct ovl_change ch;
+	int err = ovl_change_begin(s, &ch);
 
-	return err ? err : locked(s, open_write(s, path, oflags, mode, 0));
+	return err ? err : ovl_change_end(&ch, open_write(s, &ch.cred, path, oflags, mode, 0));
 }
 
 static bool is_under(const struct ovl_dir *d, const struct ovl_dir *ancestor)
@@ -880,29 +1083,30 @@ static void drop_both(struct ovl_stack *s, struct ovl_dir *a, struct ovl_dir *b)
  * copied up and renamed in the upper layer, leaving a whiteout at the old
  * name when a lower copy is there; a pure-upper directory moved into a
  * merged parent becomes opaque. */
-static int do_rename(struct ovl_stack *s, const char *from, const char *to)
+static int do_rename(struct ovl_stack *s, const struct ovl_cred *cred, const char *from,
+		     const char *to)
 {
 	struct ovl_target a, b;
 	struct ovl_dir *top = NULL;
 	bool is_dir, lower_old, present = false;
 	int ua = -1, ub = -1, wh, err, method;
 
-	err = find_target(s, from, &a);
-	if (err == -EBUSY)
+	/* As do_renameat2: both parents, then the old name, then the new. */
+	int erra = find_target(s, cred, from, &a), errb;
+
+	if (erra && erra != -EBUSY && erra != -ENAMETOOLONG)
+		return erra;
+	errb = find_target(s, cred, to, &b);
+	if (errb && errb != -EBUSY && errb != -ENAMETOOLONG)
+		return errb;
+	if (erra == -EBUSY || errb == -EBUSY || a.dot || b.dot)
 		return -EBUSY;
-	if (err)
-		return err;
-	if (a.dot)
-		return -EBUSY;
+	if (erra)
+		return erra;
 	if (!a.ent)
 		return -ENOENT;
-	err = find_target(s, to, &b);
-	if (err == -EBUSY)
-		return -EBUSY;
-	if (err)
-		return err;
-	if (b.dot)
-		return -EBUSY;
+	if (errb)
+		return errb;
 	is_dir = a.ent->dtype == DT_DIR;
 	if (is_dir) {
 		/* Into itself, before anything else. */
@@ -914,6 +1118,20 @@ static int do_rename(struct ovl_stack *s, const char *from, const char *to)
 		return -ENOTDIR;
 	if (a.dir == b.dir && a.ent == b.ent)
 		return 0;	/* the same name: nothing to do */
+	/* fs/namei.c:vfs_rename, as the caller: remove the old name, make
+	 * or replace the new one, and a directory changing parents needs
+	 * write access to itself for its "..". */
+	err = may_delete_target(cred, &a);
+	if (!err)
+		err = b.ent ? may_delete_target(cred, &b) : may_create_in(cred, &b);
+	if (!err && is_dir && a.dir != b.dir) {
+		struct stat st;
+
+		target_attr(&a, &st);
+		err = ovl_permission(cred, &st, OVL_MAY_WRITE);
+	}
+	if (err)
+		return err;
 	if (b.ent) {
 		if (is_dir && b.ent->dtype != DT_DIR)
 			return -ENOTDIR;
@@ -1002,14 +1220,16 @@ out:
 
 int ovl_rename(struct ovl_stack *s, const char *from, const char *to)
 {
-	int err = lock_for_write(s);
+	struct ovl_change ch;
+	int err = ovl_change_begin(s, &ch);
 
-	return err ? err : locked(s, do_rename(s, from, to));
+	return err ? err : ovl_change_end(&ch, do_rename(s, &ch.cred, from, to));
 }
 
 /* link(2): the source is copied up and linked in the upper layer; a
  * directory cannot be linked. */
-static int do_link(struct ovl_stack *s, const char *from, const char *to)
+static int do_link(struct ovl_stack *s, const struct ovl_cred *cred, const char *from,
+		   const char *to)
 {
 	struct ovl_target a, b;
 	struct ovl_dir *top = NULL, *chg = NULL;
@@ -1017,24 +1237,53 @@ static int do_link(struct ovl_stack *s, const char *from, const char *to)
 	int ua = -1, ub = -1, wh, err, method;
 	struct stat st;
 
-	/* In linkat's order: the old path, the new one, then what they are. */
-	err = find_target(s, from, &a);
+	/* In do_linkat's order: the old path, the new one, may_linkat, then
+	 * vfs_link's checks as the caller. */
+	err = find_target(s, cred, from, &a);
 	if (err && err != -EBUSY)
 		return err;
-	if (!err && !a.dot && !a.ent)
+	bool old_dir = err == -EBUSY || a.dot;	/* the root, "." or ".." */
+
+	if (!old_dir && !a.ent)
 		return -ENOENT;
-	int berr = find_target(s, to, &b);
+	if (a.slash && !old_dir && a.ent->dtype == DT_LNK) {
+		/* "link/": the walk follows it and wants a directory. */
+		struct ovl_walk w;
+
+		err = walk_object(s, cred, from, OVL_LOOKUP_FOLLOW, &w, &st);
+		if (err)
+			return err;
+		old_dir = true;
+	}
+	old_dir = old_dir || a.ent->dtype == DT_DIR;
+	if (a.slash && !old_dir)
+		return -ENOTDIR;
+	int berr = find_target(s, cred, to, &b);
 
 	if (berr && berr != -EBUSY)
 		return berr;
-	if (err == -EBUSY || a.dot || a.ent->dtype == DT_DIR)
-		return -EPERM;
-	if (a.slash)
-		return -ENOTDIR;
 	if (berr == -EBUSY || b.dot || b.ent)
 		return -EEXIST;
 	if (b.slash)
 		return -ENOENT;
+	if (old_dir) {
+		/* Directories are never linked; only an owner gets as far
+		 * as vfs_link's EACCES before that EPERM. */
+		struct ovl_walk w;
+
+		err = walk_object(s, cred, from, 0, &w, &st);
+		if (!err)
+			err = ovl_may_link(s, cred, &st);
+		if (!err)
+			err = may_create_in(cred, &b);
+		return err ? err : -EPERM;
+	}
+	target_attr(&a, &st);
+	err = ovl_may_link(s, cred, &st);
+	if (!err)
+		err = may_create_in(cred, &b);
+	if (err)
+		return err;
 	a.w.dir = a.dir;
 	a.w.ent = a.ent;
 	err = ovl_copy_up_ent(&a.w, a.dir, a.ent, &chg, &method);
@@ -1082,7 +1331,8 @@ out:
 
 int ovl_link(struct ovl_stack *s, const char *from, const char *to)
 {
-	int err = lock_for_write(s);
+	struct ovl_change ch;
+	int err = ovl_change_begin(s, &ch);
 
-	return err ? err : locked(s, do_link(s, from, to));
+	return err ? err : ovl_change_end(&ch, do_link(s, &ch.cred, from, to));
 }

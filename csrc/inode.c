@@ -407,6 +407,22 @@ struct open_arg {
 	int fd;
 };
 
+/* fs/namei.c:may_open for reading, as the caller (symlinks are left to
+ * the O_NOFOLLOW check). */
+static int may_open(const struct ovl_walk *w, const struct ovl_dir *node, int oflags)
+{
+	struct stat st;
+	int err;
+
+	if (!w->cred || w->ent->dtype == DT_LNK)
+		return 0;
+	ovl_ent_attr(node, w->ent, &st);
+	err = ovl_permission(w->cred, &st, OVL_MAY_READ);
+	if (!err && (oflags & O_NOATIME) && !ovl_owner_or_capable(w->cred, &st))
+		err = -EPERM;
+	return err;
+}
+
 static int open_op(struct ovl_walk *w, void *arg)
 {
 	struct open_arg *a = arg;
@@ -422,6 +438,8 @@ static int open_op(struct ovl_walk *w, void *arg)
 
 		err = settle(w, &node);
 		if (!err)
+			err = may_open(w, node, a->oflags);
+		if (!err)
 			err = ovl_ent_relpath(s, w->dir, e, &layer, &rel);
 		if (err)
 			return err;
@@ -431,6 +449,9 @@ static int open_op(struct ovl_walk *w, void *arg)
 	}
 	if (a->oflags & O_DIRECTORY)
 		return -ENOTDIR;
+	err = may_open(w, NULL, a->oflags);
+	if (err)
+		return err;
 	if (e->flags & OVL_E_METACOPY) {
 		const struct ovl_mcdata *mc = ent_mcdata(e);
 
@@ -461,7 +482,8 @@ int ovl_open(struct ovl_stack *s, const char *path, int oflags)
 	if (oflags & ~(O_ACCMODE | allowed))
 		return -EINVAL;
 	a.oflags = oflags & ~O_NOFOLLOW;
-	err = ovl_run(s, path, (oflags & O_NOFOLLOW) ? 0 : OVL_LOOKUP_FOLLOW, open_op, &a);
+	err = ovl_run(s, path, OVL_RUN_CHECKED | ((oflags & O_NOFOLLOW) ? 0 : OVL_LOOKUP_FOLLOW),
+		      open_op, &a);
 	if (!err && (oflags & O_NOFOLLOW)) {
 		struct stat st;
 
@@ -508,6 +530,21 @@ static int xattr_op(struct ovl_walk *w, void *arg)
 
 	if (err)
 		return err;
+	if (a->name && w->cred) {
+		/* fs/xattr.c:xattr_permission for reading, as the caller. */
+		struct stat st;
+
+		ovl_ent_attr(node, w->ent, &st);
+		if (!strncmp(a->name, "trusted.", 8) && !ovl_capable(w->cred, OVL_CAP_SYS_ADMIN))
+			return -ENODATA;
+		if (!strncmp(a->name, "user.", 5)) {
+			if (!S_ISREG(st.st_mode) && !S_ISDIR(st.st_mode))
+				return -ENODATA;
+			err = ovl_permission(w->cred, &st, OVL_MAY_READ);
+			if (err)
+				return err;
+		}
+	}
 	pfd = parent_fd(w, &name);
 	if (pfd < 0)
 		return pfd;
@@ -530,6 +567,11 @@ static int xattr_op(struct ovl_walk *w, void *arg)
 		size_t len;
 
 		if (ovl_xattr_is_private(s, p))
+			continue;
+		/* The overlay lists trusted.* to an administrator only
+		 * (xattrs.c:ovl_can_list). */
+		if (!strncmp(p, "trusted.", 8) && w->cred &&
+		    !ovl_capable(w->cred, OVL_CAP_SYS_ADMIN))
 			continue;
 		if (!strncmp(p, s->xprefix, s->xprefixlen))
 			shown = p + 8;	/* "<ns>.overlay.overlay.X" -> "<ns>.overlay.X" */
@@ -572,7 +614,7 @@ long ovl_getxattr(struct ovl_stack *s, const char *path, unsigned flags,
 		strcpy(real + s->xprefixlen + 8, name + s->xprefixlen);
 	}
 	a.name = real ? real : name;
-	err = ovl_run(s, path, flags & OVL_LOOKUP_FOLLOW, xattr_op, &a);
+	err = ovl_run(s, path, OVL_RUN_CHECKED | (flags & OVL_LOOKUP_FOLLOW), xattr_op, &a);
 	free(real);
 	return err ? err : a.len;
 }
@@ -581,7 +623,7 @@ long ovl_listxattr(struct ovl_stack *s, const char *path, unsigned flags,
 		   char *buf, size_t size)
 {
 	struct xattr_arg a = { .buf = buf, .size = size };
-	int err = ovl_run(s, path, flags & OVL_LOOKUP_FOLLOW, xattr_op, &a);
+	int err = ovl_run(s, path, OVL_RUN_CHECKED | (flags & OVL_LOOKUP_FOLLOW), xattr_op, &a);
 
 	return err ? err : a.len;
 }

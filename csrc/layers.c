@@ -360,6 +360,12 @@ int ovl_stack_open(const struct ovl_config *cfg, struct ovl_stack **out,
 	}
 	for (int i = 0; i < OVL_FDCACHE; i++)
 		s->fdc[i].fd = -1;
+	s->mounter.groups = s->mounter.inline_groups;
+	/* Layers are read and changed with the opener's credentials (cred.c). */
+	err = ovl_cred_current(&s->mounter);
+	if (err)
+		goto fail;
+	s->protected_hardlinks = ovl_read_protected_hardlinks();
 
 	if (cfg->upper) {
 		err = open_root(&s->layers[0], cfg->upper, false);
@@ -416,6 +422,7 @@ void ovl_stack_close(struct ovl_stack *s)
 		free(s->layers[i].path);
 	}
 	pthread_rwlock_destroy(&s->lock);
+	ovl_cred_release(&s->mounter);
 	free(s->layers);
 	free(s->root_ent);
 	free(s);

@@ -815,6 +815,8 @@ int ovl_walk_path(struct ovl_walk *w, const char *path, unsigned flags)
 		last = !*rest;
 		slash_after = *q == '/';
 		err = ovl_ent_dir(w, dir, ent, &d);
+		if (!err && w->cred)
+			err = ovl_may_search(w->cred, d);	/* namei.c:may_lookup */
 		if (err)
 			goto out;
 		p = rest;
@@ -895,15 +897,37 @@ out:
 	return err;
 }
 
+/* Switch to the opener's credentials to read the layers; a thread that
+ * cannot (it dropped them for good) reads with its own. */
+static int enter_for_reading(struct ovl_stack *s, const struct ovl_cred *cred)
+{
+	int entered = ovl_cred_enter(s, cred);
+
+	return entered < 0 ? 0 : entered;
+}
+
 /* Run fn on what path names.  A first attempt answers from the cache under
  * the read lock; if anything must be read from a layer, the walk runs again
- * under the write lock. */
+ * under the write lock.  Layers are read with the opener's credentials
+ * (cred.c): a thread whose differ switches for the slow path, or for the
+ * whole call with OVL_RUN_CHECKED, where fn does I/O and the walk checks
+ * the caller's search permission (fn finds the caller in w->cred). */
 int ovl_run(struct ovl_stack *s, const char *path, unsigned flags,
 	    ovl_op_fn fn, void *arg)
 {
 	struct ovl_walk w = { .s = s };
-	int err, locked;
+	struct ovl_cred cred;
+	int err, locked, entered = 0;
 
+	cred.groups = cred.inline_groups;
+	cred.ngroups = 0;
+	if (flags & OVL_RUN_CHECKED) {
+		err = ovl_cred_current(&cred);
+		if (err)
+			goto out;
+		entered = enter_for_reading(s, &cred);
+		w.cred = &cred;
+	}
 	if (!(s->cfg & OVL_CFG_NO_CACHE)) {
 		locked = (flags & OVL_LOOKUP_CACHED) ?
 			 pthread_rwlock_tryrdlock(&s->lock) :
@@ -916,11 +940,19 @@ int ovl_run(struct ovl_stack *s, const char *path, unsigned flags,
 			pthread_rwlock_unlock(&s->lock);
 			if (err != -EAGAIN) {
 				ovl_atomic_inc(&s->hits);
-				return err;
+				goto out;
 			}
 		}
-		if (flags & OVL_LOOKUP_CACHED)
-			return -EAGAIN;
+		if (flags & OVL_LOOKUP_CACHED) {
+			err = -EAGAIN;
+			goto out;
+		}
+	}
+	if (!(flags & OVL_RUN_CHECKED)) {
+		err = ovl_cred_current(&cred);
+		if (err)
+			goto out;
+		entered = enter_for_reading(s, &cred);
 	}
 	pthread_rwlock_wrlock(&s->lock);
 	w.cached_only = false;
@@ -930,6 +962,10 @@ int ovl_run(struct ovl_stack *s, const char *path, unsigned flags,
 	ovl_cache_trim(s);
 	pthread_rwlock_unlock(&s->lock);
 	ovl_atomic_inc(&s->misses);
+out:
+	if (entered > 0)
+		ovl_cred_leave(s, &cred);
+	ovl_cred_release(&cred);
 	return err;
 }
 

@@ -12,6 +12,13 @@
  * relative to the union root ("" and "/" name the root).  Layer indices:
  * 0 is the upper layer, 1..N the lower layers top-most first, N+1.. the
  * data-only layers.  A stack may be used from several threads at once.
+ *
+ * Credentials (cred.c): like a mount, a stack keeps the credentials it was
+ * opened with and reads and changes the layers with them.  Changes, ovl_open
+ * and the xattr reads check the calling thread's fsuid, fsgid, groups and
+ * capabilities against the merged objects first, as the VFS checks the
+ * overlay inode (-EACCES, -EPERM); a thread whose credentials differ from
+ * the opener's switches to them for the call (per thread) and back.
  */
 #ifndef OVL_H
 #define OVL_H

@@ -142,6 +142,32 @@ struct ovl_dir {
 	bool in_cache;		/* counted in the stack's totals */
 };
 
+/* Credentials (cred.c): the fs ids, groups and capabilities a check uses,
+ * and the ids needed to switch a thread to them and back. */
+#define OVL_CRED_NGROUPS 32
+struct ovl_cred {
+	uid_t uid, euid;	/* fsuid, effective uid */
+	gid_t gid, egid;	/* fsgid, effective gid */
+	uint64_t caps;		/* effective capabilities */
+	uint64_t permitted, inheritable;
+	int ngroups;
+	gid_t *groups;		/* inline_groups or malloc'd */
+	gid_t inline_groups[OVL_CRED_NGROUPS];
+};
+
+#define OVL_MAY_EXEC 1
+#define OVL_MAY_WRITE 2
+#define OVL_MAY_READ 4
+
+#define OVL_CAP_CHOWN 0
+#define OVL_CAP_DAC_OVERRIDE 1
+#define OVL_CAP_DAC_READ_SEARCH 2
+#define OVL_CAP_FOWNER 3
+#define OVL_CAP_FSETID 4
+#define OVL_CAP_SYS_ADMIN 21
+#define OVL_CAP_MKNOD 27
+#define OVL_CAP_SETFCAP 31
+
 struct ovl_fdslot {
 	const struct ovl_dir *dir;
 	uint32_t si;
@@ -170,6 +196,9 @@ struct ovl_stack {
 
 	struct ovl_fdslot fdc[OVL_FDCACHE];	/* used under the write lock */
 
+	struct ovl_cred mounter;	/* the opener's: changes run with them */
+	bool protected_hardlinks;	/* fs.protected_hardlinks at open */
+
 	uint64_t hits, misses, generation, flushes;	/* atomics */
 	uint64_t bytes, nents, ndirs, max_bytes;	/* under the write lock */
 };
@@ -178,6 +207,7 @@ struct ovl_stack {
 struct ovl_walk {
 	struct ovl_stack *s;
 	bool cached_only;	/* -EAGAIN instead of I/O */
+	const struct ovl_cred *cred;	/* check search permission as this caller */
 	struct ovl_dir *dir;	/* directory holding ent (NULL for the root) */
 	struct ovl_ent *ent;	/* the entry the path names */
 };
@@ -269,12 +299,42 @@ int ovl_copy_up_ent(struct ovl_walk *w, struct ovl_dir *p, struct ovl_ent *e,
 		    struct ovl_dir **changed, int *method);
 void ovl_drop_changed(struct ovl_stack *s, struct ovl_dir *d);
 
+/* cred.c */
+int ovl_cred_current(struct ovl_cred *c);
+void ovl_cred_release(struct ovl_cred *c);
+bool ovl_cred_same(const struct ovl_cred *a, const struct ovl_cred *b);
+int ovl_cred_enter(const struct ovl_stack *s, const struct ovl_cred *caller);
+void ovl_cred_leave(const struct ovl_stack *s, const struct ovl_cred *caller);
+bool ovl_capable(const struct ovl_cred *c, int cap);
+bool ovl_in_group(const struct ovl_cred *c, gid_t gid);
+int ovl_permission(const struct ovl_cred *c, const struct stat *st, int mask);
+bool ovl_owner_or_capable(const struct ovl_cred *c, const struct stat *st);
+int ovl_may_delete(const struct ovl_cred *c, const struct stat *dir, const struct stat *victim);
+int ovl_may_create(const struct ovl_cred *c, const struct stat *dir);
+mode_t ovl_strip_sgid(const struct ovl_cred *c, const struct stat *dir, mode_t mode);
+mode_t ovl_kill_suid(const struct ovl_cred *c, mode_t mode);
+int ovl_may_link(const struct ovl_stack *s, const struct ovl_cred *c, const struct stat *st);
+int ovl_read_protected_hardlinks(void);
+int ovl_may_search(const struct ovl_cred *c, const struct ovl_dir *d);
+void ovl_ent_attr(const struct ovl_dir *node, const struct ovl_ent *e, struct stat *st);
+
+/* One change (dir.c, copy_up.c): the caller's credentials for the checks,
+ * the opener's entered for the work, the stack's write lock held. */
+struct ovl_change {
+	struct ovl_stack *s;
+	struct ovl_cred cred;
+	int entered;
+};
+int ovl_change_begin(struct ovl_stack *s, struct ovl_change *c);
+int ovl_change_end(struct ovl_change *c, int err);
+
 /* namei.c */
 int ovl_walk_path(struct ovl_walk *w, const char *path, unsigned flags);
 int ovl_ent_dir(struct ovl_walk *w, struct ovl_dir *parent, struct ovl_ent *e,
 		struct ovl_dir **out);
 int ovl_resolve_ent(struct ovl_walk *w, struct ovl_dir *p, struct ovl_ent *e);
 
+#define OVL_RUN_CHECKED 0x100	/* ovl_run: fn does I/O; check the caller */
 typedef int (*ovl_op_fn)(struct ovl_walk *w, void *arg);
 int ovl_run(struct ovl_stack *s, const char *path, unsigned flags,
 	    ovl_op_fn fn, void *arg);

@@ -41,6 +41,8 @@ from write_ops import IMPLEMENTED_OPS  # noqa: E402
 N_RANDOM = 120
 #: Random sequences run with the kernel on both sides (harness self-test).
 N_SELFTEST = 12
+#: Random sequences run as an unprivileged caller (permission checks).
+N_UNPRIVILEGED = 60
 
 
 @pytest.fixture(autouse=True)
@@ -79,6 +81,18 @@ def test_random_sequence(tmp_path, seed):
     assert not report.diffs, report.format()
 
 
+@pytest.mark.parametrize("seed", range(N_UNPRIVILEGED))
+def test_random_sequence_unprivileged(tmp_path, seed):
+    """The same sequences run by a caller without privileges (a random uid,
+    gid and groups; the mount and the Stack are root's): every EACCES and
+    EPERM where the kernel gives it, nothing copied up before a refusal,
+    new objects owned by the caller."""
+    _check_listed_ops_exist()
+    caller = write_ops.random_caller(seed)
+    report = write_ops.run_random(tmp_path, 1000 + seed, caller=caller)
+    assert not report.diffs, "caller %r\n%s" % (caller, report.format())
+
+
 # ---------------------------------------------------------------------------
 # Targeted rules
 # ---------------------------------------------------------------------------
@@ -89,9 +103,10 @@ def _matches(outcome: str, want: str) -> bool:
     return outcome.startswith("ok") if want == "ok" else outcome == want
 
 
-def check(tmp_path, spec, ops, expect, rule=None, *, umask=0o022):
+def check(tmp_path, spec, ops, expect, rule=None, *, umask=0o022, caller=None):
     """Pin the kernel's outcomes (*expect*) and upper layer (``rule(dump)``, or
     ``rule(dump, layout)`` for a two-argument rule), then require Stack parity.
+    With *caller* ``(uid, gid, groups)`` both sides run the operations as it.
 
     Returns the kernel side's upper dump.  Skips after the kernel checks when
     an operation is not in IMPLEMENTED_OPS.
@@ -101,11 +116,11 @@ def check(tmp_path, spec, ops, expect, rule=None, *, umask=0o022):
     missing = sorted({op["op"] for op in ops} - set(IMPLEMENTED_OPS))
     if missing:
         side = write_ops.run_kernel_side(layout.clone(os.path.join(tmp_path, "A")), ops, umask=umask,
-                                         views=())
+                                         views=(), caller=caller)
         report = None
     else:
         _check_listed_ops_exist()
-        report = write_ops.run_case(tmp_path, layout, ops, umask=umask)
+        report = write_ops.run_case(tmp_path, layout, ops, umask=umask, caller=caller)
         side = report.a
     bad = [(write_ops.format_op(op), got, want) for op, got, want in zip(ops, side.outcomes, expect)
            if not _matches(got, want)]

@@ -455,8 +455,24 @@ sys.exit(mod._child_main())
 WINDOW_MARGIN_NS = 2 * 10**9
 
 
-def apply_kernel(lowers, upper, work, ops, *, umask=0o022, options=()) -> dict:
-    """Mount the stack in a private namespace and apply *ops* on the mount.
+def become(caller, keep_saved=False) -> None:
+    """Switch this (single-threaded) process to ``caller = (uid, gid, groups)``.
+
+    With *keep_saved* the saved ids stay 0, so the process can switch back
+    (``become((0, 0, []))``) - and a Stack opened before can regain its
+    opener's rights for the work, as it must.
+    """
+    uid, gid, groups = caller
+    saved_uid, saved_gid = (0, 0) if keep_saved else (uid, gid)
+    os.setresuid(0, 0, 0)
+    os.setgroups(list(groups))
+    os.setresgid(gid, gid, saved_gid)
+    os.setresuid(uid, uid, saved_uid)
+
+
+def apply_kernel(lowers, upper, work, ops, *, umask=0o022, options=(), caller=None) -> dict:
+    """Mount the stack in a private namespace and apply *ops* on the mount,
+    as *caller* ``(uid, gid, groups)`` if given (the mount stays root's).
 
     Returns ``{"outcomes": [...], "window": [t0, t1]}``; the mount is gone
     when this returns.  Raises ``kernel.MountError`` if the mount fails.
@@ -471,7 +487,7 @@ def apply_kernel(lowers, upper, work, ops, *, umask=0o022, options=()) -> dict:
     data = kernel.mount_data(lowers, upper, work, options=options, base=base)
     mnt = tempfile.mkdtemp(prefix="ovl-wmnt-")
     job = {"base": os.fsdecode(base), "mnt": mnt, "data": os.fsdecode(data), "ops": _enc(list(ops)),
-           "umask": umask}
+           "umask": umask, "caller": caller}
     try:
         proc = subprocess.run(
             ["unshare", "-m", "--propagation", "private", sys.executable, "-c", _CHILD_CODE,
@@ -508,6 +524,8 @@ def _child_main() -> int:
                 os.chroot(mnt)
                 os.chdir("/")
                 os.umask(job["umask"])
+                if job.get("caller"):
+                    become(job["caller"])
                 fs = KernelFS()
                 t0 = time.time_ns()
                 outcomes = apply_ops(fs, ops)
@@ -606,8 +624,9 @@ def run_forked(body, timeout=STACK_TIMEOUT):
 
 
 def apply_stack(stack_cls, lowers, upper, work, ops, *, umask=0o022, stack_kwargs=None, paths_extra=(),
-                timeout=None):
-    """Open a Stack on the layers and apply *ops* with the umask set to *umask*.
+                timeout=None, caller=None):
+    """Open a Stack on the layers and apply *ops* with the umask set to *umask*,
+    as *caller* ``(uid, gid, groups)`` if given (the Stack is opened as root).
 
     Runs in a forked child (see :func:`run_forked`), so a hang or a crash in
     the Stack names the operation instead of stopping the test run.  Returns
@@ -620,10 +639,14 @@ def apply_stack(stack_cls, lowers, upper, work, ops, *, umask=0o022, stack_kwarg
         os.umask(umask)
         with stack_cls(lowers, upper, work, **(stack_kwargs or {})) as st:
             fs = StackFS(st)
+            if caller:
+                become(caller, keep_saved=True)
             send("t0", time.time_ns())
             for op in ops:
                 send("outcome", apply_op(fs, op))
             send("t1", time.time_ns())
+            if caller:
+                become((0, 0, []))
             send("view", kernel.stack_view(st, paths_extra))
 
     messages, error = run_forked(body, STACK_TIMEOUT if timeout is None else timeout)
@@ -1296,7 +1319,7 @@ class SideResult:
 
 
 def run_kernel_side(layout: Layout, ops, *, umask=0o022, options=(), label="kernel", mutate=None,
-                    views=("kernel",)) -> SideResult:
+                    views=("kernel",), caller=None) -> SideResult:
     """Apply *ops* through a kernel mount, dump the upper, then collect a fresh kernel view.
 
     *mutate*, if given, is called as ``mutate(layout, ops, outcomes, before)``
@@ -1306,7 +1329,8 @@ def run_kernel_side(layout: Layout, ops, *, umask=0o022, options=(), label="kern
     self-tests), kept as ``result.mutations``.
     """
     before = dump_upper(layout.upper) if mutate is not None else None
-    res = apply_kernel(layout.lowers, layout.upper, layout.work, ops, umask=umask, options=options)
+    res = apply_kernel(layout.lowers, layout.upper, layout.work, ops, umask=umask, options=options,
+                       caller=caller)
     outcomes, window = res["outcomes"], res["window"]
     mutations = 0
     if mutate is not None:
@@ -1324,12 +1348,12 @@ def run_kernel_side(layout: Layout, ops, *, umask=0o022, options=(), label="kern
 
 
 def run_stack_side(layout: Layout, ops, stack_cls, *, umask=0o022, stack_kwargs=None, label="stack",
-                   kernel_readback=True) -> SideResult:
+                   kernel_readback=True, caller=None) -> SideResult:
     """Apply *ops* through a Stack; dump the upper; views from the live Stack, a fresh
     Stack and (with *kernel_readback*) a kernel mount of the resulting layers."""
     extra = op_paths(ops)
     res = apply_stack(stack_cls, layout.lowers, layout.upper, layout.work, ops, umask=umask,
-                      stack_kwargs=stack_kwargs, paths_extra=extra)
+                      stack_kwargs=stack_kwargs, paths_extra=extra, caller=caller)
     window = res["window"]
     dump = dump_upper(layout.upper, window)
     views = {}
@@ -1394,7 +1418,7 @@ class Report:
 
 
 def run_case(tmp, layout: Layout, ops, *, stack_cls=None, umask=0o022, stack_kwargs=None, options=(),
-             both_kernel=False, mutate=None, seed=None) -> Report:
+             both_kernel=False, mutate=None, seed=None, caller=None) -> Report:
     """Apply *ops* to two identical copies of *layout* and compare.
 
     Side (a) is always the kernel.  Side (b) is *stack_cls* (default
@@ -1404,15 +1428,16 @@ def run_case(tmp, layout: Layout, ops, *, stack_cls=None, umask=0o022, stack_kwa
     tmp = os.fsencode(tmp)
     a = layout.clone(tmp + b"/A")
     b = layout.clone(tmp + b"/B")
-    ka = run_kernel_side(a, ops, umask=umask, options=options, label="kernel")
+    ka = run_kernel_side(a, ops, umask=umask, options=options, label="kernel", caller=caller)
     if both_kernel:
-        kb = run_kernel_side(b, ops, umask=umask, options=options, label="kernel2", mutate=mutate)
+        kb = run_kernel_side(b, ops, umask=umask, options=options, label="kernel2", mutate=mutate,
+                             caller=caller)
         kb.views = {"kernel2": kb.views["kernel"]}
     else:
         if stack_cls is None:
             import overlayfs  # noqa: PLC0415
             stack_cls = overlayfs.Stack
-        kb = run_stack_side(b, ops, stack_cls, umask=umask, stack_kwargs=stack_kwargs)
+        kb = run_stack_side(b, ops, stack_cls, umask=umask, stack_kwargs=stack_kwargs, caller=caller)
     return Report(seed, ops, ka, kb, compare_sides(ka, kb, ops))
 
 
@@ -1443,15 +1468,27 @@ def initial_view(tmp, layout: Layout) -> dict:
         shutil.rmtree(probe.root)
 
 
+#: Unprivileged callers ``(uid, gid, groups)`` for permission sequences: ids
+#: that own files in the random stacks (stackgen.OWNERS) and ids that own none.
+CALLERS = [(1000, 1000, [1000]), (1000, 1000, []), (12345, 0, [0]), (65534, 65534, [4242]),
+           (2000, 4242, [1000, 4242]), (1000, 2000, []), (2000, 2000, [0, 65534])]
+
+
+def random_caller(seed: int):
+    return random.Random("write-caller:%d" % seed).choice(CALLERS)
+
+
 def run_random(tmp, seed: int, *, ops=None, stack_cls=None, both_kernel=False, mutate=None,
-               n_ops=None) -> Report:
-    """Build the random stack of *seed*, generate its sequence and run it (see run_case)."""
+               n_ops=None, caller=None) -> Report:
+    """Build the random stack of *seed*, generate its sequence and run it (see run_case),
+    as *caller* ``(uid, gid, groups)`` if given."""
     case = random_case(seed)
     layout = build_random(tmp, seed)
     view = initial_view(tmp, layout)
     seq = make_ops(seed, view, n_ops or case["n_ops"], ops=ops, layers=layout.layers)
     return run_case(tmp, layout, seq, stack_cls=stack_cls, umask=case["umask"],
-                    stack_kwargs={"cache": case["cache"]}, both_kernel=both_kernel, mutate=mutate, seed=seed)
+                    stack_kwargs={"cache": case["cache"]}, both_kernel=both_kernel, mutate=mutate, seed=seed,
+                    caller=caller)
 
 
 # ---------------------------------------------------------------------------

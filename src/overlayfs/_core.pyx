@@ -622,7 +622,14 @@ cdef class Stack:
         self._path_op(path, 2, mode, 0)
 
     def makedirs(self, name, mode=0o777, exist_ok=False):
-        """Create a directory and its missing parents, like os.makedirs."""
+        """Create a directory and its missing parents, like os.makedirs
+        (mode is for the leaf; parents get 0o777 less the umask).
+
+        Tries the leaf first: one mkdir when the parents exist.  Unlike
+        os.makedirs it never asks whether a parent exists (the lookups of
+        the read API are not checked against the caller's rights; mkdir
+        is), so an unprivileged caller gets the error mkdir gives.
+        """
         name = os.fspath(name)
         sep = b"/" if isinstance(name, bytes) else "/"
         head = name.rstrip(sep)
@@ -630,12 +637,26 @@ cdef class Stack:
             if exist_ok:
                 return
             raise FileExistsError(17, os.strerror(17), name)
-        parent = head.rpartition(sep)[0]
-        if parent and not self.exists(parent):
-            # Like os.makedirs: mode is for the leaf only.
-            self.makedirs(parent, exist_ok=True)
+        parent, _, tail = head.rpartition(sep)
+        try:
+            self._mkdir_leaf(name, mode, exist_ok)
+            return
+        except FileNotFoundError:
+            if not parent:
+                raise
+        try:
+            self.makedirs(parent, exist_ok=exist_ok)
+        except FileExistsError:
+            pass  # made meanwhile, as os.makedirs accepts
+        if tail == (b"." if isinstance(tail, bytes) else "."):
+            return
+        self._mkdir_leaf(name, mode, exist_ok)
+
+    def _mkdir_leaf(self, name, mode, exist_ok):
         try:
             self.mkdir(name, mode)
+        except FileNotFoundError:
+            raise
         except OSError:
             if not exist_ok or not self.isdir(name):
                 raise
