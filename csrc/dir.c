@@ -9,6 +9,8 @@
  * created over one replaces it.  Replacements are atomic: the new object
  * is made in the work dir and exchanged with the old one.  After a change
  * the directories whose indexes no longer match are dropped from the cache.
+ * With OVL_CFG_REDIRECT_DIR, a merged or lower directory is renamed the way
+ * redirect_dir=on does it (dir.c:ovl_rename_upper, ovl_set_redirect).
  */
 #define _GNU_SOURCE
 #include <dirent.h>
@@ -37,6 +39,19 @@
 
 #define OCI_WH ".wh."
 #define OCI_OPQ ".wh..wh..opq"
+
+/* The longest absolute redirect the kernel writes: its redirect_max module
+ * parameter (256 unless changed); a longer one makes rename fail with
+ * EXDEV, "fall back to userspace move" (dir.c:ovl_get_redirect). */
+#define OVL_REDIRECT_MAX 256
+
+/* Merged, or only in lower layers: what the kernel calls
+ * ovl_type_merge_or_lower for a directory.  Its state before any copy-up
+ * (a lower-only directory copied up is merged). */
+static bool merged_or_lower(const struct ovl_dir *d)
+{
+	return d->nstack > 1 || d->stack[0].layer != 0;
+}
 
 /* Where a change happens: the parent directory and the last name. */
 struct ovl_target {
@@ -371,9 +386,11 @@ static int remove_common(struct ovl_stack *s, const struct ovl_cred *cred, const
 		ovl_drop_changed(s, t.changed);
 		return udir;
 	}
-	/* Whiteouts in the upper dir are cleaned only when it is merged: an
-	 * upper-only dir holding any gives ENOTEMPTY, as in the kernel. */
-	if (in_upper && is_rmdir && lower)
+	/* Whiteouts in the upper dir are cleaned only when a lower copy of
+	 * the name is there or the dir is merged (through a redirect, it can
+	 * be without the first): a pure-upper dir holding any gives ENOTEMPTY,
+	 * as in the kernel (dir.c:ovl_do_remove, ovl_pure_upper). */
+	if (in_upper && is_rmdir && (lower || t.node->nstack > 1))
 		err = clear_whiteouts(s, udir, t.name);
 	if (!err) {
 		if (in_upper && lower)
@@ -494,7 +511,7 @@ static int create_common(struct ovl_stack *s, const struct ovl_cred *cred, const
 			 struct ovl_create *c)
 {
 	struct ovl_target t;
-	bool present = false;
+	bool present = false, merged_parent;
 	int udir, wh, err;
 
 	c->fd = -1;
@@ -510,6 +527,7 @@ static int create_common(struct ovl_stack *s, const struct ovl_cred *cred, const
 	err = prepare_create(s, cred, &t, c);
 	if (err)
 		return err;
+	merged_parent = merged_or_lower(t.dir);
 	udir = upper_parent(&t);
 	if (udir < 0) {
 		ovl_drop_changed(s, t.changed);
@@ -522,6 +540,11 @@ static int create_common(struct ovl_stack *s, const struct ovl_cred *cred, const
 		err = -EEXIST;	/* the cache was behind the layer */
 	} else if (!wh) {
 		err = create_at(udir, t.name, c, false);
+		/* With redirect_dir (or index, metacopy, xino) the kernel marks a
+		 * new directory in a merged one opaque, an optimization allowed
+		 * to fail (dir.c:ovl_create_upper, ovl_allow_offline_changes). */
+		if (!err && S_ISDIR(c->mode) && merged_parent && (s->cfg & OVL_CFG_REDIRECT_DIR))
+			mark_opaque(s, udir, t.name, false);
 	} else if (wh == 2) {
 		/* Over ".wh.NAME": create, mark a directory opaque the OCI
 		 * way, then drop the whiteout file. */
@@ -1078,17 +1101,124 @@ static void drop_both(struct ovl_stack *s, struct ovl_dir *a, struct ovl_dir *b)
 	ovl_drop_changed(s, a);
 }
 
-/* rename(2) with replace semantics (dir.c:ovl_rename): a directory that is
- * merged or only below gives EXDEV (no redirect_dir); a non-directory is
- * copied up and renamed in the upper layer, leaving a whiteout at the old
- * name when a lower copy is there; a pure-upper directory moved into a
- * merged parent becomes opaque. */
+/* The redirect the kernel keeps for the upper directory at union path
+ * dpath (namei.c:ovl_lookup reads it unless the directory is opaque).
+ * Return 0 with *out malloc'd or NULL, or -errno. */
+static int upper_redirect(struct ovl_stack *s, const char *dpath, char **out)
+{
+	bool has_redirect;
+	char opaque;
+	int fd = ovl_layer_open(s, 0, dpath, O_RDONLY | O_DIRECTORY), err;
+
+	*out = NULL;
+	if (fd < 0)
+		return fd;
+	err = ovl_dir_xattrs(s, fd, &opaque, &has_redirect);
+	if (!err && has_redirect && opaque != 'y')
+		err = ovl_fd_redirect(s, fd, out);
+	close(fd);
+	return err;
+}
+
+/* The redirect to set on the directory at union path dpath (already up)
+ * that is being renamed (dir.c:ovl_set_redirect, ovl_get_redirect).  In
+ * the same parent it is the old name, and a redirect it has already stays;
+ * into another parent it must be absolute: an absolute one stays, else it
+ * is built from the end, each component being the directory's own redirect
+ * if it has one and its name otherwise, up to the root or to the first
+ * absolute redirect.  Return 0 with *out malloc'd (NULL: keep what is
+ * there), -EXDEV past OVL_REDIRECT_MAX, or -errno. */
+static int new_redirect(struct ovl_stack *s, const char *dpath, bool samedir, char **out)
+{
+	char buf[OVL_REDIRECT_MAX + 1], *own = NULL, *cur, *red = NULL;
+	size_t room = OVL_REDIRECT_MAX, end = strlen(dpath);
+	int err;
+
+	*out = NULL;
+	err = upper_redirect(s, dpath, &own);
+	if (err)
+		return err;
+	if (own && (samedir || own[0] == '/')) {
+		free(own);
+		return 0;
+	}
+	if (samedir) {
+		const char *slash = strrchr(dpath, '/');
+
+		*out = strdup(slash ? slash + 1 : dpath);
+		return *out ? 0 : -ENOMEM;
+	}
+	cur = strdup(dpath);
+	if (!cur) {
+		free(own);
+		return -ENOMEM;
+	}
+	buf[room] = '\0';
+	red = own;
+	for (bool self = true; end > 0; self = false) {
+		size_t start = end, n;
+		const char *comp;
+
+		while (start > 0 && cur[start - 1] != '/')
+			start--;
+		cur[end] = '\0';
+		if (!self) {
+			err = upper_redirect(s, cur, &red);
+			if (err)
+				goto out;
+		}
+		comp = red ? red : cur + start;
+		n = strlen(comp);
+		if (n + (comp[0] != '/') > room) {
+			err = -EXDEV;
+			goto out;
+		}
+		room -= n;
+		memcpy(buf + room, comp, n);
+		free(red);
+		red = NULL;
+		if (buf[room] == '/')
+			break;	/* an absolute redirect: the rest does not matter */
+		buf[--room] = '/';
+		end = start ? start - 1 : 0;
+	}
+	*out = strdup(buf + room);
+	err = *out ? 0 : -ENOMEM;
+out:
+	free(red);
+	free(cur);
+	return err;
+}
+
+/* Set the redirect on the upper directory name in udir; any failure is
+ * EXDEV, the kernel's cue for a userspace copy (ovl_set_redirect). */
+static int set_redirect(struct ovl_stack *s, int udir, const char *name, const char *value)
+{
+	int fd = openat(udir, name, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC), err = 0;
+
+	if (fd < 0)
+		return -errno;
+	if (fsetxattr(fd, s->x_redirect, value, strlen(value), 0) < 0)
+		err = -EXDEV;
+	close(fd);
+	return err;
+}
+
+/* rename(2) with replace semantics (dir.c:ovl_rename_start,
+ * ovl_rename_upper).  A directory that is merged or only below gives EXDEV
+ * without OVL_CFG_REDIRECT_DIR; with it, the directory alone is copied up
+ * and gets a redirect before the upper rename.  A non-directory is copied
+ * up and renamed in the upper layer.  The old name gets a whiteout when a
+ * lower copy is there; a pure-upper directory moved into a merged parent
+ * becomes opaque.  As in the kernel, the redirect or the opaque mark is set
+ * before the upper rename, which may still fail (ENOTEMPTY for a non-empty
+ * pure-upper target, judged by the upper filesystem). */
 static int do_rename(struct ovl_stack *s, const struct ovl_cred *cred, const char *from,
 		     const char *to)
 {
 	struct ovl_target a, b;
 	struct ovl_dir *top = NULL;
-	bool is_dir, lower_old, present = false;
+	bool is_dir, lower_old, merged_old = false, merged_new, pure_target = false, present = false;
 	int ua = -1, ub = -1, wh, err, method;
 
 	/* As do_renameat2: both parents, then the old name, then the new. */
@@ -1114,6 +1244,10 @@ static int do_rename(struct ovl_stack *s, const struct ovl_cred *cred, const cha
 			if (d == a.node)
 				return -EINVAL;
 	}
+	/* The target an ancestor of the source (do_renameat2: "target should
+	 * not be an ancestor of source"), before the type checks. */
+	if (b.node && is_under(a.dir, b.node))
+		return -ENOTEMPTY;
 	if (!is_dir && (a.slash || b.slash))
 		return -ENOTDIR;
 	if (a.dir == b.dir && a.ent == b.ent)
@@ -1137,15 +1271,30 @@ static int do_rename(struct ovl_stack *s, const struct ovl_cred *cred, const cha
 			return -ENOTDIR;
 		if (!is_dir && b.ent->dtype == DT_DIR)
 			return -EISDIR;
-		if (is_dir && b.node->norder)
+	}
+	if (is_dir) {
+		merged_old = merged_or_lower(a.node);
+		if (merged_old && !(s->cfg & OVL_CFG_REDIRECT_DIR))
+			return -EXDEV;	/* "don't copy up directory trees" */
+	}
+	if (b.ent && is_dir) {
+		/* A merged or lower target is judged on the merged view now; a
+		 * pure-upper one by the upper rename itself. */
+		pure_target = !merged_or_lower(b.node);
+		if (!pure_target && b.node->norder)
 			return -ENOTEMPTY;
 	}
-	if (is_dir && (a.node->nstack > 1 || a.node->stack[0].layer != 0))
-		return -EXDEV;	/* merged or lower: needs redirect_dir */
+	merged_new = merged_or_lower(b.dir);
 	lower_old = lower_positive(s, a.dir, a.name, a.len);
-	/* Both parents up, then the object. */
-	err = ovl_copy_up_dir(s, a.dir, &top);
-	a.changed = top ? top->parent : a.dir;
+	/* The object (a directory alone) with its parents up, then the new
+	 * parent. */
+	if (is_dir && merged_old) {
+		err = ovl_copy_up_dir(s, a.node, &top);
+		a.changed = top ? top->parent : a.dir;
+	} else {
+		err = ovl_copy_up_dir(s, a.dir, &top);
+		a.changed = top ? top->parent : a.dir;
+	}
 	if (!err)
 		err = ovl_copy_up_dir(s, b.dir, &top);
 	b.changed = top ? top->parent : b.dir;
@@ -1171,11 +1320,26 @@ static int do_rename(struct ovl_stack *s, const struct ovl_cred *cred, const cha
 		err = wh;
 		goto out;
 	}
-	if (b.ent && is_dir && present) {
+	if (b.ent && is_dir && present && !pure_target) {
 		err = clear_whiteouts(s, ub, b.name);
 		if (err)
 			goto out;
 	}
+	if (is_dir && merged_old) {
+		char *red = NULL, *dpath = ovl_path_join(a.dir->path, a.dir->pathlen, a.name, a.len);
+
+		err = dpath ? new_redirect(s, dpath, !strcmp(a.dir->path, b.dir->path), &red) : -ENOMEM;
+		if (!err && red)
+			err = set_redirect(s, ua, a.name, red);
+		free(red);
+		free(dpath);
+	} else if (is_dir && !a.node->opaque && merged_new) {
+		/* A pure-upper dir moved into a merged parent: nothing below
+		 * may show through it (dir.c:ovl_rename_upper). */
+		err = mark_opaque(s, ua, a.name, s->whiteouts == OVL_WHITEOUT_OCI || wh == 2);
+	}
+	if (err)
+		goto out;
 	if (wh == 1 && lower_old) {
 		/* Over a whiteout with a lower copy behind the old name: the
 		 * two swap, the whiteout now hiding the old name. */
@@ -1204,16 +1368,12 @@ static int do_rename(struct ovl_stack *s, const struct ovl_cred *cred, const cha
 		snprintf(whn, sizeof(whn), OCI_WH "%s", b.name);
 		unlinkat(ub, whn, 0);
 	}
-	if (!err && is_dir && (b.dir->nstack > 1 || b.dir->stack[0].layer != 0)) {
-		/* A pure-upper dir moved into a merged parent: nothing below
-		 * may show through it (dir.c:ovl_rename). */
-		err = mark_opaque(s, ub, b.name, s->whiteouts == OVL_WHITEOUT_OCI || wh == 2);
-	}
 out:
 	if (ua >= 0)
 		close(ua);
 	if (ub >= 0)
 		close(ub);
+	/* Both parents are dropped, and with the old one the renamed subtree. */
 	drop_both(s, a.changed, b.changed);
 	return err;
 }

@@ -321,6 +321,12 @@ int ovl_stack_open(const struct ovl_config *cfg, struct ovl_stack **out,
 	if (cfg->whiteouts < OVL_WHITEOUT_KERNEL || cfg->whiteouts > OVL_WHITEOUT_AUTO ||
 	    (cfg->xattr_ns != OVL_XATTR_TRUSTED && cfg->xattr_ns != OVL_XATTR_USER))
 		return -EINVAL;
+	/* redirect_dir=on writes what nofollow refuses to read, the OCI format
+	 * cannot express, and the kernel refuses with userxattr. */
+	if ((cfg->flags & OVL_CFG_REDIRECT_DIR) &&
+	    ((cfg->flags & OVL_CFG_REDIRECT_NOFOLLOW) || cfg->whiteouts == OVL_WHITEOUT_OCI ||
+	     cfg->xattr_ns == OVL_XATTR_USER))
+		return -EINVAL;
 	total = 1 + cfg->nlowers + cfg->ndata;
 	if (total > OVL_MAX_LAYERS)
 		return -E2BIG;

@@ -52,6 +52,15 @@ enum ovl_xattr_ns {
 #define OVL_CFG_METACOPY	 0x2	/* like mount -o metacopy=on */
 #define OVL_CFG_REDIRECT_NOFOLLOW 0x4	/* like redirect_dir=nofollow: EPERM */
 #define OVL_CFG_VOLATILE	 0x8	/* like -o volatile: copy-up skips fsync */
+/* Like -o redirect_dir=on: ovl_rename of a merged or lower directory copies
+ * the directory alone up and sets <ns>.overlay.redirect on it (the old name
+ * in the same parent, else the absolute path, at most 256 bytes like the
+ * kernel's redirect_max, -EXDEV past it); mkdir in a merged directory makes
+ * an opaque directory.  ovl_stack_open gives -EINVAL with
+ * OVL_CFG_REDIRECT_NOFOLLOW, with OVL_WHITEOUT_OCI (that format has no
+ * redirects) and with OVL_XATTR_USER (the kernel refuses userxattr with
+ * redirect_dir=on). */
+#define OVL_CFG_REDIRECT_DIR	 0x10
 
 struct ovl_config {
 	const char *const *lowers;	/* host paths, top-most first */
@@ -71,7 +80,9 @@ struct ovl_config {
  * is set to its index (-2 for the work dir, -1 when no single layer is to
  * blame):
  * -EINVAL no lowers, or upper without work; -ENOENT/-ENOTDIR/-EACCES for a
- * layer root; -E2BIG more than 65535 layers. */
+ * layer root; -E2BIG more than 65535 layers; -EINVAL for
+ * OVL_CFG_REDIRECT_DIR with OVL_CFG_REDIRECT_NOFOLLOW, OVL_WHITEOUT_OCI or
+ * OVL_XATTR_USER. */
 int ovl_stack_open(const struct ovl_config *cfg, struct ovl_stack **out,
 		   int *bad_layer);
 void ovl_stack_close(struct ovl_stack *s);
@@ -203,7 +214,10 @@ int ovl_setxattr(struct ovl_stack *s, const char *path, unsigned flags, const ch
 		 const void *value, size_t size, int xflags);
 int ovl_removexattr(struct ovl_stack *s, const char *path, unsigned flags, const char *name);
 /* rename(2), replacing to: -EXDEV for a directory that is merged or only in
- * a lower layer (the kernel without redirect_dir); copy and delete instead. */
+ * a lower layer (the kernel without redirect_dir); copy and delete instead.
+ * With OVL_CFG_REDIRECT_DIR such a directory is copied up alone and gets a
+ * redirect (-EXDEV only when the absolute redirect would pass 256 bytes,
+ * or the xattr cannot be set, after the copy-up, as in the kernel). */
 int ovl_rename(struct ovl_stack *s, const char *from, const char *to);
 int ovl_link(struct ovl_stack *s, const char *from, const char *to);
 /* open(2) for writing, truncating or creating (O_WRONLY/O_RDWR, O_APPEND,

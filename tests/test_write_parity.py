@@ -599,6 +599,40 @@ def test_rename_pure_upper_dir_over_a_whiteout_is_opaque(tmp_path):
           [O("rename", src=b"ud", dst=b"wo")], ["ok"], rule)
 
 
+def test_rename_dir_error_order(tmp_path):
+    """Not in the semantics doc (dir.c:ovl_rename_start, ovl_rename_upper): EXDEV for a
+    merged or lower dir comes before ENOTEMPTY of the target; a non-empty merged target
+    is ENOTEMPTY before anything is changed, while a pure-upper one is judged by the
+    upper rename itself, after a pure-upper source moved into a merged parent was
+    marked opaque."""
+
+    def rule(up):
+        assert xattrs(up["pu"]) == {OPAQUE: "79"} and up["pu2/full"]["type"] == "dir"
+        assert xattrs(up["pu3"]) == {} and "low" not in up
+
+    check(tmp_path, {"upper": [("pu", "dir"), ("pu2/full", "dir"), ("pu3", "dir")],
+                     "l1": [("low", "dir"), ("lowfull/x", "file"), ("mfull/y", "file")]},
+          [O("rename", src=b"low", dst=b"lowfull"), O("rename", src=b"low", dst=b"pu2"),
+           O("rename", src=b"pu", dst=b"pu2"), O("rename", src=b"pu3", dst=b"mfull")],
+          ["EXDEV", "EXDEV", "ENOTEMPTY", "ENOTEMPTY"], rule)
+
+
+def test_rename_resolves_the_new_parent_before_the_old_name(tmp_path):
+    """do_renameat2 resolves both parents first: a symlink loop in the new path is ELOOP
+    even when the old name does not exist; a too-long new name is found only after."""
+    check(tmp_path, {"l1": [("loop", "symlink", "loop"), ("f", "file")]},
+          [O("rename", src=b"missing", dst=b"loop/x"), O("rename", src=b"missing", dst=b"z" * 300)],
+          ["ELOOP", "ENOENT"])
+
+
+def test_rename_onto_an_ancestor_is_not_empty(tmp_path):
+    """do_renameat2: a target that is an ancestor of the source is ENOTEMPTY, before
+    the type checks (EISDIR for a file onto a dir)."""
+    check(tmp_path, {"upper": [("u/f", "file")], "l1": [("d/e/f", "file"), ("d/g", "file")]},
+          [O("rename", src=b"d/g", dst=b"d"), O("rename", src=b"d/e", dst=b"d"), O("rename", src=b"u/f", dst=b"u")],
+          ["ENOTEMPTY", "ENOTEMPTY", "ENOTEMPTY"])
+
+
 @pytest.mark.parametrize("kind", ["rename", "move"])
 def test_rename_into_itself(tmp_path, kind):
     """EINVAL (the VFS check) comes before EXDEV, ENOTEMPTY or ENOTDIR."""

@@ -1348,9 +1348,10 @@ def run_kernel_side(layout: Layout, ops, *, umask=0o022, options=(), label="kern
 
 
 def run_stack_side(layout: Layout, ops, stack_cls, *, umask=0o022, stack_kwargs=None, label="stack",
-                   kernel_readback=True, caller=None) -> SideResult:
+                   kernel_readback=True, options=(), caller=None) -> SideResult:
     """Apply *ops* through a Stack; dump the upper; views from the live Stack, a fresh
-    Stack and (with *kernel_readback*) a kernel mount of the resulting layers."""
+    Stack and (with *kernel_readback*) a kernel mount of the resulting layers, mounted
+    with the mount *options* of the kernel side."""
     extra = op_paths(ops)
     res = apply_stack(stack_cls, layout.lowers, layout.upper, layout.work, ops, umask=umask,
                       stack_kwargs=stack_kwargs, paths_extra=extra, caller=caller)
@@ -1364,7 +1365,8 @@ def run_stack_side(layout: Layout, ops, stack_cls, *, umask=0o022, stack_kwargs=
         views["fresh stack"] = normalize_view(fresh, window)
     if kernel_readback:
         views["kernel on stack layers"] = normalize_view(
-            kernel.kernel_view(layout.lowers, layout.upper, layout.work, paths_extra=extra), window)
+            kernel.kernel_view(layout.lowers, layout.upper, layout.work, options=options, paths_extra=extra),
+            window)
     result = SideResult(label, res["outcomes"], window, dump, views)
     result.api_problems = problems
     result.error = res["error"]
@@ -1437,7 +1439,8 @@ def run_case(tmp, layout: Layout, ops, *, stack_cls=None, umask=0o022, stack_kwa
         if stack_cls is None:
             import overlayfs  # noqa: PLC0415
             stack_cls = overlayfs.Stack
-        kb = run_stack_side(b, ops, stack_cls, umask=umask, stack_kwargs=stack_kwargs, caller=caller)
+        kb = run_stack_side(b, ops, stack_cls, umask=umask, stack_kwargs=stack_kwargs, options=options,
+                            caller=caller)
     return Report(seed, ops, ka, kb, compare_sides(ka, kb, ops))
 
 
@@ -1479,16 +1482,17 @@ def random_caller(seed: int):
 
 
 def run_random(tmp, seed: int, *, ops=None, stack_cls=None, both_kernel=False, mutate=None,
-               n_ops=None, caller=None) -> Report:
-    """Build the random stack of *seed*, generate its sequence and run it (see run_case),
-    as *caller* ``(uid, gid, groups)`` if given."""
+               n_ops=None, options=(), stack_kwargs=None, caller=None) -> Report:
+    """Build the random stack of *seed*, generate its sequence and run it (see run_case):
+    the kernel side mounted with *options*, the Stack given *stack_kwargs* besides the
+    case's ``cache``, both as *caller* ``(uid, gid, groups)`` if given."""
     case = random_case(seed)
     layout = build_random(tmp, seed)
     view = initial_view(tmp, layout)
     seq = make_ops(seed, view, n_ops or case["n_ops"], ops=ops, layers=layout.layers)
-    return run_case(tmp, layout, seq, stack_cls=stack_cls, umask=case["umask"],
-                    stack_kwargs={"cache": case["cache"]}, both_kernel=both_kernel, mutate=mutate, seed=seed,
-                    caller=caller)
+    return run_case(tmp, layout, seq, stack_cls=stack_cls, umask=case["umask"], options=options,
+                    stack_kwargs={"cache": case["cache"], **(stack_kwargs or {})}, both_kernel=both_kernel,
+                    mutate=mutate, seed=seed, caller=caller)
 
 
 # ---------------------------------------------------------------------------

@@ -83,9 +83,88 @@ static void test_changes(void)
 	ovl_stack_close(s);
 }
 
+/* One lower "rl", upper "ru", work "rw" with the given flags. */
+static int open_redirect(unsigned flags, int whiteouts, int xattr_ns, struct ovl_stack **s)
+{
+	char l1[4096], up[4096], wk[4096];
+	const char *lw[1] = { l1 };
+	struct ovl_config cfg = { .lowers = lw, .nlowers = 1, .upper = up, .work = wk,
+				  .whiteouts = whiteouts, .xattr_ns = xattr_ns, .flags = flags };
+
+	snprintf(l1, sizeof(l1), "%s", t_path("rl"));
+	snprintf(up, sizeof(up), "%s", t_path("ru"));
+	snprintf(wk, sizeof(wk), "%s", t_path("rw"));
+	*s = NULL;
+	return ovl_stack_open(&cfg, s, NULL);
+}
+
+static int redirect_is(const char *rel, const char *want)
+{
+	char v[300];
+	ssize_t n = getxattr(t_path(rel), "trusted.overlay.redirect", v, sizeof(v) - 1);
+
+	if (n < 0)
+		return 0;
+	v[n] = '\0';
+	return !strcmp(v, want);
+}
+
+static void test_redirect_dir(void)
+{
+	struct ovl_stack *s;
+	struct stat st;
+
+	t_file("rl/ld/y", "y");
+	t_file("rl/ld/sub/z", "z");
+	t_mkdir("rl/m");
+	t_mkdir("ru");
+	t_mkdir("rw");
+
+	/* Combinations the kernel cannot read or refuses. */
+	CHECK_EQ(open_redirect(OVL_CFG_REDIRECT_DIR | OVL_CFG_REDIRECT_NOFOLLOW, OVL_WHITEOUT_AUTO,
+			       OVL_XATTR_TRUSTED, &s), -EINVAL);
+	CHECK_EQ(open_redirect(OVL_CFG_REDIRECT_DIR, OVL_WHITEOUT_OCI, OVL_XATTR_TRUSTED, &s), -EINVAL);
+	CHECK_EQ(open_redirect(OVL_CFG_REDIRECT_DIR, OVL_WHITEOUT_AUTO, OVL_XATTR_USER, &s), -EINVAL);
+
+	/* Without the flag: EXDEV, nothing written. */
+	CHECK_EQ(open_redirect(0, OVL_WHITEOUT_AUTO, OVL_XATTR_TRUSTED, &s), 0);
+	CHECK_EQ(ovl_rename(s, "ld", "ld2"), -EXDEV);
+	CHECK(lstat(t_path("ru/ld"), &st) < 0);
+	ovl_stack_close(s);
+
+	CHECK_EQ(open_redirect(OVL_CFG_REDIRECT_DIR, OVL_WHITEOUT_AUTO, OVL_XATTR_TRUSTED, &s), 0);
+	/* Warm the cache first: the renamed subtree must not be answered from it. */
+	CHECK(!strcmp(t_list(s, "ld"), "sub,y"));
+	CHECK(!strcmp(t_list(s, "ld/sub"), "z"));
+	/* Same parent: relative redirect, whiteout at the old name, the
+	 * directory alone copied up. */
+	CHECK_EQ(ovl_rename(s, "ld", "ld2"), 0);
+	CHECK(redirect_is("ru/ld2", "ld"));
+	CHECK(lstat(t_path("ru/ld"), &st) == 0 && S_ISCHR(st.st_mode) && st.st_rdev == makedev(0, 0));
+	CHECK(lstat(t_path("ru/ld2/y"), &st) < 0);
+	CHECK_EQ(t_layer(s, "ld", 0), -ENOENT);
+	CHECK_EQ(t_layer(s, "ld/sub", 0), -ENOENT);
+	CHECK(!strcmp(t_list(s, "ld2"), "sub,y"));
+	CHECK(!strcmp(t_list(s, "ld2/sub"), "z"));
+	/* Into another parent: absolute, built from the parent's redirect. */
+	CHECK_EQ(ovl_rename(s, "ld2/sub", "m/s"), 0);
+	CHECK(redirect_is("ru/m/s", "/ld/sub"));
+	CHECK(!strcmp(t_list(s, "m/s"), "z"));
+	CHECK(!strcmp(t_list(s, "ld2"), "y"));
+	/* Renamed again in the same parent: the redirect stays. */
+	CHECK_EQ(ovl_rename(s, "ld2", "ld3"), 0);
+	CHECK(redirect_is("ru/ld3", "ld"));
+	CHECK(!strcmp(t_list(s, ""), "m,ld3"));	/* the lower's names first */
+	/* A new directory in a merged one is opaque. */
+	CHECK_EQ(ovl_mkdir(s, "ld3/new", 0755), 0);
+	CHECK(getxattr(t_path("ru/ld3/new"), "trusted.overlay.opaque", NULL, 0) == 1);
+	ovl_stack_close(s);
+}
+
 int main(void)
 {
 	t_setup("write");
 	test_changes();
+	test_redirect_dir();
 	return t_teardown();
 }

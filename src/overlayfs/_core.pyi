@@ -55,6 +55,7 @@ class Stack:
         data_layers: Sequence[_Path] = (),
         metacopy: bool = False,
         redirect_follow: bool = True,
+        redirect_dir: bool = False,
         cache_max_bytes: int | None = None,
         volatile: bool = False,
     ) -> None: ...

@@ -185,7 +185,8 @@ cdef class Stack:
 
     Stack(lowers, upper=None, work=None, *, xattr_namespace="trusted",
           whiteouts="auto", cache=True, data_layers=(), metacopy=False,
-          redirect_follow=True, cache_max_bytes=None, volatile=False)
+          redirect_follow=True, redirect_dir=False, cache_max_bytes=None,
+          volatile=False)
 
     lowers are top-most first, like lowerdir=top:...:bottom.  Layer indices:
     0 is the upper, 1..N the lowers in that order, N+1.. the data-only layers.
@@ -197,6 +198,13 @@ cdef class Stack:
     Lookups are answered from a per-directory cache built by reading each
     contributing layer once; layers changed behind the Stack's back are seen
     after invalidate().  Thread-safe.
+
+    redirect_dir=True changes the upper layer as a mount with
+    redirect_dir=on does: rename() of a merged or lower directory copies the
+    directory alone up and sets its <ns>.overlay.redirect instead of failing
+    with EXDEV, and mkdir() in a merged directory makes an opaque one.  Not
+    with redirect_follow=False, whiteouts="oci" or xattr_namespace="user"
+    (ValueError), as the kernel refuses userxattr with redirect_dir=on.
     """
     cdef ovl_stack *_s
     cdef readonly tuple layers
@@ -215,7 +223,7 @@ cdef class Stack:
 
     def __init__(self, lowers, upper=None, work=None, *, xattr_namespace="trusted",
                  whiteouts="auto", cache=True, data_layers=(), metacopy=False,
-                 redirect_follow=True, cache_max_bytes=None, **options):
+                 redirect_follow=True, redirect_dir=False, cache_max_bytes=None, **options):
         cdef ovl_config cfg
         cdef const char **arr = NULL
         cdef int bad = -1
@@ -248,6 +256,16 @@ cdef class Stack:
             raise ValueError(f"xattr_namespace must be 'trusted' or 'user', not {xattr_namespace!r}")
         if cache_max_bytes is not None and cache_max_bytes <= 0:
             raise ValueError("cache_max_bytes must be positive")
+        if redirect_dir:
+            if not redirect_follow:
+                raise ValueError("redirect_dir=True writes redirects that redirect_follow=False "
+                                 "refuses to follow")
+            if whiteouts == "oci":
+                raise ValueError("redirect_dir=True needs kernel whiteouts: the OCI format "
+                                 "has no directory redirects")
+            if xattr_namespace == "user":
+                raise ValueError("redirect_dir=True with xattr_namespace='user': the kernel "
+                                 "refuses redirect_dir=on with userxattr")
         allpaths = [os.fsencode(p) for p in lowers + data_layers]
         for p in allpaths:
             if b"\0" in p:
@@ -278,6 +296,8 @@ cdef class Stack:
                 cfg.flags |= OVL_CFG_REDIRECT_NOFOLLOW
             if no_fsync:
                 cfg.flags |= OVL_CFG_VOLATILE
+            if redirect_dir:
+                cfg.flags |= OVL_CFG_REDIRECT_DIR
             cfg.cache_max_bytes = cache_max_bytes or 0
             with nogil:
                 rc = ovl_stack_open(&cfg, &s, &bad)
@@ -723,7 +743,10 @@ cdef class Stack:
     def rename(self, src, dst):
         """Rename src to dst, replacing dst, like os.replace.  A directory
         that is merged or only in a lower layer gives OSError(EXDEV), as the
-        kernel's overlay does without redirect_dir: use move()."""
+        kernel's overlay does without redirect_dir: use move().  With
+        Stack(..., redirect_dir=True) it is copied up alone and gets a
+        redirect, as with redirect_dir=on; EXDEV then only when its absolute
+        redirect would be longer than 256 bytes (the kernel's redirect_max)."""
         self._two(src, dst, False)
 
     def replace(self, src, dst):
@@ -736,7 +759,8 @@ cdef class Stack:
 
     def move(self, src, dst):
         """Move src to dst like mv(1) through an overlay mount: rename, and
-        where that gives EXDEV (a merged or lower directory) copy the tree
+        where that gives EXDEV (a merged or lower directory without
+        redirect_dir, or a redirect that would be too long) copy the tree
         through the union -- modes, owners, times, xattrs, symlinks, fifos,
         devices -- then remove the source.  Cost: a rename, or a copy of the
         tree."""
