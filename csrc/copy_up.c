@@ -318,7 +318,10 @@ static int copy_file(struct ovl_cu *c, int layer, const char *rel, int dlayer,
 		err = copy_xattrs(s, src, dst);
 	if (!err)
 		err = set_attrs_fd(dst, &st);
-	if (!err && !(s->cfg & OVL_CFG_VOLATILE) && fsync(dst) < 0)
+	/* As ovl_copy_file: fsync, unless volatile or the data is a whole
+	 * clone (FICLONE wrote the source's dirty range before sharing it). */
+	if (!err && !(s->cfg & OVL_CFG_VOLATILE) && c->method != OVL_COPY_CLONE &&
+	    fsync(dst) < 0)
 		err = -errno;
 	if (!err)
 		err = named ? install_named(s, tmp, udir, name, false) : link_tmpfile(dst, udir, name);

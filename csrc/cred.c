@@ -61,10 +61,20 @@ void ovl_cred_release(struct ovl_cred *c)
 	c->ngroups = 0;
 }
 
-int ovl_cred_current(struct ovl_cred *c)
+/* The effective ids, needed only to switch (ovl_cred_current leaves them
+ * out: four syscalls are what every change pays). */
+int ovl_cred_ids(struct ovl_cred *c)
 {
 	uid_t ruid, suid;
 	gid_t rgid, sgid;
+
+	if (getresuid(&ruid, &c->euid, &suid) < 0 || getresgid(&rgid, &c->egid, &sgid) < 0)
+		return -errno;
+	return 0;
+}
+
+int ovl_cred_current(struct ovl_cred *c)
+{
 	struct cap_data d[2];
 	int n, err;
 
@@ -74,8 +84,6 @@ int ovl_cred_current(struct ovl_cred *c)
 	 * current one: the only way to read them. */
 	c->uid = (uid_t)syscall(SYS_setfsuid, (uid_t)-1);
 	c->gid = (gid_t)syscall(SYS_setfsgid, (gid_t)-1);
-	if (getresuid(&ruid, &c->euid, &suid) < 0 || getresgid(&rgid, &c->egid, &sgid) < 0)
-		return -errno;
 	err = sys_capget(d);
 	if (err)
 		return err;
@@ -103,10 +111,11 @@ int ovl_cred_current(struct ovl_cred *c)
 	return 0;
 }
 
+/* The same rights on files: fs ids, capabilities, groups. */
 bool ovl_cred_same(const struct ovl_cred *a, const struct ovl_cred *b)
 {
-	return a->uid == b->uid && a->gid == b->gid && a->euid == b->euid &&
-	       a->egid == b->egid && a->caps == b->caps && a->ngroups == b->ngroups &&
+	return a->uid == b->uid && a->gid == b->gid && a->caps == b->caps &&
+	       a->ngroups == b->ngroups &&
 	       !memcmp(a->groups, b->groups, sizeof(gid_t) * (size_t)a->ngroups);
 }
 
@@ -136,12 +145,15 @@ static int set_caps(const struct ovl_cred *c)
 	return sys_capset(d);
 }
 
-int ovl_cred_enter(const struct ovl_stack *s, const struct ovl_cred *caller)
+int ovl_cred_enter(const struct ovl_stack *s, struct ovl_cred *caller)
 {
 	int err;
 
 	if (ovl_cred_same(caller, &s->mounter))
 		return 0;
+	err = ovl_cred_ids(caller);
+	if (err)
+		return err;
 	/* The effective uid first: back to the opener's (allowed while it is
 	 * the real or saved uid), which gives back its capabilities. */
 	if (syscall(SYS_setresuid, (uid_t)-1, s->mounter.euid, (uid_t)-1) < 0)
@@ -306,7 +318,7 @@ int ovl_change_begin(struct ovl_stack *s, struct ovl_change *c)
 	err = ovl_cred_current(&c->cred);
 	if (err)
 		return err;
-	c->entered = ovl_cred_enter(s, &c->cred);
+	c->entered = ovl_cred_enter(s, &c->cred);	/* per-thread */
 	if (c->entered < 0) {
 		err = c->entered;
 		ovl_cred_release(&c->cred);

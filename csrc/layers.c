@@ -369,6 +369,8 @@ int ovl_stack_open(const struct ovl_config *cfg, struct ovl_stack **out,
 	s->mounter.groups = s->mounter.inline_groups;
 	/* Layers are read and changed with the opener's credentials (cred.c). */
 	err = ovl_cred_current(&s->mounter);
+	if (!err)
+		err = ovl_cred_ids(&s->mounter);
 	if (err)
 		goto fail;
 	s->protected_hardlinks = ovl_read_protected_hardlinks();

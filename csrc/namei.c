@@ -899,7 +899,7 @@ out:
 
 /* Switch to the opener's credentials to read the layers; a thread that
  * cannot (it dropped them for good) reads with its own. */
-static int enter_for_reading(struct ovl_stack *s, const struct ovl_cred *cred)
+static int enter_for_reading(struct ovl_stack *s, struct ovl_cred *cred)
 {
 	int entered = ovl_cred_enter(s, cred);
 

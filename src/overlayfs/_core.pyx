@@ -1025,7 +1025,8 @@ cdef class Stack:
         copiers (threads or processes) one wins.  Data moves by reflink
         where the filesystem shares extents, else copy_file_range over the
         data extents (holes stay holes), else sendfile, else read/write; it
-        is fsynced unless the Stack is volatile.  xattrs (but the stack's
+        is fsynced unless the Stack is volatile or the data was cloned (as
+        the kernel does).  xattrs (but the stack's
         private ones), owner, mode and times are kept.  Cost: one directory
         per missing ancestor, then the data.  OSError(EROFS) without an
         upper layer."""
