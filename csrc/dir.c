@@ -998,10 +998,11 @@ static int open_write(struct ovl_stack *s, const struct ovl_cred *cred, const ch
 			return -ELOOP;
 		if (hops >= OVL_MAX_SYMLINKS)
 			return -ELOOP;
+		/* The target, keeping a trailing slash: it must be a directory. */
 		if (target[0] == '/')
-			snprintf(buf, sizeof(buf), "%s", target);
+			snprintf(buf, sizeof(buf), "%s%s", target, t.slash ? "/" : "");
 		else
-			snprintf(buf, sizeof(buf), "%s/%s", t.dir->path, target);
+			snprintf(buf, sizeof(buf), "%s/%s%s", t.dir->path, target, t.slash ? "/" : "");
 		return open_write(s, cred, buf, oflags, mode, hops + 1);
 	}
 	if (t.ent->dtype == DT_DIR)

@@ -742,3 +742,15 @@ def test_harness_reports_a_hanging_or_crashing_stack(tmp_path):
     assert res["error"].startswith("TIMEOUT") and "unlink" in res["error"]
     res = write_ops.apply_stack(Hangs, layout.lowers, layout.upper, layout.work, [O("rmdir", path=b"a")], timeout=10)
     assert "signal" in res["error"] and "rmdir" in res["error"]
+
+
+def test_trailing_slash_through_a_symlink_wants_a_directory(tmp_path):
+    """A trailing slash makes the walk follow a final symlink and want a
+    directory: ENOTDIR where the target is a file, for every call."""
+    spec = {"l1": [("f", "file"), ("l", "symlink", "f"), ("d", "dir"), ("ld", "symlink", "d")]}
+    up = check(tmp_path, spec,
+               [O("os_open", path=b"l/", flags=["O_RDWR", "O_APPEND"]), O("os_open", path=b"f/", flags=["O_WRONLY"]),
+                O("link", src=b"l/", dst=b"x"), O("unlink", path=b"l/"), O("rmdir", path=b"ld/"),
+                O("os_open", path=b"ld/", flags=["O_RDONLY", "O_DIRECTORY"])],
+               ["ENOTDIR", "ENOTDIR", "ENOTDIR", "ENOTDIR", "ENOTDIR", "ok"])
+    assert set(up) == {""}  # nothing copied up
