@@ -138,12 +138,13 @@ static int next_extent(int in, off_t off, off_t size, off_t *start, off_t *end)
 	return 0;
 }
 
-/* Copy the data of in (size bytes) to out, an empty regular file.
- * Return the method used (enum ovl_copy_method) or -errno. */
-int ovl_copy_data(int in, int out, off_t size)
+/* Copy the data of in (size bytes) to out, an empty regular file; holes
+ * are looked for only when maybe_sparse.  Return the method used (enum
+ * ovl_copy_method) or -errno. */
+int ovl_copy_data(int in, int out, off_t size, bool maybe_sparse)
 {
 	int method = OVL_COPY_CLONE, err;
-	bool sparse = true;
+	bool sparse = maybe_sparse;
 	off_t off = 0;
 
 	if (size == 0)
@@ -187,7 +188,8 @@ int ovl_copy_data(int in, int out, off_t size)
 		if (!sparse || off >= size)
 			break;
 	}
-	if (ftruncate(out, size) < 0)
+	/* A hole at the end is the size alone. */
+	if (off < size && ftruncate(out, size) < 0)
 		return -errno;
 	return method;
 }

@@ -162,8 +162,11 @@ static int copy_xattrs_at(const struct ovl_stack *s, int sdir, const char *sname
  * chown(2) clears set-id bits (which chmod then sets) and file capabilities
  * (security.capability, which the xattr copy then sets); the kernel's
  * ovl_set_attr changes the owner without either effect. */
-static int set_owner_fd(int fd, const struct stat *st)
+static int set_owner_fd(const struct ovl_stack *s, int fd, const struct stat *st)
 {
+	/* Made by the opener in the work dir, it has the opener's ids. */
+	if (st->st_uid == s->mounter.uid && st->st_gid == s->mounter.gid && !s->work_setgid)
+		return 0;
 	return fchown(fd, st->st_uid, st->st_gid) < 0 ? -errno : 0;
 }
 
@@ -231,7 +234,7 @@ static int copy_dir(struct ovl_cu *c, int layer, const char *rel, int udir, cons
 		goto out;
 	}
 	dst = openat(s->work_fd, tmp, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
-	err = dst < 0 ? -errno : set_owner_fd(dst, &st);
+	err = dst < 0 ? -errno : set_owner_fd(s, dst, &st);
 	if (!err)
 		err = copy_xattrs(s, src, dst);
 	if (!err)
@@ -309,10 +312,12 @@ static int copy_file(struct ovl_cu *c, int layer, const char *rel, int dlayer,
 		err = -errno;
 		goto out_src;
 	}
-	err = ovl_copy_data(data, dst, st.st_size);
+	/* Fewer blocks than the size needs: look for holes to keep. */
+	err = ovl_copy_data(data, dst, st.st_size,
+			    data != src || st.st_blocks * 512 < st.st_size);
 	if (err >= 0) {
 		c->method = err;
-		err = set_owner_fd(dst, &st);
+		err = set_owner_fd(s, dst, &st);
 	}
 	if (!err)
 		err = copy_xattrs(s, src, dst);
@@ -442,7 +447,10 @@ static int index_copied_up(struct ovl_stack *s, struct ovl_dir *p, struct ovl_en
 		e->ext = NULL;	/* the old metadata stays in the arena until p goes */
 		p->nfilled--;
 	}
-	ovl_dir_account(s, p);
+	/* A regular file's copy is a plain file: its metadata is what the
+	 * next lookup would read (anything else is read again then). */
+	if (e->dtype != DT_REG || ovl_fill_plain_file(s, p, e, &st))
+		ovl_dir_account(s, p);
 	__atomic_add_fetch(&s->generation, 1, __ATOMIC_RELEASE);
 	return 0;
 }

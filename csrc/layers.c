@@ -287,8 +287,9 @@ static int open_work(struct ovl_stack *s, const char *work)
 	}
 	s->work_fd = openat(wfd, "work", O_PATH | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
 	close(wfd);
-	if (s->work_fd < 0)
+	if (s->work_fd < 0 || fstat(s->work_fd, &st) < 0)
 		return -errno;
+	s->work_setgid = st.st_mode & S_ISGID;
 	return ovl_work_cleanup(s->work_fd);
 }
 

@@ -476,12 +476,48 @@ static int data_layers_lookup(struct ovl_stack *s, const char *redirect,
 }
 
 /* Install what a successful lookup of a non-directory found. */
+/* The metadata record of a name of directory p, in p's arena. */
+static struct ovl_fill *fill_alloc(struct ovl_dir *p, const struct stat *st, size_t extra)
+{
+	/* Room for the metadata of more names of this directory in one chunk:
+	 * as many as were filled so far (a walk fills them all), at most the
+	 * rest, at the size this one takes. */
+	size_t need = ovl_fill_size(st, extra);
+
+	if (!ovl_arena_room(&p->arena, need)) {
+		uint32_t more = p->nfilled > 8 ? p->nfilled : 8;
+
+		if (more > p->nents - p->nfilled)
+			more = p->nents - p->nfilled;
+		if (ovl_arena_reserve(&p->arena, more > 1 ? (need - extra) * more + extra : need))
+			return NULL;
+	}
+	return ovl_fill_new(&p->arena, st, extra);
+}
+
+/* Record st as the metadata of e, a plain regular file (no metacopy, no
+ * whiteout) in directory p: what a lookup would find (copy_up.c, after
+ * a copy-up of e made it so). */
+int ovl_fill_plain_file(struct ovl_stack *s, struct ovl_dir *p, struct ovl_ent *e,
+			const struct stat *st)
+{
+	struct ovl_fill *f = fill_alloc(p, st, 0);
+
+	if (!f)
+		return -ENOMEM;
+	e->ext = f;
+	e->flags |= OVL_E_FILLED;
+	p->nfilled++;
+	ovl_dir_account(s, p);
+	return 0;
+}
+
 static int install_file(struct ovl_ld *d, const struct ovl_hit *top,
 			const struct ovl_hit *data, int data_err)
 {
 	struct ovl_dir *p = d->parent;
 	struct ovl_ent *e = d->ent;
-	size_t extra = 0, need;
+	size_t extra = 0;
 	struct ovl_fill *f;
 	void *x;
 
@@ -489,19 +525,7 @@ static int install_file(struct ovl_ld *d, const struct ovl_hit *top,
 		extra = sizeof(struct ovl_mcdata) + (data ? strlen(data->path) : 0) + 1;
 	else if (d->target)
 		extra = strlen(d->target) + 1;
-	/* Room for the metadata of more names of this directory in one chunk:
-	 * as many as were filled so far (a walk fills them all), at most the
-	 * rest, at the size this one takes. */
-	need = ovl_fill_size(&top->st, extra);
-	if (!ovl_arena_room(&p->arena, need)) {
-		uint32_t more = p->nfilled > 8 ? p->nfilled : 8;
-
-		if (more > p->nents - p->nfilled)
-			more = p->nents - p->nfilled;
-		if (ovl_arena_reserve(&p->arena, more > 1 ? (need - extra) * more + extra : need))
-			return -ENOMEM;
-	}
-	f = ovl_fill_new(&p->arena, &top->st, extra);
+	f = fill_alloc(p, &top->st, extra);
 	if (!f)
 		return -ENOMEM;
 	x = ovl_fill_extra(f);

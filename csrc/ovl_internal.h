@@ -198,6 +198,7 @@ struct ovl_stack {
 
 	struct ovl_cred mounter;	/* the opener's: changes run with them */
 	bool protected_hardlinks;	/* fs.protected_hardlinks at open */
+	bool work_setgid;		/* new objects there take its group */
 
 	uint64_t hits, misses, generation, flushes;	/* atomics */
 	uint64_t bytes, nents, ndirs, max_bytes;	/* under the write lock */
@@ -286,7 +287,7 @@ int ovl_build_begin(struct ovl_dir *d);
 void ovl_build_end(struct ovl_dir *d);
 
 /* copy_data.c */
-int ovl_copy_data(int in, int out, off_t size);
+int ovl_copy_data(int in, int out, off_t size, bool maybe_sparse);
 
 /* copy_up.c */
 int ovl_work_cleanup(int work_fd);
@@ -334,6 +335,8 @@ int ovl_walk_path(struct ovl_walk *w, const char *path, unsigned flags);
 int ovl_ent_dir(struct ovl_walk *w, struct ovl_dir *parent, struct ovl_ent *e,
 		struct ovl_dir **out);
 int ovl_resolve_ent(struct ovl_walk *w, struct ovl_dir *p, struct ovl_ent *e);
+int ovl_fill_plain_file(struct ovl_stack *s, struct ovl_dir *p, struct ovl_ent *e,
+			const struct stat *st);
 
 #define OVL_RUN_CHECKED 0x100	/* ovl_run: fn does I/O; check the caller */
 typedef int (*ovl_op_fn)(struct ovl_walk *w, void *arg);

@@ -754,3 +754,14 @@ def test_trailing_slash_through_a_symlink_wants_a_directory(tmp_path):
                 O("os_open", path=b"ld/", flags=["O_RDONLY", "O_DIRECTORY"])],
                ["ENOTDIR", "ENOTDIR", "ENOTDIR", "ENOTDIR", "ENOTDIR", "ok"])
     assert set(up) == {""}  # nothing copied up
+
+
+def test_move_of_a_lower_tree_keeps_its_hard_links(tmp_path):
+    """EXDEV, then copy and delete (mv): two names of one file inside the
+    moved tree stay one file, as mv keeps them through a mount."""
+    def rule(up):
+        assert up["e/a"]["nlink"] == 2 and up["e/b"]["nlink"] == 2
+        assert up["d"]["type"] == "whiteout"
+
+    check(tmp_path, {"l1": [("d/a", "file"), ("d/b", "link", "d/a"), ("d/s/c", "file")]},
+          [O("move", src=b"d", dst=b"e")], ["ok"], rule)

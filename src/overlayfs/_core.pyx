@@ -762,8 +762,8 @@ cdef class Stack:
         where that gives EXDEV (a merged or lower directory without
         redirect_dir, or a redirect that would be too long) copy the tree
         through the union -- modes, owners, times, xattrs, symlinks, fifos,
-        devices -- then remove the source.  Cost: a rename, or a copy of the
-        tree."""
+        devices, and hard links between files inside it -- then remove the
+        source.  Cost: a rename, or a copy of the tree."""
         try:
             self.rename(src, dst)
             return
@@ -772,17 +772,24 @@ cdef class Stack:
                 raise
         if self.lexists(dst):
             self.rmdir(dst)
-        self._copy_tree(src, dst)
+        self._copy_tree(src, dst, {})
         self._remove_tree(src)
 
-    def _copy_tree(self, src, dst):
+    def _copy_tree(self, src, dst, links):
         st = self.lstat(src)
         mode = st.st_mode
+        if not _stat.S_ISDIR(mode) and st.st_nlink > 1:
+            # A second name of a file copied already: link it, as mv does.
+            first = links.get((st.st_dev, st.st_ino))
+            if first is not None:
+                self.link(first, dst)
+                return
+            links[(st.st_dev, st.st_ino)] = dst
         if _stat.S_ISDIR(mode):
             self.mkdir(dst, 0o700)
             sep = b"/" if isinstance(src, bytes) else "/"
             for name in self.listdir(src):
-                self._copy_tree(src + sep + name, dst + sep + name)
+                self._copy_tree(src + sep + name, dst + sep + name, links)
         elif _stat.S_ISLNK(mode):
             self.symlink(self.readlink(src), dst)
         elif _stat.S_ISREG(mode):
