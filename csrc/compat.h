@@ -27,6 +27,16 @@
 #ifndef OPEN_TREE_CLOEXEC
 #define OPEN_TREE_CLOEXEC O_CLOEXEC
 #endif
+#ifndef __NR_mount_setattr
+#define __NR_mount_setattr 442
+#endif
+#ifndef MOUNT_ATTR_NOATIME
+#define MOUNT_ATTR_RDONLY 0x00000001
+#define MOUNT_ATTR_NOATIME 0x00000010
+#endif
+#ifndef MOUNT_ATTR__ATIME
+#define MOUNT_ATTR__ATIME 0x00000070
+#endif
 #ifndef __NR_getxattrat
 #define __NR_getxattrat 464
 #endif
@@ -69,6 +79,25 @@ static inline int ovl_sys_openat2(int dfd, const char *path, uint64_t flags,
 	long r = syscall(__NR_openat2, dfd, path, &how, sizeof(how));
 
 	return r < 0 ? -errno : (int)r;
+}
+
+struct ovl_mount_attr {
+	uint64_t attr_set;
+	uint64_t attr_clr;
+	uint64_t propagation;
+	uint64_t userns_fd;
+};
+
+/* Make the mount at fd (a detached clone of our own) read-only and
+ * noatime, as the kernel makes its lower layers' private mounts
+ * (super.c:ovl_get_layers).  Return 0 or -errno (ENOSYS before 5.12). */
+static inline int ovl_sys_mount_lower(int fd)
+{
+	struct ovl_mount_attr a = { .attr_set = MOUNT_ATTR_RDONLY | MOUNT_ATTR_NOATIME,
+				    .attr_clr = MOUNT_ATTR__ATIME };
+	long r = syscall(__NR_mount_setattr, fd, "", AT_EMPTY_PATH, &a, sizeof(a));
+
+	return r < 0 ? -errno : 0;
 }
 
 /* A detached clone of the mount at dfd/path without its submounts (like

@@ -442,14 +442,19 @@ static int index_copied_up(struct ovl_stack *s, struct ovl_dir *p, struct ovl_en
 	p->nocc += n;
 	e->top = 0;
 	e->ino = st.st_ino;
+	/* A regular file's copy is a plain file, a symlink's has the same
+	 * target: their metadata is what the next lookup would read (and
+	 * reading the copied symlink again would change its atime). */
+	const char *target = e->dtype == DT_LNK && (e->flags & OVL_E_FILLED) ?
+			     ovl_ent_target(e) : NULL;
+	bool plain = e->dtype == DT_REG || target;
+
 	e->flags &= (uint8_t)~(OVL_E_FILLED | OVL_E_METACOPY | OVL_E_TOPOCI);
 	if (e->ext) {
 		e->ext = NULL;	/* the old metadata stays in the arena until p goes */
 		p->nfilled--;
 	}
-	/* A regular file's copy is a plain file: its metadata is what the
-	 * next lookup would read (anything else is read again then). */
-	if (e->dtype != DT_REG || ovl_fill_plain_file(s, p, e, &st))
+	if (!plain || ovl_fill_plain(s, p, e, &st, target))
 		ovl_dir_account(s, p);
 	__atomic_add_fetch(&s->generation, 1, __ATOMIC_RELEASE);
 	return 0;

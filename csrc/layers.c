@@ -97,6 +97,16 @@ int ovl_layer_open(const struct ovl_stack *s, int layer, const char *relpath,
 	return open_walk(l, relpath, oflags);
 }
 
+/* The upper directory at relpath in the stack's read-only noatime clone of
+ * the upper layer (O_PATH), or -errno (-ENOSYS: there is no such clone). */
+int ovl_upper_quiet_dir(const struct ovl_stack *s, const char *relpath)
+{
+	if (s->upper_quiet_fd < 0 || !s->have_openat2)
+		return -ENOSYS;
+	return ovl_sys_openat2(s->upper_quiet_fd, *relpath ? relpath : ".",
+			       O_PATH | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC, OVL_RESOLVE);
+}
+
 /* A layer directory to read: with O_NOATIME, like the kernel's
  * ovl_path_open, so that looking leaves the layers' atimes alone (it needs
  * the directory's owner or CAP_FOWNER; else a plain open). */
@@ -247,6 +257,10 @@ static int open_root(struct ovl_layer *l, const char *path, bool clone_mount)
 	if (clone >= 0) {
 		close(l->fd);
 		l->fd = clone;
+		/* The clone is ours: read-only, and reading through it (a
+		 * symlink's target, a directory) leaves the layer's atimes
+		 * alone, as with the kernel's lower layers.  Best effort. */
+		ovl_sys_mount_lower(clone);
 	}
 	if (fstat(l->fd, &st) < 0)
 		return -errno;
@@ -346,6 +360,7 @@ int ovl_stack_open(const struct ovl_config *cfg, struct ovl_stack **out,
 	for (size_t i = 0; i < total; i++)
 		s->layers[i].fd = -1;
 	s->work_fd = -1;
+	s->upper_quiet_fd = -1;
 	s->nlayers = (int)total;
 	s->nlower = (int)cfg->nlowers;
 	s->ndata = (int)cfg->ndata;
@@ -387,6 +402,13 @@ int ovl_stack_open(const struct ovl_config *cfg, struct ovl_stack **out,
 			bad = -2;
 			goto fail;
 		}
+		/* Symlink targets in the upper are read through a quiet clone:
+		 * a lookup leaves their atimes alone, as the kernel's does. */
+		s->upper_quiet_fd = ovl_sys_open_tree_clone(s->layers[0].fd, "", AT_EMPTY_PATH);
+		if (s->upper_quiet_fd >= 0 && ovl_sys_mount_lower(s->upper_quiet_fd) < 0) {
+			close(s->upper_quiet_fd);
+			s->upper_quiet_fd = -1;
+		}
 	}
 	for (size_t i = 0; i < cfg->nlowers + cfg->ndata; i++) {
 		const char *p = i < cfg->nlowers ? cfg->lowers[i] :
@@ -425,6 +447,8 @@ void ovl_stack_close(struct ovl_stack *s)
 	ovl_cache_flush(s);
 	if (s->work_fd >= 0)
 		close(s->work_fd);
+	if (s->upper_quiet_fd >= 0)
+		close(s->upper_quiet_fd);
 	for (int i = 0; i < s->nlayers; i++) {
 		if (s->layers[i].fd >= 0)
 			close(s->layers[i].fd);

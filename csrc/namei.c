@@ -148,6 +148,29 @@ static int child_begin(struct ovl_ld *d)
  * ovl_lookup_single.  base_si >= 0 says base is that layer of the parent
  * directory, whose index answers without a syscall.  Return 1 with *hit
  * set, 0 for nothing here, or -errno. */
+/* Read the target of symlink name in pfd, the layer directory at rel.  An
+ * upper one through the stack's read-only noatime clone of the upper: the
+ * kernel's lookup does not read it, and reading changes its atime (lower
+ * layers are such clones already). */
+static long read_target(const struct ovl_stack *s, int layer, int pfd, const char *rel,
+			const char *name, char *buf, size_t size)
+{
+	long n;
+
+	if (layer == 0) {
+		int qfd = ovl_upper_quiet_dir(s, rel);
+
+		if (qfd >= 0) {
+			n = readlinkat(qfd, name, buf, size);
+			n = n < 0 ? -errno : n;
+			close(qfd);
+			return n;
+		}
+	}
+	n = readlinkat(pfd, name, buf, size);
+	return n < 0 ? -errno : n;
+}
+
 static int lookup_single(struct ovl_ld *d, int layer, const char *base, int base_si,
 			 const char *comp, size_t complen, size_t prelen,
 			 const char *post, struct ovl_hit *hit)
@@ -270,9 +293,11 @@ static int lookup_single(struct ovl_ld *d, int layer, const char *base, int base
 		d->metacopy = hit->metacopy;
 		d->stop = !hit->metacopy || oci;
 		if (kind == OK_OTHER && S_ISLNK(hit->st.st_mode) && !d->target) {
-			n = readlinkat(pfd, name, buf, sizeof(buf));
+			n = read_target(s, layer, pfd, base_si >= 0 ?
+					ovl_dl_path(d->parent, (uint32_t)base_si) : base,
+					name, buf, sizeof(buf));
 			if (n < 0 || n >= (long)sizeof(buf)) {
-				err = n < 0 ? -errno : -ENAMETOOLONG;
+				err = n < 0 ? (int)n : -ENAMETOOLONG;
 				goto drop;
 			}
 			d->target = strndup(buf, (size_t)n);
@@ -495,16 +520,19 @@ static struct ovl_fill *fill_alloc(struct ovl_dir *p, const struct stat *st, siz
 	return ovl_fill_new(&p->arena, st, extra);
 }
 
-/* Record st as the metadata of e, a plain regular file (no metacopy, no
- * whiteout) in directory p: what a lookup would find (copy_up.c, after
- * a copy-up of e made it so). */
-int ovl_fill_plain_file(struct ovl_stack *s, struct ovl_dir *p, struct ovl_ent *e,
-			const struct stat *st)
+/* Record st as the metadata of e in directory p, a plain regular file (no
+ * metacopy, no whiteout) or a symlink to target: what a lookup would find
+ * (copy_up.c, after a copy-up of e made it so). */
+int ovl_fill_plain(struct ovl_stack *s, struct ovl_dir *p, struct ovl_ent *e,
+		   const struct stat *st, const char *target)
 {
-	struct ovl_fill *f = fill_alloc(p, st, 0);
+	size_t extra = target ? strlen(target) + 1 : 0;
+	struct ovl_fill *f = fill_alloc(p, st, extra);
 
 	if (!f)
 		return -ENOMEM;
+	if (target)
+		memcpy(ovl_fill_extra(f), target, extra);
 	e->ext = f;
 	e->flags |= OVL_E_FILLED;
 	p->nfilled++;

@@ -177,6 +177,7 @@ struct ovl_fdslot {
 struct ovl_stack {
 	struct ovl_layer *layers;	/* [0] upper (fd -1 if none), lowers, data */
 	int work_fd;			/* <work>/work, where copies are built; -1 */
+	int upper_quiet_fd;		/* read-only noatime clone of the upper; -1 */
 	int nlayers;
 	int nlower;			/* lowers are 1..nlower */
 	int ndata;			/* data layers follow the lowers */
@@ -243,6 +244,7 @@ static inline uint64_t ovl_atomic_get(const uint64_t *p)
 int ovl_layer_open(const struct ovl_stack *s, int layer, const char *relpath,
 		   int oflags);
 int ovl_layer_open_dir(const struct ovl_stack *s, int layer, const char *relpath);
+int ovl_upper_quiet_dir(const struct ovl_stack *s, const char *relpath);
 long ovl_fd_getxattr(int fd, const char *name, void *buf, size_t size);
 long ovl_at_listxattr(const struct ovl_stack *s, int dfd, const char *name,
 		      char **buf);
@@ -335,8 +337,8 @@ int ovl_walk_path(struct ovl_walk *w, const char *path, unsigned flags);
 int ovl_ent_dir(struct ovl_walk *w, struct ovl_dir *parent, struct ovl_ent *e,
 		struct ovl_dir **out);
 int ovl_resolve_ent(struct ovl_walk *w, struct ovl_dir *p, struct ovl_ent *e);
-int ovl_fill_plain_file(struct ovl_stack *s, struct ovl_dir *p, struct ovl_ent *e,
-			const struct stat *st);
+int ovl_fill_plain(struct ovl_stack *s, struct ovl_dir *p, struct ovl_ent *e,
+		   const struct stat *st, const char *target);
 
 #define OVL_RUN_CHECKED 0x100	/* ovl_run: fn does I/O; check the caller */
 typedef int (*ovl_op_fn)(struct ovl_walk *w, void *arg);

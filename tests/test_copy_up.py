@@ -61,12 +61,7 @@ REQUIRE = os.environ.get("OVERLAYFS_REQUIRE_KERNEL") == "1"
 #: Differences between our copy and the kernel's that are known bugs: the
 #: parity test tolerates them, the xfail tests below pin them.  Remove a class
 #: here when its bug is fixed (its xfail tests then XPASS, which fails).
-KNOWN_BUGS = {
-    "atime-special": "bug: the Stack's lookup readlink()s lower symlinks (which updates their atime) before copy-up "
-                     "copies the atime; the kernel uses vfs_get_link(), which does not touch atime",
-    "lower-atime": "bug: the lookups before a copy-up change atimes in the lower layers (readlink of symlinks); "
-                   "a kernel copy-up leaves the lowers untouched",
-}
+KNOWN_BUGS: dict = {}
 
 
 def require_kernel():
@@ -168,11 +163,10 @@ def test_the_harness_really_copied_everything(parity):
         assert os.fsencode(host) == os.path.join(parity.s["upper"], p)
 
 
-@pytest.mark.parametrize("cls", [pytest.param(c, marks=pytest.mark.xfail(strict=True, reason=r))
-                                 for c, r in sorted(KNOWN_BUGS.items()) if c != "lower-atime"])
-def test_known_bug_in_the_parity_build(parity, cls):
-    found = [d for d in parity.diffs if d[0] == cls]
-    assert not found, "%s:\n%s" % (KNOWN_BUGS[cls], _fmt(found, 10))
+def test_known_bugs_still_show_in_the_parity_build(parity):
+    """Each class in KNOWN_BUGS must still be found (else drop it: it is fixed)."""
+    gone = [c for c in KNOWN_BUGS if not any(d[0] == c for d in parity.diffs)]
+    assert not gone, "fixed, drop from KNOWN_BUGS: %s" % gone
 
 
 def test_kernel_copy_up_leaves_the_lowers_alone(parity):
@@ -187,8 +181,9 @@ def test_copy_up_leaves_the_lowers_intact(parity):
     assert not changed, _fmt(changed)
 
 
-@pytest.mark.xfail(strict=True, reason=KNOWN_BUGS["lower-atime"])
 def test_copy_up_leaves_lower_atimes_alone(parity):
+    """Lower layers are read through read-only noatime clones of their
+    mounts, as the kernel reads them: not even a symlink's atime changes."""
     changed = [d for d in parity.lower_diffs if d[0] == "lower-atime"]
     assert not changed, _fmt(changed, 10)
 
@@ -309,8 +304,7 @@ def test_upper_parent_atime_is_restored(mini):
     assert os.lstat(os.path.join(mini.upper, b"m")).st_atime_ns == 10**18
 
 
-@pytest.mark.xfail(strict=True, reason=KNOWN_BUGS["atime-special"])
-def test_bug_copied_symlink_keeps_the_lower_atime(mini):
+def test_copied_symlink_keeps_the_lower_atime(mini):
     os.symlink(b"target", os.path.join(mini.l1, b"s"))
     H.lutime(os.path.join(mini.l1, b"s"), 10**18, 2 * 10**18)
     with mini.stack() as st:
