@@ -138,9 +138,11 @@ static int next_extent(int in, off_t off, off_t size, off_t *start, off_t *end)
 	return 0;
 }
 
-/* Copy the data of in (size bytes) to out, an empty regular file.
- * Return the method used (enum ovl_copy_method) or -errno. */
-int ovl_copy_data(int in, int out, off_t size)
+/* Copy the data of in (size bytes) to out, an empty regular file
+ * (OVL_COPY_SET_SIZE: then give it the size; without it out keeps its own,
+ * and a hole of in leaves out's range as it was).  Return the method used
+ * (enum ovl_copy_method) or -errno. */
+int ovl_copy_data(int in, int out, off_t size, unsigned flags)
 {
 	int method = OVL_COPY_CLONE, err;
 	bool sparse = true;
@@ -187,7 +189,7 @@ int ovl_copy_data(int in, int out, off_t size)
 		if (!sparse || off >= size)
 			break;
 	}
-	if (ftruncate(out, size) < 0)
+	if ((flags & OVL_COPY_SET_SIZE) && ftruncate(out, size) < 0)
 		return -errno;
 	return method;
 }
