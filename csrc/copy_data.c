@@ -139,12 +139,14 @@ static int next_extent(int in, off_t off, off_t size, off_t *start, off_t *end)
 }
 
 /* Copy the data of in (size bytes) to out, an empty regular file; holes
- * are looked for only when maybe_sparse.  Return the method used (enum
- * ovl_copy_method) or -errno. */
-int ovl_copy_data(int in, int out, off_t size, bool maybe_sparse)
+ * are looked for only with OVL_COPY_SPARSE (OVL_COPY_SET_SIZE: then give
+ * out the size; without it out keeps its own, and a hole of in leaves
+ * out's range as it was).  Return the method used (enum ovl_copy_method)
+ * or -errno. */
+int ovl_copy_data(int in, int out, off_t size, unsigned flags)
 {
 	int method = OVL_COPY_CLONE, err;
-	bool sparse = maybe_sparse;
+	bool sparse = flags & OVL_COPY_SPARSE;
 	off_t off = 0;
 
 	if (size == 0)
@@ -189,7 +191,7 @@ int ovl_copy_data(int in, int out, off_t size, bool maybe_sparse)
 			break;
 	}
 	/* A hole at the end is the size alone. */
-	if (off < size && ftruncate(out, size) < 0)
+	if ((flags & OVL_COPY_SET_SIZE) && off < size && ftruncate(out, size) < 0)
 		return -errno;
 	return method;
 }

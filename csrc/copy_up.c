@@ -10,6 +10,10 @@
  * stack's private <ns>.overlay.* ones skipped, escaped ones verbatim), then
  * size, owner, mode (not for symlinks) and times; the upper parent's times
  * are restored afterwards.
+ *
+ * An upper metacopy file (made by a kernel mount with metacopy=on) is up
+ * already, for a metadata change; a change of its data first copies the
+ * data into it in place (ovl_copy_up_meta_inode_data, below).
  */
 #define _GNU_SOURCE
 #include <dirent.h>
@@ -313,8 +317,8 @@ static int copy_file(struct ovl_cu *c, int layer, const char *rel, int dlayer,
 		goto out_src;
 	}
 	/* Fewer blocks than the size needs: look for holes to keep. */
-	err = ovl_copy_data(data, dst, st.st_size,
-			    data != src || st.st_blocks * 512 < st.st_size);
+	err = ovl_copy_data(data, dst, st.st_size, OVL_COPY_SET_SIZE |
+			    (data != src || st.st_blocks * 512 < st.st_size ? OVL_COPY_SPARSE : 0));
 	if (err >= 0) {
 		c->method = err;
 		err = set_owner_fd(s, dst, &st);
@@ -415,6 +419,17 @@ static void restore_times(int fd, const struct stat *st)
 	futimens(fd, ts);	/* best effort, as in the kernel */
 }
 
+/* Forget the metadata of p's entry e: the next lookup reads it again (the
+ * old record stays in p's arena until p goes).  Write lock held. */
+static void forget_fill(struct ovl_dir *p, struct ovl_ent *e)
+{
+	e->flags &= (uint8_t)~(OVL_E_FILLED | OVL_E_METACOPY);
+	if (e->ext) {
+		e->ext = NULL;
+		p->nfilled--;
+	}
+}
+
 /* Record in p's index that non-directory e now has its top-most copy in
  * the upper layer (p's stack layer 0): the old top becomes an occurrence
  * below it (it still decides whether removing the name needs a whiteout),
@@ -449,15 +464,100 @@ static int index_copied_up(struct ovl_stack *s, struct ovl_dir *p, struct ovl_en
 			     ovl_ent_target(e) : NULL;
 	bool plain = e->dtype == DT_REG || target;
 
-	e->flags &= (uint8_t)~(OVL_E_FILLED | OVL_E_METACOPY | OVL_E_TOPOCI);
-	if (e->ext) {
-		e->ext = NULL;	/* the old metadata stays in the arena until p goes */
-		p->nfilled--;
-	}
+	e->flags &= (uint8_t)~OVL_E_TOPOCI;
+	forget_fill(p, e);
 	if (!plain || ovl_fill_plain(s, p, e, &st, target))
 		ovl_dir_account(s, p);
 	__atomic_add_fetch(&s->generation, 1, __ATOMIC_RELEASE);
 	return 0;
+}
+
+/* Does a change with these open(2) flags need the data in the upper
+ * layer?  Writing or truncating does (copy_up.c:ovl_dentry_needs_data_copy_up,
+ * ovl_copy_up_with_data); a metadata change does not. */
+static bool needs_data(int flags)
+{
+	return (flags & O_ACCMODE) == O_WRONLY || (flags & O_ACCMODE) == O_RDWR ||
+	       (flags & O_TRUNC);
+}
+
+#define XATTR_CAPS "security.capability"
+
+/* Copy the data of an upper metacopy file rel into it, from its data file
+ * mc (copy_up.c:ovl_copy_up_meta_inode_data), then remove its
+ * <ns>.overlay.metacopy: the data first, fsynced (unless volatile or
+ * cloned), the xattr last, so that a crash in between leaves a metacopy
+ * file whose reads still come from the data below.  With O_TRUNC no data
+ * is copied (the caller truncates).  The writes update the upper file's
+ * mtime and ctime and would drop a file capability, which is put back;
+ * its <ns>.overlay.redirect stays (lookup ignores it on a file with its
+ * data), all as the kernel leaves it.  If the xattr is gone meanwhile
+ * (another process copied the data up), nothing is copied.  Write lock
+ * held.  Return 0 or -errno. */
+static int copy_up_meta_data(struct ovl_cu *c, const char *rel, const struct ovl_mcdata *mc,
+			     int flags)
+{
+	struct ovl_stack *s = c->s;
+	char cap[1024];
+	ssize_t caplen = -1;
+	struct stat st;
+	int dst, data = -1, err;
+
+	dst = ovl_layer_open(s, 0, rel, O_WRONLY | O_NONBLOCK | O_NOCTTY);
+	if (dst < 0)
+		return dst;
+	if (fgetxattr(dst, s->x_metacopy, NULL, 0) < 0) {
+		err = errno == ENODATA ? 0 : -errno;
+		goto out;
+	}
+	if (!(flags & O_TRUNC)) {
+		data = open_noatime(s, mc->layer, mc->path);
+		if (data < 0) {
+			err = data;
+			goto out;
+		}
+		if (fstat(data, &st) < 0) {
+			err = -errno;
+			goto out;
+		}
+		if (st.st_size) {
+			caplen = fgetxattr(dst, XATTR_CAPS, cap, sizeof(cap));
+			if (caplen < 0 && errno != ENODATA && errno != EOPNOTSUPP) {
+				err = -errno;
+				goto out;
+			}
+		}
+		/* The upper keeps its size, as the kernel's copy does. */
+		err = ovl_copy_data(data, dst, st.st_size, OVL_COPY_SPARSE);
+		if (err < 0)
+			goto out;
+		c->method = err;
+		err = 0;
+		if (!(s->cfg & OVL_CFG_VOLATILE) && c->method != OVL_COPY_CLONE &&
+		    c->method != OVL_COPY_NONE && fsync(dst) < 0) {
+			err = -errno;
+			goto out;
+		}
+		if (caplen >= 0 && fsetxattr(dst, XATTR_CAPS, cap, (size_t)caplen, 0) < 0) {
+			err = -errno;
+			goto out;
+		}
+	}
+	err = fremovexattr(dst, s->x_metacopy) < 0 && errno != ENODATA ? -errno : 0;
+out:
+	if (data >= 0)
+		close(data);
+	close(dst);
+	return err;
+}
+
+/* The metadata of p's entry e changed in place: it is read again on the
+ * next lookup.  Write lock held. */
+static void refill_ent(struct ovl_stack *s, struct ovl_dir *p, struct ovl_ent *e)
+{
+	forget_fill(p, e);
+	ovl_dir_account(s, p);
+	__atomic_add_fetch(&s->generation, 1, __ATOMIC_RELEASE);
 }
 
 /* Copy directory node d up if it is not in the upper layer yet (its
@@ -494,10 +594,14 @@ int ovl_copy_up_dir(struct ovl_stack *s, struct ovl_dir *d, struct ovl_dir **top
 	return copy_up_dir(&c, d, top);
 }
 
-/* Copy entry e of directory p up (ancestors first).  *changed gets the
- * directory whose index no longer matches the layers (see
- * ovl_drop_changed); *method how the data moved.  Write lock held. */
-int ovl_copy_up_ent(struct ovl_walk *w, struct ovl_dir *p, struct ovl_ent *e,
+/* Copy entry e of directory p up (ancestors first), for a change made
+ * with the open(2) flags (0 for a metadata change, like the kernel's
+ * ovl_copy_up_flags): a write or O_TRUNC also needs an upper metacopy
+ * file's data.  *changed gets the directory whose index no longer matches
+ * the layers (see ovl_drop_changed); *method how the data moved.  Write
+ * lock held.  Return 0 or -errno (-EIO and the like: a metacopy file whose
+ * data was not found, as the lookup found it). */
+int ovl_copy_up_ent(struct ovl_walk *w, struct ovl_dir *p, struct ovl_ent *e, int flags,
 		    struct ovl_dir **changed, int *method)
 {
 	struct ovl_stack *s = w->s;
@@ -524,8 +628,20 @@ int ovl_copy_up_ent(struct ovl_walk *w, struct ovl_dir *p, struct ovl_ent *e,
 	if (err)
 		return err;
 	if (layer == 0) {
+		/* Up already; a metacopy file's data stays below unless the
+		 * change needs it. */
+		const struct ovl_mcdata *mc = e->flags & OVL_E_METACOPY ?
+					      ovl_fill_extra(e->ext) : NULL;
+
+		err = 0;
+		if (mc && needs_data(flags)) {
+			err = mc->err ? mc->err : copy_up_meta_data(&c, rel, mc, flags);
+			if (!err)
+				refill_ent(s, p, e);
+		}
 		free(rel);
-		return 0;	/* already up (a metacopy's data stays below) */
+		*method = c.method;
+		return err;
 	}
 	err = copy_up_dir(&c, p, &top);
 	if (err)
@@ -596,8 +712,10 @@ int ovl_copy_up(struct ovl_stack *s, const char *path, unsigned flags)
 	 * copy changes nothing the overlay shows. */
 	w.cred = &ch.cred;
 	err = ovl_walk_path(&w, path, flags & OVL_LOOKUP_FOLLOW);
+	/* With the data, as ovl_copy_up_with_data: the upper copy is
+	 * complete, a metacopy file's too. */
 	if (!err)
-		err = ovl_copy_up_ent(&w, w.dir, w.ent, &changed, &method);
+		err = ovl_copy_up_ent(&w, w.dir, w.ent, O_WRONLY, &changed, &method);
 	ovl_drop_changed(s, changed);
 	err = ovl_change_end(&ch, err);
 	return err ? err : method;

@@ -636,9 +636,10 @@ int ovl_symlink(struct ovl_stack *s, const char *target, const char *path)
 }
 
 /* Copy up what path names (a final symlink followed with
- * OVL_LOOKUP_FOLLOW) and open its upper directory: *udir and *name address
+ * OVL_LOOKUP_FOLLOW), for a change made with the open(2) flags oflags (see
+ * ovl_copy_up_ent), and open its upper directory: *udir and *name address
  * it there.  *t keeps the walk. */
-static int upper_object(struct ovl_stack *s, const char *path, unsigned flags,
+static int upper_object(struct ovl_stack *s, const char *path, unsigned flags, int oflags,
 			struct ovl_target *t, int *udir, const char **name)
 {
 	int method, err;
@@ -648,7 +649,7 @@ static int upper_object(struct ovl_stack *s, const char *path, unsigned flags,
 	err = ovl_walk_path(&t->w, path, flags & OVL_LOOKUP_FOLLOW);
 	if (err)
 		return err;
-	err = ovl_copy_up_ent(&t->w, t->w.dir, t->w.ent, &t->changed, &method);
+	err = ovl_copy_up_ent(&t->w, t->w.dir, t->w.ent, oflags, &t->changed, &method);
 	if (err)
 		return err;
 	if (!t->changed)
@@ -802,7 +803,9 @@ static int setattr_common(struct ovl_stack *s, const char *path, unsigned flags,
 		err = may_setattr(&ch.cred, &st, &a);
 	if (err)
 		return ovl_change_end(&ch, err);
-	err = upper_object(s, path, flags, &t, &udir, &name);
+	/* A truncate changes the data: ovl_setattr copies it up first
+	 * (ovl_copy_up_with_data); the other attributes need none. */
+	err = upper_object(s, path, flags, a.op == A_TRUNCATE ? O_WRONLY : 0, &t, &udir, &name);
 	if (!err)
 		err = apply_attr(udir, name, flags, &a);
 	if (udir >= 0)
@@ -921,7 +924,7 @@ static int xattr_change(struct ovl_stack *s, const char *path, unsigned flags,
 		free(real);
 		return ovl_change_end(&ch, err);
 	}
-	err = upper_object(s, path, flags, &t, &udir, &oname);
+	err = upper_object(s, path, flags, 0, &t, &udir, &oname);
 	if (!err) {
 		if (fstatat(udir, oname, &st, AT_SYMLINK_NOFOLLOW) < 0)
 			err = -errno;
@@ -1051,7 +1054,7 @@ static int open_write(struct ovl_stack *s, const struct ovl_cred *cred, const ch
 
 	t.w.dir = t.dir;
 	t.w.ent = t.ent;
-	err = ovl_copy_up_ent(&t.w, t.dir, t.ent, &changed, &method);
+	err = ovl_copy_up_ent(&t.w, t.dir, t.ent, oflags, &changed, &method);
 	if (!changed)
 		changed = t.dir;
 	if (!err) {
@@ -1304,7 +1307,7 @@ static int do_rename(struct ovl_stack *s, const struct ovl_cred *cred, const cha
 
 		a.w.dir = a.dir;
 		a.w.ent = a.ent;
-		err = ovl_copy_up_ent(&a.w, a.dir, a.ent, &chg, &method);
+		err = ovl_copy_up_ent(&a.w, a.dir, a.ent, 0, &chg, &method);
 	}
 	if (err)
 		goto out;
@@ -1447,7 +1450,7 @@ static int do_link(struct ovl_stack *s, const struct ovl_cred *cred, const char 
 		return err;
 	a.w.dir = a.dir;
 	a.w.ent = a.ent;
-	err = ovl_copy_up_ent(&a.w, a.dir, a.ent, &chg, &method);
+	err = ovl_copy_up_ent(&a.w, a.dir, a.ent, 0, &chg, &method);
 	a.changed = chg ? chg : a.dir;
 	if (!err)
 		err = ovl_copy_up_dir(s, b.dir, &top);

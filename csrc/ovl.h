@@ -187,9 +187,10 @@ enum ovl_copy_method {
 /* Copy the entry at path up to the upper layer, its ancestors first, the
  * way the kernel does before changing it (see copy_up.c for the order and
  * the guarantees: atomic through the work dir, safe against concurrent
- * copiers).  OVL_LOOKUP_FOLLOW copies up a final symlink's target.  Return
- * an enum ovl_copy_method (OVL_COPY_NONE if it was already up), -EROFS for
- * a stack without an upper layer, or a lookup or copy error. */
+ * copiers); an upper metacopy file gets its data (as before a write).
+ * OVL_LOOKUP_FOLLOW copies up a final symlink's target.  Return an enum
+ * ovl_copy_method (OVL_COPY_NONE if it was already up), -EROFS for a stack
+ * without an upper layer, or a lookup or copy error. */
 int ovl_copy_up(struct ovl_stack *s, const char *path, unsigned flags);
 
 /* Changes, made as the kernel's overlayfs makes them (dir.c): the parent

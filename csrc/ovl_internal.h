@@ -289,7 +289,9 @@ int ovl_build_begin(struct ovl_dir *d);
 void ovl_build_end(struct ovl_dir *d);
 
 /* copy_data.c */
-int ovl_copy_data(int in, int out, off_t size, bool maybe_sparse);
+#define OVL_COPY_SET_SIZE 0x1	/* ovl_copy_data: give out the size at the end */
+#define OVL_COPY_SPARSE 0x2	/* ovl_copy_data: in may have holes: keep them */
+int ovl_copy_data(int in, int out, off_t size, unsigned flags);
 
 /* copy_up.c */
 int ovl_work_cleanup(int work_fd);
@@ -298,7 +300,7 @@ int ovl_renameat2(int olddfd, const char *old, int newdfd, const char *new_,
 void ovl_temp_name(char *buf, size_t size);
 int ovl_open_upper_dir(struct ovl_stack *s, const char *dpath, struct stat *st);
 int ovl_copy_up_dir(struct ovl_stack *s, struct ovl_dir *d, struct ovl_dir **top);
-int ovl_copy_up_ent(struct ovl_walk *w, struct ovl_dir *p, struct ovl_ent *e,
+int ovl_copy_up_ent(struct ovl_walk *w, struct ovl_dir *p, struct ovl_ent *e, int flags,
 		    struct ovl_dir **changed, int *method);
 void ovl_drop_changed(struct ovl_stack *s, struct ovl_dir *d);
 

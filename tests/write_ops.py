@@ -470,9 +470,10 @@ def become(caller, keep_saved=False) -> None:
     os.setresuid(uid, uid, saved_uid)
 
 
-def apply_kernel(lowers, upper, work, ops, *, umask=0o022, options=(), caller=None) -> dict:
+def apply_kernel(lowers, upper, work, ops, *, umask=0o022, options=(), caller=None, data_layers=()) -> dict:
     """Mount the stack in a private namespace and apply *ops* on the mount,
-    as *caller* ``(uid, gid, groups)`` if given (the mount stays root's).
+    as *caller* ``(uid, gid, groups)`` if given (the mount stays root's), with
+    *data_layers* appended to ``lowerdir`` as ``::`` data-only layers.
 
     Returns ``{"outcomes": [...], "window": [t0, t1]}``; the mount is gone
     when this returns.  Raises ``kernel.MountError`` if the mount fails.
@@ -480,11 +481,12 @@ def apply_kernel(lowers, upper, work, ops, *, umask=0o022, options=(), caller=No
     lowers = [os.path.abspath(os.fsencode(p)) for p in lowers]
     upper = os.path.abspath(os.fsencode(upper))
     work = os.path.abspath(os.fsencode(work))
-    everything = lowers + [upper, work]
+    data_layers = [os.path.abspath(os.fsencode(p)) for p in data_layers]
+    everything = lowers + data_layers + [upper, work]
     base = os.path.commonpath(everything)
     if base in everything:
         base = os.path.dirname(base)
-    data = kernel.mount_data(lowers, upper, work, options=options, base=base)
+    data = kernel.mount_data(lowers, upper, work, data_layers=data_layers, options=options, base=base)
     mnt = tempfile.mkdtemp(prefix="ovl-wmnt-")
     job = {"base": os.fsdecode(base), "mnt": mnt, "data": os.fsdecode(data), "ops": _enc(list(ops)),
            "umask": umask, "caller": caller}

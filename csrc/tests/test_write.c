@@ -3,6 +3,7 @@
 #define _GNU_SOURCE
 #include <errno.h>
 #include <fcntl.h>
+#include <stdbool.h>
 #include <stdlib.h>
 #include <sys/stat.h>
 #include <sys/sysmacros.h>
@@ -161,10 +162,93 @@ static void test_redirect_dir(void)
 	ovl_stack_close(s);
 }
 
+/* An upper metacopy file ("mu/NAME", size 5, data in "ml/NAME" unless
+ * data is NULL), as a kernel mount with metacopy=on leaves one. */
+static void t_metacopy(const char *name, const char *data)
+{
+	char rel[64];
+
+	snprintf(rel, sizeof(rel), "ml/%s", name);
+	if (data)
+		t_file(rel, data);
+	snprintf(rel, sizeof(rel), "mu/%s", name);
+	t_file(rel, "");
+	CHECK(truncate(t_path(rel), 5) == 0 && chmod(t_path(rel), 0600) == 0);
+	t_xattr(rel, "trusted.overlay.metacopy", "");
+}
+
+static bool is_metacopy(const char *name)
+{
+	char rel[64];
+
+	snprintf(rel, sizeof(rel), "mu/%s", name);
+	return getxattr(t_path(rel), "trusted.overlay.metacopy", NULL, 0) >= 0;
+}
+
+/* Writing or truncating an upper metacopy file copies its data up first
+ * (copy_up.c:ovl_copy_up_meta_inode_data); a metadata change does not. */
+static void test_metacopy_data(void)
+{
+	char l1[4096], up[4096], wk[4096], buf[16];
+	const char *lw[1] = { l1 };
+	struct ovl_config cfg = { .lowers = lw, .nlowers = 1, .upper = up, .work = wk,
+				  .whiteouts = OVL_WHITEOUT_KERNEL,
+				  .flags = OVL_CFG_METACOPY | OVL_CFG_REDIRECT_DIR };
+	struct ovl_stack *s = NULL;
+	struct ovl_info info;
+	struct stat st;
+	int fd;
+
+	t_mkdir("mw");
+	t_metacopy("f", "hello");
+	t_metacopy("g", "hello");
+	t_metacopy("h", "hello");
+	t_metacopy("k", "hello");
+	t_metacopy("none", NULL);
+	snprintf(l1, sizeof(l1), "%s", t_path("ml"));
+	snprintf(up, sizeof(up), "%s", t_path("mu"));
+	snprintf(wk, sizeof(wk), "%s", t_path("mw"));
+	CHECK_EQ(ovl_stack_open(&cfg, &s, NULL), 0);
+	if (!s)
+		return;
+
+	CHECK_EQ(ovl_chmod(s, "h", 0, 0640), 0);
+	CHECK(is_metacopy("h"));
+
+	CHECK_EQ(ovl_lookup(s, "f", 0, &info), 0);
+	CHECK(info.flags & OVL_INFO_METACOPY);
+	fd = ovl_open_write(s, "f", O_RDWR, 0);
+	CHECK(fd >= 0);
+	if (fd >= 0) {
+		CHECK_EQ(pread(fd, buf, sizeof(buf), 0), 5);
+		CHECK(!memcmp(buf, "hello", 5));
+		close(fd);
+	}
+	CHECK(!is_metacopy("f"));
+	CHECK_EQ(ovl_lookup(s, "f", 0, &info), 0);
+	CHECK(!(info.flags & OVL_INFO_METACOPY) && info.data_layer == 0);
+
+	fd = ovl_open_write(s, "g", O_WRONLY | O_TRUNC, 0);
+	CHECK(fd >= 0 && fstat(fd, &st) == 0 && st.st_size == 0);
+	if (fd >= 0)
+		close(fd);
+	CHECK(!is_metacopy("g"));
+
+	CHECK(ovl_copy_up(s, "k", 0) > OVL_COPY_NONE);
+	CHECK(!is_metacopy("k"));
+	CHECK_EQ(ovl_copy_up(s, "k", 0), OVL_COPY_NONE);
+
+	CHECK_EQ(ovl_open_write(s, "none", O_RDWR, 0), -EIO);
+	CHECK_EQ(ovl_truncate(s, "none", 0), -EIO);
+	CHECK(is_metacopy("none"));
+	ovl_stack_close(s);
+}
+
 int main(void)
 {
 	t_setup("write");
 	test_changes();
 	test_redirect_dir();
+	test_metacopy_data();
 	return t_teardown();
 }

@@ -1025,7 +1025,9 @@ cdef class Stack:
     def copy_up(self, path, *, follow_symlinks=False):
         """Copy path up to the upper layer, its ancestors first, the way the
         kernel does before a change, and return the host path of the upper
-        copy.  A no-op for what is already in the upper layer.
+        copy.  A no-op for what is already in the upper layer, but for an
+        upper metacopy file (metacopy=True), whose data is copied into it
+        from below, as before a write.
 
         The copy is built in the work dir and installed with a no-replace
         link or rename: a crash leaves no partial file, and of concurrent
