@@ -156,6 +156,26 @@ static int may_create_in(const struct ovl_cred *cred, const struct ovl_target *t
 	return ovl_may_create(cred, &dst);
 }
 
+/* Does the upper non-directory udir/name have more than min names?  The
+ * cache does not know where a hard link's other names are: a change seen
+ * through all of them (attributes, link count) empties it instead. */
+static bool aliased(int udir, const char *name, nlink_t min)
+{
+	struct stat st;
+
+	return fstatat(udir, name, &st, AT_SYMLINK_NOFOLLOW) == 0 && !S_ISDIR(st.st_mode) &&
+	       st.st_nlink > min;
+}
+
+/* Drop what a change made stale: the changed directory, or everything
+ * when the changed file has other names. */
+static void drop_changed(struct ovl_stack *s, struct ovl_dir *changed, bool all)
+{
+	ovl_drop_changed(s, changed);
+	if (all)
+		ovl_cache_flush(s);
+}
+
 /* Does a lower layer of d show name (namei.c:ovl_lower_positive)?  The
  * first lower layer that holds it decides: a whiteout of any form, no. */
 static bool lower_positive(struct ovl_stack *s, struct ovl_dir *d, const char *name,
@@ -392,6 +412,8 @@ static int remove_common(struct ovl_stack *s, const struct ovl_cred *cred, const
 	 * as in the kernel (dir.c:ovl_do_remove, ovl_pure_upper). */
 	if (in_upper && is_rmdir && (lower || t.node->nstack > 1))
 		err = clear_whiteouts(s, udir, t.name);
+	bool others = in_upper && !is_rmdir && aliased(udir, t.name, 1);
+
 	if (!err) {
 		if (in_upper && lower)
 			err = whiteout_over(s, udir, t.name, is_rmdir);
@@ -401,7 +423,7 @@ static int remove_common(struct ovl_stack *s, const struct ovl_cred *cred, const
 			err = make_whiteout(s, udir, t.name);
 	}
 	close(udir);
-	ovl_drop_changed(s, t.changed);
+	drop_changed(s, t.changed, others);
 	return err;
 }
 
@@ -523,7 +545,7 @@ static int create_common(struct ovl_stack *s, const struct ovl_cred *cred, const
 	if (t.dot || t.ent)
 		return -EEXIST;
 	if (t.slash && !S_ISDIR(c->mode))
-		return S_ISREG(c->mode) ? -EISDIR : -ENOENT;
+		return c->oflags & O_CREAT ? -EISDIR : -ENOENT;	/* open(2) or mknod(2) */
 	err = prepare_create(s, cred, &t, c);
 	if (err)
 		return err;
@@ -611,7 +633,7 @@ int ovl_mknod(struct ovl_stack *s, const char *path, mode_t mode, dev_t dev)
 
 		err = find_target(s, &ch.cred, path, &t);
 		if (!err)
-			err = t.ent || t.dot ? -EEXIST : may_create_in(&ch.cred, &t);
+			err = t.ent || t.dot ? -EEXIST : t.slash ? -ENOENT : may_create_in(&ch.cred, &t);
 		if (!err)
 			err = -EPERM;
 		return ovl_change_end(&ch, err == -EBUSY ? -EEXIST : err);
@@ -808,9 +830,11 @@ static int setattr_common(struct ovl_stack *s, const char *path, unsigned flags,
 	err = upper_object(s, path, flags, a.op == A_TRUNCATE ? O_WRONLY : 0, &t, &udir, &name);
 	if (!err)
 		err = apply_attr(udir, name, flags, &a);
+	bool others = !err && aliased(udir, name, 1);
+
 	if (udir >= 0)
 		close(udir);
-	ovl_drop_changed(s, t.changed);
+	drop_changed(s, t.changed, others);
 	return ovl_change_end(&ch, err);
 }
 
@@ -947,9 +971,11 @@ static int xattr_change(struct ovl_stack *s, const char *path, unsigned flags,
 			err = -EOPNOTSUPP;	/* needs setxattrat (Linux 6.13) */
 		}
 	}
+	bool others = !err && aliased(udir, oname, 1);
+
 	if (udir >= 0)
 		close(udir);
-	ovl_drop_changed(s, t.changed);
+	drop_changed(s, t.changed, others);
 	free(real);
 	return ovl_change_end(&ch, err);
 }
@@ -997,8 +1023,8 @@ static int open_write(struct ovl_stack *s, const struct ovl_cred *cred, const ch
 		char buf[PATH_MAX * 2];
 		const char *target = ovl_ent_target(t.ent);
 
-		if (oflags & O_NOFOLLOW)
-			return -ELOOP;
+		if ((oflags & O_NOFOLLOW) && !t.slash)
+			return -ELOOP;	/* a trailing slash follows it anyway */
 		if (hops >= OVL_MAX_SYMLINKS)
 			return -ELOOP;
 		/* The target, keeping a trailing slash: it must be a directory. */
@@ -1050,6 +1076,7 @@ static int open_write(struct ovl_stack *s, const struct ovl_cred *cred, const ch
 		return fd;
 	}
 	struct ovl_dir *changed = NULL;
+	bool others = false;
 	int method, udir;
 
 	t.w.dir = t.dir;
@@ -1070,10 +1097,11 @@ static int open_write(struct ovl_stack *s, const struct ovl_cred *cred, const ch
 				err = kerr;
 			}
 		}
+		others = err >= 0 && (oflags & O_TRUNC) && aliased(udir, t.name, 1);
 		if (udir >= 0)
 			close(udir);
 	}
-	ovl_drop_changed(s, changed);
+	drop_changed(s, changed, others);
 	return err;
 }
 
@@ -1194,6 +1222,23 @@ out:
 	return err;
 }
 
+/* Is the upper directory name in udir marked opaque (the kernel's
+ * ovl_dentry_is_opaque: its own mark, not a whiteout found below it)? */
+static bool upper_opaque(struct ovl_stack *s, int udir, const char *name)
+{
+	int fd = openat(udir, name, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+	char opaque = 0;
+	struct stat st;
+	bool yes;
+
+	if (fd < 0)
+		return false;
+	yes = (ovl_dir_xattrs(s, fd, &opaque, NULL) == 0 && opaque == 'y') ||
+	      (ovl_oci_wh(s) && fstatat(fd, OCI_OPQ, &st, AT_SYMLINK_NOFOLLOW) == 0);
+	close(fd);
+	return yes;
+}
+
 /* Set the redirect on the upper directory name in udir; any failure is
  * EXDEV, the kernel's cue for a userspace copy (ovl_set_redirect). */
 static int set_redirect(struct ovl_stack *s, int udir, const char *name, const char *value)
@@ -1242,6 +1287,8 @@ static int do_rename(struct ovl_stack *s, const struct ovl_cred *cred, const cha
 	if (errb)
 		return errb;
 	is_dir = a.ent->dtype == DT_DIR;
+	if (!is_dir && (a.slash || b.slash))
+		return -ENOTDIR;
 	if (is_dir) {
 		/* Into itself, before anything else. */
 		for (struct ovl_dir *d = b.dir; d; d = d->parent)
@@ -1252,8 +1299,6 @@ static int do_rename(struct ovl_stack *s, const struct ovl_cred *cred, const cha
 	 * not be an ancestor of source"), before the type checks. */
 	if (b.node && is_under(a.dir, b.node))
 		return -ENOTEMPTY;
-	if (!is_dir && (a.slash || b.slash))
-		return -ENOTDIR;
 	if (a.dir == b.dir && a.ent == b.ent)
 		return 0;	/* the same name: nothing to do */
 	/* fs/namei.c:vfs_rename, as the caller: remove the old name, make
@@ -1337,7 +1382,7 @@ static int do_rename(struct ovl_stack *s, const struct ovl_cred *cred, const cha
 			err = set_redirect(s, ua, a.name, red);
 		free(red);
 		free(dpath);
-	} else if (is_dir && !a.node->opaque && merged_new) {
+	} else if (is_dir && merged_new && !upper_opaque(s, ua, a.name)) {
 		/* A pure-upper dir moved into a merged parent: nothing below
 		 * may show through it (dir.c:ovl_rename_upper). */
 		err = mark_opaque(s, ua, a.name, s->whiteouts == OVL_WHITEOUT_OCI || wh == 2);
@@ -1397,7 +1442,7 @@ static int do_link(struct ovl_stack *s, const struct ovl_cred *cred, const char 
 {
 	struct ovl_target a, b;
 	struct ovl_dir *top = NULL, *chg = NULL;
-	bool present = false;
+	bool present = false, others = false;
 	int ua = -1, ub = -1, wh, err, method;
 	struct stat st;
 
@@ -1484,12 +1529,15 @@ static int do_link(struct ovl_stack *s, const struct ovl_cred *cred, const char 
 			unlinkat(ub, whn, 0);
 		}
 	}
+	others = !err && aliased(ua, a.name, 2);
 out:
 	if (ua >= 0)
 		close(ua);
 	if (ub >= 0)
 		close(ub);
 	drop_both(s, a.changed, b.changed);
+	if (others)
+		ovl_cache_flush(s);
 	return err;
 }
 

@@ -765,3 +765,35 @@ def test_move_of_a_lower_tree_keeps_its_hard_links(tmp_path):
 
     check(tmp_path, {"l1": [("d/a", "file"), ("d/b", "link", "d/a"), ("d/s/c", "file")]},
           [O("move", src=b"d", dst=b"e")], ["ok"], rule)
+
+
+def test_errno_order_with_trailing_slashes(tmp_path):
+    """Found by a long random sweep: a new name with a trailing slash is
+    ENOENT for mknod (EISDIR only for open's O_CREAT), a non-directory
+    renamed to "dir/" is ENOTDIR before any ancestor check, and a trailing
+    slash follows a final symlink even with O_NOFOLLOW."""
+    spec = {"l1": [("d/f", "file"), ("d/dangling", "symlink", "nowhere")]}
+    up = check(tmp_path, spec,
+               [O("mknod", path=b"d/new/", mode=0o100640, device=0), O("mknod", path=b"d/wh/", mode=0o20600, device=0),
+                O("rename", src=b"d/f", dst=b"d/"), O("os_open", path=b"d/dangling/", flags=["O_WRONLY", "O_NOFOLLOW"])],
+               ["ENOENT", "ENOENT", "ENOTDIR", "ENOENT"])
+    assert set(up) == {""}
+
+
+def test_upper_dir_over_a_lower_whiteout_moved_into_a_merged_parent_is_marked_opaque(tmp_path):
+    """Its lookup stops at the whiteout below, but only its own opaque mark
+    counts (ovl_dentry_is_opaque): the kernel marks it before the rename."""
+    def rule(up):
+        assert up["y"]["type"] == "dir" and xattrs(up["y"]).get(OPAQUE) == "79"  # "y"
+
+    check(tmp_path, {"upper": [("x/in", "file")], "l1": [("x", "whiteout"), ("m", "file")]},
+          [O("rename", src=b"x", dst=b"y")], ["ok"], rule)
+
+
+def test_a_change_through_one_hard_link_shows_through_the_other(tmp_path):
+    """The live Stack's view of every name of a hard-linked upper file
+    follows a change made through any of them (owner, link count)."""
+    check(tmp_path, {"l1": [("file", "file"), ("d", "dir")]},
+          [O("link", src=b"file", dst=b"d/h"), O("chown", path=b"d/h", uid=65534, gid=65534),
+           O("link", src=b"d/h", dst=b"d/h2"), O("unlink", path=b"d/h"), O("chmod", path=b"d/h2", mode=0o600)],
+          ["ok"] * 5)
