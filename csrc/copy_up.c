@@ -503,9 +503,15 @@ static int copy_up_meta_data(struct ovl_cu *c, const char *rel, const struct ovl
 	struct stat st;
 	int dst, data = -1, err;
 
+	struct stat ust;
+
 	dst = ovl_layer_open(s, 0, rel, O_WRONLY | O_NONBLOCK | O_NOCTTY);
 	if (dst < 0)
 		return dst;
+	if ((flags & OVL_COPY_UP_QUIET) && fstat(dst, &ust) < 0) {
+		err = -errno;
+		goto out;
+	}
 	if (fgetxattr(dst, s->x_metacopy, NULL, 0) < 0) {
 		err = errno == ENODATA ? 0 : -errno;
 		goto out;
@@ -544,6 +550,12 @@ static int copy_up_meta_data(struct ovl_cu *c, const char *rel, const struct ovl
 		}
 	}
 	err = fremovexattr(dst, s->x_metacopy) < 0 && errno != ENODATA ? -errno : 0;
+	if (!err && (flags & OVL_COPY_UP_QUIET)) {
+		/* Nothing was written through the overlay: its times stay. */
+		struct timespec ts[2] = { ust.st_atim, ust.st_mtim };
+
+		err = futimens(dst, ts) < 0 ? -errno : 0;
+	}
 out:
 	if (data >= 0)
 		close(data);

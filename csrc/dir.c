@@ -1222,6 +1222,17 @@ out:
 	return err;
 }
 
+/* The copy-up a file needs before it is renamed or linked.  A metacopy
+ * file finds its data below by its name, or by a redirect the kernel then
+ * writes (ovl_set_redirect for metacopy files); the Stack, which does not
+ * write redirects on files, copies the data up instead (its times kept):
+ * the same tree, a different upper layer, and no name that could lose its
+ * data. */
+static int metacopy_flags(const struct ovl_ent *e)
+{
+	return e->flags & OVL_E_METACOPY ? O_WRONLY | OVL_COPY_UP_QUIET : 0;
+}
+
 /* Is the upper directory name in udir marked opaque (the kernel's
  * ovl_dentry_is_opaque: its own mark, not a whiteout found below it)? */
 static bool upper_opaque(struct ovl_stack *s, int udir, const char *name)
@@ -1352,7 +1363,7 @@ static int do_rename(struct ovl_stack *s, const struct ovl_cred *cred, const cha
 
 		a.w.dir = a.dir;
 		a.w.ent = a.ent;
-		err = ovl_copy_up_ent(&a.w, a.dir, a.ent, 0, &chg, &method);
+		err = ovl_copy_up_ent(&a.w, a.dir, a.ent, metacopy_flags(a.ent), &chg, &method);
 	}
 	if (err)
 		goto out;
@@ -1495,7 +1506,7 @@ static int do_link(struct ovl_stack *s, const struct ovl_cred *cred, const char 
 		return err;
 	a.w.dir = a.dir;
 	a.w.ent = a.ent;
-	err = ovl_copy_up_ent(&a.w, a.dir, a.ent, 0, &chg, &method);
+	err = ovl_copy_up_ent(&a.w, a.dir, a.ent, metacopy_flags(a.ent), &chg, &method);
 	a.changed = chg ? chg : a.dir;
 	if (!err)
 		err = ovl_copy_up_dir(s, b.dir, &top);

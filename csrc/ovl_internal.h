@@ -300,6 +300,9 @@ int ovl_renameat2(int olddfd, const char *old, int newdfd, const char *new_,
 void ovl_temp_name(char *buf, size_t size);
 int ovl_open_upper_dir(struct ovl_stack *s, const char *dpath, struct stat *st);
 int ovl_copy_up_dir(struct ovl_stack *s, struct ovl_dir *d, struct ovl_dir **top);
+/* ovl_copy_up_ent flags: open(2) flags of the change (data is copied up
+ * for O_WRONLY, O_RDWR, O_TRUNC), and: */
+#define OVL_COPY_UP_QUIET 0x40000000	/* data up, but keep the file's times */
 int ovl_copy_up_ent(struct ovl_walk *w, struct ovl_dir *p, struct ovl_ent *e, int flags,
 		    struct ovl_dir **changed, int *method);
 void ovl_drop_changed(struct ovl_stack *s, struct ovl_dir *d);

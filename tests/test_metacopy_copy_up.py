@@ -362,3 +362,30 @@ def test_volatile(tmp_path, layout, volatile):
     names = [line.split("(", 1)[0].split()[-1] for line in calls if "(" in line]
     names = [n for n in names if n in ("fsync", "fdatasync", "fremovexattr")]
     assert names == (["fremovexattr"] if volatile else ["fsync", "fremovexattr"]), calls
+
+
+def test_rename_and_link_of_a_metacopy_file_keep_its_data(tmp_path, layout):
+    """The kernel gives a renamed or linked upper metacopy file a redirect to
+    its data; the Stack copies the data up instead (README).  The merged
+    trees are the same, and every name reads the original data."""
+    ops = [O("rename", src=b"keep", dst=b"moved"), O("link", src=b"keep2", dst=b"d/alias"),
+           O("rename", src=b"d/g", dst=b"g2")]
+    tmp = os.fsencode(tmp_path)
+    a, b = layout.clone(tmp + b"/A"), layout.clone(tmp + b"/B")
+    kres = write_ops.apply_kernel(a.lowers, a.upper, a.work, ops, options=MC_OPTIONS)
+    sres = write_ops.apply_stack(overlayfs.Stack, b.lowers, b.upper, b.work, ops, stack_kwargs=MC_KWARGS)
+    assert sres["error"] is None, sres["error"]
+    assert kres["outcomes"] == sres["outcomes"] == ["ok"] * 3
+    kview = write_ops.normalize_view(kernel.kernel_view(a.lowers, a.upper, a.work, options=MC_OPTIONS),
+                                     kres["window"])
+    with overlayfs.Stack(b.lowers, b.upper, b.work, **MC_KWARGS) as st:
+        sview = write_ops.normalize_view(kernel.stack_view(st), sres["window"])
+        for name, data in ((b"moved", b"keep me"), (b"keep2", b"keep2"), (b"d/alias", b"keep2"),
+                           (b"g2", b"nested file")):
+            with st.open(name, "rb") as f:
+                assert f.read() == data, name
+    assert not kernel.compare_views(kview, sview, ignore=("ino", "blocks")), \
+        kernel.compare_views(kview, sview, ignore=("ino", "blocks"))
+    # The Stack's copies are whole files: nothing left that needs a redirect.
+    for p in (b"moved", b"keep2", b"d/alias", b"g2"):
+        assert XMETACOPY not in _xattrs(os.path.join(b.upper, p)), p

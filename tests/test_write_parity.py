@@ -797,3 +797,15 @@ def test_a_change_through_one_hard_link_shows_through_the_other(tmp_path):
           [O("link", src=b"file", dst=b"d/h"), O("chown", path=b"d/h", uid=65534, gid=65534),
            O("link", src=b"d/h", dst=b"d/h2"), O("unlink", path=b"d/h"), O("chmod", path=b"d/h2", mode=0o600)],
           ["ok"] * 5)
+
+
+def test_move_copies_the_xattrs_of_symlinks(tmp_path):
+    """mv copies every xattr it can list, a symlink's trusted.* ones too
+    (an escaped private name is stored escaped again)."""
+    def rule(up):
+        assert xattrs(up["e/s"]).get("trusted.overlay.overlay.esc") == b"v".hex()
+        assert xattrs(up["e/s"]).get("trusted.t") == b"w".hex()
+
+    check(tmp_path, {"l1": [("d/s", "symlink", "t"), ("d/s", "xattr", "X.overlay.esc", "v"),
+                            ("d/s", "xattr", "trusted.t", "w")]},
+          [O("move", src=b"d", dst=b"e")], ["ok"], rule)

@@ -801,8 +801,7 @@ cdef class Stack:
                     fout.write(chunk)
         else:
             self.mknod(dst, mode, st.st_rdev)
-        for name in (self.listxattr(src, follow_symlinks=False)
-                     if not _stat.S_ISLNK(mode) else ()):
+        for name in self.listxattr(src, follow_symlinks=False):  # symlinks' trusted.* too
             self.setxattr(dst, name, self.getxattr(src, name, follow_symlinks=False),
                           follow_symlinks=False)
         self.chown(dst, st.st_uid, st.st_gid, follow_symlinks=False)
