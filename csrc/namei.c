@@ -973,7 +973,9 @@ int ovl_run(struct ovl_stack *s, const char *path, unsigned flags,
 
 	cred.groups = cred.inline_groups;
 	cred.ngroups = 0;
-	if (flags & OVL_RUN_CHECKED) {
+	if ((flags & OVL_RUN_CHECKED) && ovl_cred_reads_as_opener(s)) {
+		w.cred = &s->mounter;	/* checks that pass as they would for it */
+	} else if (flags & OVL_RUN_CHECKED) {
 		err = ovl_cred_current(&cred);
 		if (err)
 			goto out;
@@ -1000,7 +1002,7 @@ int ovl_run(struct ovl_stack *s, const char *path, unsigned flags,
 			goto out;
 		}
 	}
-	if (!(flags & OVL_RUN_CHECKED)) {
+	if (!(flags & OVL_RUN_CHECKED) && !ovl_cred_reads_as_opener(s)) {
 		err = ovl_cred_current(&cred);
 		if (err)
 			goto out;

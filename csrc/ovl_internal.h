@@ -312,6 +312,7 @@ int ovl_cred_current(struct ovl_cred *c);
 int ovl_cred_ids(struct ovl_cred *c);
 void ovl_cred_release(struct ovl_cred *c);
 bool ovl_cred_same(const struct ovl_cred *a, const struct ovl_cred *b);
+bool ovl_cred_reads_as_opener(const struct ovl_stack *s);
 int ovl_cred_enter(const struct ovl_stack *s, struct ovl_cred *caller);
 void ovl_cred_leave(const struct ovl_stack *s, const struct ovl_cred *caller);
 bool ovl_capable(const struct ovl_cred *c, int cap);
