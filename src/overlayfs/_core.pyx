@@ -199,6 +199,14 @@ cdef class Stack:
     contributing layer once; layers changed behind the Stack's back are seen
     after invalidate().  Thread-safe.
 
+    Like a mount, a Stack keeps the credentials it was opened with and reads
+    and changes the layers with them.  Every change (and open, getxattr,
+    listxattr) first checks the calling thread's fsuid, fsgid, groups and
+    capabilities against the merged objects as the kernel checks an overlay
+    inode (PermissionError: EACCES or EPERM; nothing is copied up then); a
+    thread whose credentials differ from the opener's switches to them for
+    the call and back, per thread.  New objects belong to the caller.
+
     redirect_dir=True changes the upper layer as a mount with
     redirect_dir=on does: rename() of a merged or lower directory copies the
     directory alone up and sets its <ns>.overlay.redirect instead of failing
