@@ -18,7 +18,9 @@
  * and the xattr reads check the calling thread's fsuid, fsgid, groups and
  * capabilities against the merged objects first, as the VFS checks the
  * overlay inode (-EACCES, -EPERM); a thread whose credentials differ from
- * the opener's switches to them for the call (per thread) and back.
+ * the opener's switches to them for the call (per thread) and back.  A
+ * thread that cannot (it dropped the opener's ids for good) gets -EPERM for
+ * a change and reads with its own credentials.
  */
 #ifndef OVL_H
 #define OVL_H

@@ -181,7 +181,8 @@ cdef object _fspath_layer(object p):
 
 
 cdef class Stack:
-    """A read-only OverlayFS view of a stack of layer directories.
+    """An OverlayFS view of a stack of layer directories: read-only, or with
+    an upper layer (and a work dir) changed as a kernel mount changes it.
 
     Stack(lowers, upper=None, work=None, *, xattr_namespace="trusted",
           whiteouts="auto", cache=True, data_layers=(), metacopy=False,
