@@ -1015,6 +1015,8 @@ static int open_write(struct ovl_stack *s, const struct ovl_cred *cred, const ch
 			return -EISDIR;
 		c.oflags |= (oflags & O_ACCMODE);
 		err = create_common(s, cred, path, &c);
+		if (!err && (oflags & O_ACCMODE) != O_RDONLY)
+			__atomic_store_n(&s->files_written, true, __ATOMIC_RELEASE);
 		return err ? err : c.fd;
 	}
 	if ((oflags & O_CREAT) && (oflags & O_EXCL))
@@ -1098,6 +1100,8 @@ static int open_write(struct ovl_stack *s, const struct ovl_cred *cred, const ch
 			}
 		}
 		others = err >= 0 && (oflags & O_TRUNC) && aliased(udir, t.name, 1);
+		if (err >= 0)	/* lookups of upper files now stat them (inode.c) */
+			__atomic_store_n(&s->files_written, true, __ATOMIC_RELEASE);
 		if (udir >= 0)
 			close(udir);
 	}

@@ -260,6 +260,28 @@ static int settle(struct ovl_walk *w, struct ovl_dir **dirnode)
 	return 0;
 }
 
+/* The upper file's attributes as they are now.  Once the stack has handed
+ * out an fd to write an upper file, writes, fchmod and ftruncate through
+ * it change what the cache holds: upper regular files are then stat'ed on
+ * every lookup, as the kernel's ovl_getattr asks the real inode.  The
+ * cached ones stand if that fails. */
+static void live_upper_stat(const struct ovl_walk *w, struct stat *st)
+{
+	struct stat now;
+	char *rel;
+	int layer, fd;
+
+	if (ovl_ent_relpath(w->s, w->dir, w->ent, &layer, &rel))
+		return;
+	fd = ovl_layer_open(w->s, layer, rel, O_PATH);
+	free(rel);
+	if (fd < 0)
+		return;
+	if (fstat(fd, &now) == 0 && S_ISREG(now.st_mode))
+		*st = now;
+	close(fd);
+}
+
 static int lookup_op(struct ovl_walk *w, void *arg)
 {
 	struct ovl_info *info = arg;
@@ -275,6 +297,9 @@ static int lookup_op(struct ovl_walk *w, void *arg)
 	info->layer = e == s->root_ent ? s->root->stack[0].layer :
 		      w->dir->stack[e->top].layer;
 	info->data_layer = info->layer;
+	if (!node && info->layer == 0 && e->dtype == DT_REG && !(e->flags & OVL_E_METACOPY) &&
+	    __atomic_load_n(&s->files_written, __ATOMIC_ACQUIRE))
+		live_upper_stat(w, &info->st);
 	info->st.st_dev = s->layers[info->layer].dev;
 	info->st.st_ino = node ? node->origin_ino : e->ino;
 	if (node) {

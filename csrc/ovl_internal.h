@@ -200,6 +200,7 @@ struct ovl_stack {
 	struct ovl_cred mounter;	/* the opener's: changes run with them */
 	bool protected_hardlinks;	/* fs.protected_hardlinks at open */
 	bool work_setgid;		/* new objects there take its group */
+	bool files_written;		/* an upper file was opened for writing (atomic) */
 
 	uint64_t hits, misses, generation, flushes;	/* atomics */
 	uint64_t bytes, nents, ndirs, max_bytes;	/* under the write lock */

@@ -250,3 +250,33 @@ def test_small_cache_flushes_but_stays_right(L):
 def test_cache_max_bytes_must_be_positive(L, bad):
     with pytest.raises(ValueError):
         L.stack(Stack, cache_max_bytes=bad)
+
+
+# -- writes through the Stack's own fds ---------------------------------------------
+
+
+def test_writes_through_a_stack_fd_show_in_lstat(tmp_path):
+    """Data, ftruncate and fchmod through an fd the Stack handed out change the
+    upper file behind the cache: lookups of upper files then stat them, as
+    the kernel's getattr asks the real inode (a cached lstat in between
+    must not stick)."""
+    L = util.Layers(tmp_path, nlowers=1, upper=True)
+    util.mkfile(L.p(1, "f"), "hello\n")
+    with L.stack(Stack) as st:
+        assert st.lstat("f").st_size == 6
+        with st.open("f", "a") as f:
+            assert st.lstat("f").st_size == 6  # cached after the copy-up
+            f.write("more\n")
+            f.flush()
+            assert st.lstat("f").st_size == 11
+            os.fchmod(f.fileno(), 0o600)
+            assert stat.S_IMODE(st.lstat("f").st_mode) == 0o600
+        fd = st.os_open("g", os.O_WRONLY | os.O_CREAT, 0o644)
+        try:
+            assert st.lstat("g").st_size == 0
+            os.write(fd, b"x" * 100)
+            os.ftruncate(fd, 50)
+        finally:
+            os.close(fd)
+        assert st.lstat("g").st_size == 50 == os.lstat(L.p(0, "g")).st_size
+        assert st.stat("f").st_mtime_ns == os.lstat(L.p(0, "f")).st_mtime_ns
