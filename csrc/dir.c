@@ -2,7 +2,12 @@
  * kernel would (dir.c:ovl_create_object, ovl_do_remove; inode.c:
  * ovl_setattr; xattrs.c:ovl_xattr_set).
  *
- * Every change copies up the parent chain first.  Removing a name that
+ * Every change first checks the caller's rights on the merged objects, as
+ * the VFS checks the overlay inode (fs/namei.c may_create, may_delete,
+ * may_open; fs/attr.c setattr_prepare; fs/xattr.c xattr_permission), with
+ * cred.c's helpers, in the kernel's errno order; the work then runs with
+ * the opener's credentials (ovl_change_begin).  Then it copies up the
+ * parent chain.  Removing a name that
  * exists below leaves a whiteout in the stack's form (a char device 0:0,
  * or ".wh.NAME" for whiteouts="oci"); removing an upper-only name leaves
  * no trace.  A directory created over a whiteout is opaque; anything else
