@@ -1,9 +1,7 @@
 """Shared fixtures: the Stack implementations under test and the kernel requirement.
 
 * ``stack_impl`` runs a test once per implementation: ``"c"`` gives
-  ``overlayfs.Stack`` and ``"reference"`` gives ``ReferenceStack``.  The C one is
-  skipped when the compiled package cannot be imported, unless
-  ``OVERLAYFS_REQUIRE_KERNEL=1`` is set, in which case the test fails.
+  ``overlayfs.Stack`` and ``"reference"`` gives ``ReferenceStack``.
 * ``require_kernel`` skips a test that needs real overlay mounts when they are
   not possible here (or fails it under ``OVERLAYFS_REQUIRE_KERNEL=1``); see
   ``kernel.skip_unless_mountable``.
@@ -37,11 +35,6 @@ if str(TESTS_DIR) not in sys.path:
 import kernel  # noqa: E402  (needs the path set up above)
 
 
-def require_kernel_env() -> bool:
-    """Is OVERLAYFS_REQUIRE_KERNEL=1 set (missing kernel support or C module fails instead of skipping)?"""
-    return os.environ.get("OVERLAYFS_REQUIRE_KERNEL") == "1"
-
-
 def load_reference():
     """The ``_reference`` module: from the installed package if it imports and matches
     ``src/overlayfs/_reference.py``, else from that source file (a stale install is not tested)."""
@@ -66,28 +59,20 @@ def load_reference():
     return module
 
 
-def load_c_stack():
-    """``overlayfs.Stack``, or raise ImportError with the reason."""
-    import overlayfs  # noqa: PLC0415
-
-    try:
-        return overlayfs.Stack
-    except AttributeError as e:
-        raise ImportError("overlayfs has no Stack: %s" % e) from e
-
-
 @pytest.fixture(params=["c", "reference"])
 def stack_impl(request):
     """A Stack class: the compiled ``overlayfs.Stack`` or the pure-Python ``ReferenceStack``."""
     if request.param == "reference":
         return load_reference().ReferenceStack
-    try:
-        return load_c_stack()
-    except ImportError as e:
-        if require_kernel_env():
-            pytest.fail("OVERLAYFS_REQUIRE_KERNEL=1 but the compiled overlayfs.Stack is not importable: %s" % e,
-                        pytrace=False)
-        pytest.skip("compiled overlayfs.Stack not importable: %s" % e)
+    import overlayfs  # noqa: PLC0415
+
+    return overlayfs.Stack
+
+
+@pytest.fixture
+def impl(stack_impl):
+    """The same, under the name most test modules use."""
+    return stack_impl
 
 
 @pytest.fixture
@@ -149,6 +134,4 @@ def mountable() -> None:
     """Skip (or fail under OVERLAYFS_REQUIRE_KERNEL=1) where overlayfs.mount cannot mount."""
     reason = _library_mount_unavailable()
     if reason:
-        if require_kernel_env():
-            pytest.fail(f"OVERLAYFS_REQUIRE_KERNEL=1 but {reason}", pytrace=False)
-        pytest.skip(reason)
+        kernel.skip_or_fail(reason)

@@ -488,20 +488,21 @@ def can_mount() -> tuple[bool, str]:
     return True, ""
 
 
-def skip_unless_mountable() -> None:
-    """Skip the calling test if overlays cannot be mounted here.
-
-    With ``OVERLAYFS_REQUIRE_KERNEL=1`` in the environment the test fails
-    instead, so CI cannot silently lose the parity coverage.
-    """
+def skip_or_fail(reason: str) -> None:
+    """Skip the calling test for *reason*, or fail it under
+    ``OVERLAYFS_REQUIRE_KERNEL=1``, so CI cannot silently lose coverage."""
     import pytest
 
-    ok, reason = can_mount()
-    if ok:
-        return
     if os.environ.get("OVERLAYFS_REQUIRE_KERNEL") == "1":
         pytest.fail("OVERLAYFS_REQUIRE_KERNEL=1 but " + reason, pytrace=False)
     pytest.skip(reason)
+
+
+def skip_unless_mountable() -> None:
+    """Skip the calling test if overlays cannot be mounted here (see skip_or_fail)."""
+    ok, reason = can_mount()
+    if not ok:
+        skip_or_fail(reason)
 
 
 def kernel_redirect_follow() -> bool:

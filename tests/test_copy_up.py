@@ -12,9 +12,7 @@
   them and every difference is sorted into a class
   (``copyup_helpers.DIFF_CLASSES``).  The kernel's ``origin``/``impure``/``uuid``
   xattrs are ignored (the Stack does not write them yet) and forbidden on ours.
-  Classes in ``KNOWN_BUGS`` are tolerated by the parity test and tested by
-  strict xfail tests instead (small reproductions plus the parity build), so
-  a fix shows up as an XPASS: then drop the class from ``KNOWN_BUGS``.
+  Every other difference fails the parity test.
   Both xattr namespaces run (``user`` with the ``userxattr`` mount option).
 * **Views.**  After copy-up the Stack's view equals the kernel's view of the
   resulting layers (``kernel.kernel_view``/``stack_view``), and equals the
@@ -56,22 +54,10 @@ import kernel  # noqa: E402
 import overlayfs  # noqa: E402
 
 MiB = H.MiB
-REQUIRE = os.environ.get("OVERLAYFS_REQUIRE_KERNEL") == "1"
-
-#: Differences between our copy and the kernel's that are known bugs: the
-#: parity test tolerates them, the xfail tests below pin them.  Remove a class
-#: here when its bug is fixed (its xfail tests then XPASS, which fails).
-KNOWN_BUGS: dict = {}
-
+skip_or_fail = kernel.skip_or_fail
 
 def require_kernel():
     kernel.skip_unless_mountable()
-
-
-def skip_or_fail(reason):
-    if REQUIRE:
-        pytest.fail("OVERLAYFS_REQUIRE_KERNEL=1 but " + reason, pytrace=False)
-    pytest.skip(reason)
 
 
 def lower_dump_diffs(before, after):
@@ -136,9 +122,8 @@ def _fmt(diffs, limit=40):
 
 
 def test_copies_match_the_kernels(parity):
-    unexpected = [d for d in parity.diffs if d[0] not in KNOWN_BUGS]
-    assert not unexpected, "%d difference(s) between the kernel's and the Stack's copy-up (%s):\n%s" % (
-        len(unexpected), parity.ns, _fmt(unexpected))
+    assert not parity.diffs, "%d difference(s) between the kernel's and the Stack's copy-up (%s):\n%s" % (
+        len(parity.diffs), parity.ns, _fmt(parity.diffs))
 
 
 def test_the_harness_really_copied_everything(parity):
@@ -161,12 +146,6 @@ def test_the_harness_really_copied_everything(parity):
     # Our copies: the path Stack.copy_up returned is the upper host path.
     for p, host in parity.returned.items():
         assert os.fsencode(host) == os.path.join(parity.s["upper"], p)
-
-
-def test_known_bugs_still_show_in_the_parity_build(parity):
-    """Each class in KNOWN_BUGS must still be found (else drop it: it is fixed)."""
-    gone = [c for c in KNOWN_BUGS if not any(d[0] == c for d in parity.diffs)]
-    assert not gone, "fixed, drop from KNOWN_BUGS: %s" % gone
 
 
 def test_kernel_copy_up_leaves_the_lowers_alone(parity):
@@ -376,11 +355,12 @@ def _strace_calls(tmp, code, args):
         return f.read().decode(errors="replace")
 
 
-@pytest.mark.skipif(shutil.which("strace") is None, reason="strace is not installed")
 @pytest.mark.parametrize("volatile", [False, True])
 def test_tmpfile_link_and_fsync_unless_volatile(mini, volatile):
     """Regular files are built as O_TMPFILE in <work>/work and linked in; fsync
     unless volatile.  Dirs are made under a temp name and renamed (no-replace)."""
+    if shutil.which("strace") is None:
+        skip_or_fail("strace is not installed (.ci/run installs it)")
     H.write_file(os.path.join(mini.l1, b"d/f"), b"y" * 100000)
     code = ("import sys, overlayfs\n"
             "st = overlayfs.Stack([sys.argv[1]], sys.argv[2], sys.argv[3], volatile=%r)\n"
@@ -473,18 +453,9 @@ def test_view_after_copy_up_is_the_same_from_the_copying_stack(views):
     kernel.assert_views_equal(views["after"], views["same_stack"], context="copying Stack vs a new one")
 
 
-#: Paths whose view changes by a known bug (xattrs lost), excluded from the invisibility test.
-_BUGGY_PATHS = {"a/cap": "capability", "a/cap_suid": "capability"}
-
-
-def _drop_buggy(view):
-    paths = {p: r for p, r in view["paths"].items() if _BUGGY_PATHS.get(p) not in KNOWN_BUGS}
-    return {"paths": paths, "extra": view["extra"]}
-
-
 def test_copy_up_does_not_change_the_view(views):
     """Only inodes, link counts (broken hard links), blocks and dir sizes may change."""
-    kernel.assert_views_equal(_drop_buggy(views["before"]), _drop_buggy(views["after"]),
+    kernel.assert_views_equal(views["before"], views["after"],
                               ignore={"ino", "nlink", "blocks", "dir_size", "dir_blocks"},
                               context="Stack view before vs after copy-up")
 

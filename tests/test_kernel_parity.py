@@ -317,7 +317,7 @@ def test_whiteout_and_nondir_cut_deeper_layers(stack_impl, tmp_path):
 def test_redirects(stack_impl, tmp_path, with_upper):
     """Relative and absolute directory redirects are followed (redirect_always_follow)."""
     if not FOLLOW:
-        pytest.skip("this kernel does not follow redirects by default (redirect_always_follow=N)")
+        kernel.skip_or_fail("this kernel does not follow redirects by default (redirect_always_follow=N)")
     spec = {
         "l0": [("rel", "dir"), ("rel", "xattr", "X.redirect", "target"), ("rel/own", "file"),
                ("abs/d", "dir"), ("abs/d", "xattr", "X.redirect", "/x/y"),
@@ -361,7 +361,7 @@ def test_redirects(stack_impl, tmp_path, with_upper):
 def test_redirect_values(stack_impl, tmp_path, value, err):
     """Invalid redirects fail the lookup (EINVAL); '.'/'..' components fail it with EACCES."""
     if not FOLLOW:
-        pytest.skip("this kernel does not follow redirects by default")
+        kernel.skip_or_fail("this kernel does not follow redirects by default")
     spec = {"l0": [("d", "dir"), ("d", "xattr", "X.redirect", value), ("d/own", "file")],
             "l1": [("e/f", "file"), ("x/g", "file"), ("d/old", "file")]}
     kv = parity(stack_impl, tmp_path, spec, ["l0", "l1"])

@@ -11,7 +11,6 @@ if os.path.dirname(os.path.abspath(__file__)) not in sys.path:  # conftest does 
     sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import util  # noqa: E402
 import overlayfs  # noqa: E402
-from util import impl  # noqa: E402,F401  (fixture)
 
 
 def build(root, n):

@@ -3,9 +3,7 @@
 Every mount happens inside ``run_in_private_namespace`` (a forked child with its own
 mount namespace and private propagation) under pytest's temporary directories, so nothing
 is ever left mounted. Tests that mount skip with the reason when this machine cannot mount
-overlays, and fail instead when ``OVERLAYFS_REQUIRE_KERNEL=1``. Comparisons with
-``overlayfs.Stack`` skip when the compiled core is not importable (and fail under the same
-variable).
+overlays, and fail instead when ``OVERLAYFS_REQUIRE_KERNEL=1``.
 """
 
 from __future__ import annotations
@@ -28,37 +26,11 @@ import pytest
 
 sc = importlib.import_module("overlayfs._syscalls")
 om = importlib.import_module("overlayfs._mount")
+from overlayfs import Stack  # noqa: E402
 
 REQUIRE_KERNEL = os.environ.get("OVERLAYFS_REQUIRE_KERNEL") == "1"
 PAGE_LIMIT = os.sysconf("SC_PAGE_SIZE") - 1
 SPECIAL = "sp ace:co,lon\\back"
-
-
-# --- gating -------------------------------------------------------------------------------
-
-
-def stack_class() -> Any:
-    """overlayfs.Stack, or skip (fail under OVERLAYFS_REQUIRE_KERNEL=1) without the core."""
-    try:
-        from overlayfs import Stack
-    except ImportError as exc:
-        if REQUIRE_KERNEL:
-            pytest.fail(f"OVERLAYFS_REQUIRE_KERNEL=1 but overlayfs.Stack is not importable: "
-                        f"{exc}", pytrace=False)
-        pytest.skip(f"overlayfs.Stack is not importable (compiled core not built): {exc}")
-    return Stack
-
-
-def stack_available() -> bool:
-    """Whether Stack comparisons can run; under OVERLAYFS_REQUIRE_KERNEL=1 they must."""
-    try:
-        from overlayfs import Stack  # noqa: F401
-    except ImportError as exc:
-        if REQUIRE_KERNEL:
-            pytest.fail(f"OVERLAYFS_REQUIRE_KERNEL=1 but overlayfs.Stack is not importable: "
-                        f"{exc}", pytrace=False)
-        return False
-    return True
 
 
 def in_ns(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
@@ -129,7 +101,6 @@ def stack_view(stack: Any) -> dict[str, Record]:
 
 def assert_same_view(kernel_view: dict[str, Record], lowers: list[str], upper: str | None,
                      work: str | None, namespace: str = "trusted") -> None:
-    Stack = stack_class()
     with Stack(lowers, upper, work, xattr_namespace=namespace) as stack:
         ours = stack_view(stack)
     missing = sorted(set(kernel_view) - set(ours))
@@ -542,7 +513,6 @@ def test_mount_shows_the_union_and_writes_to_the_upper(mountable: None, tmp_path
 
 @pytest.mark.parametrize("strategy", STRATEGIES)
 def test_mounted_view_matches_stack(mountable: None, tmp_path: Any, strategy: om.Strategy) -> None:
-    stack_class()
     lowers, upper, work, target = build_layers(str(tmp_path))
     got = in_ns(check_and_collect, target, lowers, upper, work, strategy)
     assert_same_view(got["view"], lowers, upper, work)
@@ -567,8 +537,7 @@ def test_paths_with_special_characters_and_200_plus_characters(
     else:
         assert info.lowers == tuple(lowers), "mountinfo must decode back to the same paths"
         assert (info.upper, info.work) == (upper, work)
-    if stack_available():
-        assert_same_view(got["view"], lowers, upper, work)
+    assert_same_view(got["view"], lowers, upper, work)
 
 
 def _many_layers(base: str, count: int, name_length: int = 200) -> list[str]:
@@ -608,8 +577,7 @@ def test_500_layers_with_long_paths(mountable: None, tmp_path: Any, strategy: om
     assert got["names"] == sorted([*(f"f{i:03d}" for i in range(500)), "shared"])
     assert got["shared"] == "0" and got["bottom"] == "499"
     assert got["layers"] == 500 and not got["mounted"]
-    if stack_available():
-        assert_same_view(got["view"], lowers, upper, work)
+    assert_same_view(got["view"], lowers, upper, work)
 
 
 @pytest.mark.parametrize("strategy", ["new-api", "legacy"])
@@ -658,8 +626,7 @@ def test_new_api_path_strings_over_255_bytes(mountable: None, tmp_path: Any) -> 
     got = in_ns(check_and_collect, target, lowers, upper, work, "new-api-path")
     assert got["strategy"] == "new-api-path"
     assert got["names"] == EXPECTED_ROOT
-    if stack_available():
-        assert_same_view(got["view"], lowers, upper, work)
+    assert_same_view(got["view"], lowers, upper, work)
 
 
 def _validation_errors(base: str) -> dict[str, OSError]:
@@ -829,8 +796,8 @@ def test_user_namespace_mounts_use_userxattr_automatically(mountable: None,
     assert got["info_options"]["userxattr"] is True
     assert got["opaque"] == b"y" and got["listing"] == []
     assert "trusted.overlay.opaque" not in os.listxattr(os.path.join(upper, "d"))
-    if stack_available():  # the whiteouts and opaque dir the kernel wrote, read back
-        assert_same_view(got["view"], lowers, upper, work, namespace="user")
+    # the whiteouts and opaque dir the kernel wrote, read back
+    assert_same_view(got["view"], lowers, upper, work, namespace="user")
 
 
 USERNS_SCRIPT = r"""
@@ -848,6 +815,8 @@ print(json.dumps({"strategy": m.strategy, "options": m.options, "top": top, "nam
 
 def test_unprivileged_mount_under_unshare_Urm(mountable: None, tmp_path: Any) -> None:
     if shutil.which("unshare") is None:
+        if REQUIRE_KERNEL:
+            pytest.fail("OVERLAYFS_REQUIRE_KERNEL=1 but util-linux unshare is not installed", pytrace=False)
         pytest.skip("util-linux unshare is not installed")
     lowers, upper, work, target = build_layers(str(tmp_path), namespace="user")
     package_parent = os.path.dirname(os.path.dirname(os.path.abspath(om.__file__)))
@@ -865,7 +834,6 @@ def test_unprivileged_mount_under_unshare_Urm(mountable: None, tmp_path: Any) ->
 
 
 def test_mount_stack_property_gives_the_same_view(mountable: None, tmp_path: Any) -> None:
-    stack_class()
     lowers, upper, work, target = build_layers(str(tmp_path))
 
     def body() -> tuple[dict[str, Record], dict[str, Record]]:

@@ -11,7 +11,6 @@ import pytest
 if os.path.dirname(os.path.abspath(__file__)) not in sys.path:  # conftest does this too
     sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import util  # noqa: E402
-from util import impl  # noqa: E402,F401  (fixture)
 
 
 def test_order_bottom_first_then_top_down(impl, tmp_path):
@@ -334,7 +333,6 @@ def test_walk_pathlike_top(impl, request, walktree):
 def test_walk_dirpaths_join_like_os_walk(impl, request, walktree, top):
     """os.walk builds dirpath with os.path.join(top, name): walk("/") gives
     "/a", walk("a/") gives "a/b"."""
-    sep = b"/" if isinstance(top, bytes) else "/"
     with walktree.stack(impl) as st:
         got = [(t, d, f) for t, d, f in st.walk(top)]
         assert got[0][0] == top

@@ -3,8 +3,7 @@ concurrent creation, crash repair, diffs, and reference-counted kernel mounts.
 
 Mounts happen only inside ``run_in_private_namespace`` children under pytest's temporary
 directories. Mount tests skip where overlays cannot be mounted (fail under
-``OVERLAYFS_REQUIRE_KERNEL=1``); tests needing ``overlayfs.Stack`` skip without the compiled
-core (and fail under the same variable).
+``OVERLAYFS_REQUIRE_KERNEL=1``).
 """
 
 from __future__ import annotations
@@ -23,22 +22,7 @@ ostore = importlib.import_module("overlayfs.store")
 Change, LayerStore = ostore.Change, ostore.LayerStore
 stack_from_layer_dir = ostore.stack_from_layer_dir
 
-REQUIRE_KERNEL = os.environ.get("OVERLAYFS_REQUIRE_KERNEL") == "1"
 SHORT = re.compile(r"[A-Z2-7]{26}\Z")
-
-
-# --- gating -------------------------------------------------------------------------------
-
-
-@pytest.fixture
-def needs_stack() -> None:
-    try:
-        from overlayfs import Stack  # noqa: F401
-    except ImportError as exc:
-        if REQUIRE_KERNEL:
-            pytest.fail(f"OVERLAYFS_REQUIRE_KERNEL=1 but overlayfs.Stack is not importable: "
-                        f"{exc}", pytrace=False)
-        pytest.skip(f"overlayfs.Stack is not importable (compiled core not built): {exc}")
 
 
 def in_ns(fn: Any, *args: Any) -> Any:
@@ -382,7 +366,7 @@ def test_open_docker_reads_the_tree_and_refuses_changes(tmp_path: Any) -> None:
         LayerStore.open_docker(tmp_path / ids["ctr"])
 
 
-def test_stack_from_layer_dir(tmp_path: Any, needs_stack: None) -> None:
+def test_stack_from_layer_dir(tmp_path: Any) -> None:
     ids = docker_tree(str(tmp_path))
     with stack_from_layer_dir(tmp_path / ids["ctr"]) as stack:
         assert stack_tree(stack) == DOCKER_VIEW
@@ -398,7 +382,7 @@ def test_stack_from_layer_dir(tmp_path: Any, needs_stack: None) -> None:
 
 
 def test_diff_reports_added_changed_deleted_whiteouts_and_opaque_dirs(
-        tmp_path: Any, needs_stack: None) -> None:
+        tmp_path: Any) -> None:
     store = LayerStore(tmp_path, durable=False, xattr_namespace="trusted")
     p = store.create("parent").diff
     for name in ("keep", "mod", "del", "xdel", "op/a", "op/b", "sub/x"):
@@ -471,7 +455,7 @@ def test_mount_is_reference_counted_and_writes_to_the_layer(mountable: None,
         assert fh.read() == "through"
 
 
-def test_mounted_view_matches_store_stack(mountable: None, needs_stack: None,
+def test_mounted_view_matches_store_stack(mountable: None,
                                           tmp_path: Any) -> None:
     store = three_layers(str(tmp_path))
 

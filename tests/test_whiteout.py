@@ -11,7 +11,6 @@ import pytest
 if os.path.dirname(os.path.abspath(__file__)) not in sys.path:  # conftest does this too
     sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import util  # noqa: E402
-from util import impl  # noqa: E402,F401  (fixture)
 
 
 def gone(st, path):

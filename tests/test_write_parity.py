@@ -6,13 +6,12 @@ through ``overlayfs.Stack``; then compares each operation's outcome, a
 normalized dump of both upper directories, and the merged views afterwards
 (see ``write_ops``).
 
-* ``test_random_sequence``: seeded random sequences over small random stacks.
-  Only operations listed in ``write_ops.IMPLEMENTED_OPS`` are generated.
+* ``test_random_sequence``: seeded random sequences over small random stacks
+  (every operation in ``write_ops.ALL_OPS``); ``..._unprivileged`` the same
+  run by a caller without privileges.
 * targeted tests, one rule each (semantics doc sections 2, 3, 5, 6): the
   kernel's result is pinned by explicit expectations first (so a rule both
-  sides got wrong still fails), then the Stack must match it.  A test whose
-  operations are not all in ``IMPLEMENTED_OPS`` checks the kernel and then
-  skips, naming the missing operations.
+  sides got wrong still fails), then the Stack must match it.
 * ``test_harness_*``: self-tests of the harness, with the kernel on both sides
   (no differences allowed) and with deliberately wrong appliers (which must
   be caught).
@@ -35,7 +34,6 @@ if os.path.dirname(os.path.abspath(__file__)) not in sys.path:  # conftest does 
     sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import kernel  # noqa: E402
 import write_ops  # noqa: E402
-from write_ops import IMPLEMENTED_OPS  # noqa: E402
 
 #: Random sequences run in CI.
 N_RANDOM = 120
@@ -63,7 +61,7 @@ def _stack_cls():
 def _check_listed_ops_exist():
     missing = write_ops.missing_ops(_stack_cls())
     if missing:
-        pytest.fail("write_ops.IMPLEMENTED_OPS lists %s but overlayfs.Stack has no such method" % missing,
+        pytest.fail("write_ops.ALL_OPS lists %s but overlayfs.Stack has no such method" % missing,
                     pytrace=False)
 
 
@@ -74,8 +72,6 @@ def _check_listed_ops_exist():
 
 @pytest.mark.parametrize("seed", range(N_RANDOM))
 def test_random_sequence(tmp_path, seed):
-    if not IMPLEMENTED_OPS:
-        pytest.skip("write_ops.IMPLEMENTED_OPS is empty: no write operation to test yet")
     _check_listed_ops_exist()
     report = write_ops.run_random(tmp_path, seed)
     assert not report.diffs, report.format()
@@ -108,28 +104,19 @@ def check(tmp_path, spec, ops, expect, rule=None, *, umask=0o022, caller=None):
     ``rule(dump, layout)`` for a two-argument rule), then require Stack parity.
     With *caller* ``(uid, gid, groups)`` both sides run the operations as it.
 
-    Returns the kernel side's upper dump.  Skips after the kernel checks when
-    an operation is not in IMPLEMENTED_OPS.
+    Returns the kernel side's upper dump.
     """
     assert len(expect) == len(ops)
+    _check_listed_ops_exist()
     layout = write_ops.make_layout(tmp_path, spec)
-    missing = sorted({op["op"] for op in ops} - set(IMPLEMENTED_OPS))
-    if missing:
-        side = write_ops.run_kernel_side(layout.clone(os.path.join(tmp_path, "A")), ops, umask=umask,
-                                         views=(), caller=caller)
-        report = None
-    else:
-        _check_listed_ops_exist()
-        report = write_ops.run_case(tmp_path, layout, ops, umask=umask, caller=caller)
-        side = report.a
+    report = write_ops.run_case(tmp_path, layout, ops, umask=umask, caller=caller)
+    side = report.a
     bad = [(write_ops.format_op(op), got, want) for op, got, want in zip(ops, side.outcomes, expect)
            if not _matches(got, want)]
     assert not bad, "kernel outcomes differ from the expected (op, got, expected): %r" % bad
     if rule is not None:
         ok = rule(*(side.upper_dump, layout)[:rule.__code__.co_argcount])
         assert ok is not False, "kernel upper layer breaks the rule; its paths: %r" % sorted(side.upper_dump)
-    if missing:
-        pytest.skip("kernel rule verified; Stack parity needs %s, not in write_ops.IMPLEMENTED_OPS" % missing)
     assert not report.diffs, report.format()
     return side.upper_dump
 
@@ -404,7 +391,7 @@ def test_kernel_copy_up_skips_holes_per_1mib_chunk(tmp_path):
         f.truncate(5 * mib)
     lower_map = write_ops._data_map(os.path.join(layout.lowers[0], b"sp"), 5 * mib)
     if lower_map != [[0, 4096], [2 * mib, 2 * mib + 4096]]:
-        pytest.skip("the filesystem under the temp dir does not keep 4 KiB holes: %r" % lower_map)
+        kernel.skip_or_fail("the filesystem under the temp dir does not keep 4 KiB holes: %r" % lower_map)
     side = write_ops.run_kernel_side(layout, [O("chmod", path=b"sp", mode=0o600)], views=())
     assert side.outcomes == ["ok"]
     assert side.upper_dump["sp"]["data_map"] == [[0, mib], [2 * mib, 3 * mib]]
@@ -550,7 +537,7 @@ def test_makedirs_gives_mode_to_the_leaf_only(tmp_path):
     check(tmp_path, {"l1": [("keep", "file")]}, [O("makedirs", path=b"a/b/c", mode=0o700)], ["ok"], rule)
 
 
-# -- rename / link (gated on IMPLEMENTED_OPS like everything else) -------------
+# -- rename / link ---------------------------------------------------------------
 
 
 def test_rename_lower_file_leaves_whiteout(tmp_path):

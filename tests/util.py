@@ -18,9 +18,7 @@ answers with ``os.lstat`` of the host file the layer rules say must win
 (CPython ``test_scandir.check_entry`` style).
 
 ``--import-mode=importlib`` does not put ``tests/`` on ``sys.path``; conftest
-(and each test module, defensively) adds it before ``import util``.  The
-``impl`` fixture wraps conftest's ``stack_impl`` (C Stack and
-ReferenceStack), or parametrizes itself when conftest lacks it.
+(and each test module, defensively) adds it before ``import util``.
 """
 
 from __future__ import annotations
@@ -40,62 +38,8 @@ NS = "trusted"
 # Implementations under test
 # ---------------------------------------------------------------------------
 
-def reference_class():
-    """``overlayfs._reference.ReferenceStack`` or None if it is not there yet."""
-    try:
-        from overlayfs._reference import ReferenceStack
-    except ImportError:
-        return None
-    return ReferenceStack
-
-
-def _conftest_has_stack_impl() -> bool:
-    path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "conftest.py")
-    try:
-        with open(path, encoding="utf-8") as f:
-            return "def stack_impl" in f.read()
-    except OSError:
-        return False
-
-
-def _as_class(value):
-    """conftest's stack_impl may give a class, a (name, class) pair or a factory."""
-    if isinstance(value, tuple):
-        value = value[-1]
-    return value
-
-
-if _conftest_has_stack_impl():
-    @pytest.fixture
-    def impl(stack_impl):
-        """The Stack-like class under test (parametrized by conftest)."""
-        return _as_class(stack_impl)
-else:
-    @pytest.fixture(params=["c", "reference"])
-    def impl(request):
-        """The Stack-like class under test: the C Stack and the pure-Python reference."""
-        if request.param == "c":
-            return overlayfs.Stack
-        ref = reference_class()
-        if ref is None:
-            pytest.skip("overlayfs._reference.ReferenceStack is not importable yet")
-        return ref
-
-
 def is_c(cls) -> bool:
     return cls is overlayfs.Stack
-
-
-def xfail_for_reference(request, cls, reason):
-    """Mark the running test strict-xfail when cls is the pure-Python reference."""
-    if not is_c(cls):
-        request.applymarker(pytest.mark.xfail(strict=True, reason=reason))
-
-
-def xfail_for_c(request, cls, reason):
-    """Mark the running test strict-xfail when cls is the C Stack."""
-    if is_c(cls):
-        request.applymarker(pytest.mark.xfail(strict=True, reason=reason))
 
 
 # ---------------------------------------------------------------------------

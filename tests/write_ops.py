@@ -42,11 +42,9 @@ so defaults must match too (e.g. ``link`` follows ``os.link``).  ``move`` is
 taken to mean ``mv -T``: a rename, or on EXDEV a copy of the tree (type,
 mode, owner, times, xattrs, hard links) followed by removal of the source.
 
-Which operations the generator may use is controlled by ONE list,
-:data:`IMPLEMENTED_OPS`, which the Stack author extends as operations land.
-Every operation in :data:`ALL_OPS` is implemented on both sides of the
-harness regardless; the self-tests use all of them with the kernel on both
-sides.
+The generator uses every operation in :data:`ALL_OPS` (each implemented on
+both sides of the harness); the self-tests use them with the kernel on both
+sides too.
 
 This module is stdlib-only at import time (plus the sibling ``kernel`` and
 ``stackgen`` modules), so the namespace child can load it by path.
@@ -78,21 +76,12 @@ import stackgen  # noqa: E402
 # Which operations exist
 # ---------------------------------------------------------------------------
 
-#: THE list of write operations the Stack implements.  :func:`make_ops` only
-#: generates these (unless asked for others explicitly), and the targeted
-#: tests skip, naming this list, when an operation they need is missing.
-#: Extend it as operations land in the C core.
-IMPLEMENTED_OPS: list[str] = [
-    "unlink", "remove", "rmdir", "mkdir", "makedirs", "symlink", "mkfifo", "mknod",
-    "chmod", "chown", "utime", "truncate", "setxattr", "removexattr", "os_open",
-    "rename", "link", "move",
-]
-
-#: Every operation the harness knows, with its generator weight.
+#: Every operation the harness knows, with its generator weight (the order
+#: is part of what a seed generates: keep it).
 OP_WEIGHTS = {
-    "unlink": 10, "remove": 3, "rmdir": 8, "mkdir": 10, "symlink": 5, "mkfifo": 3, "mknod": 3,
-    "chmod": 7, "chown": 6, "utime": 6, "truncate": 6, "setxattr": 8, "removexattr": 6,
-    "os_open": 14, "rename": 8, "link": 5, "move": 3, "makedirs": 3,
+    "unlink": 10, "remove": 3, "rmdir": 8, "mkdir": 10, "makedirs": 3, "symlink": 5, "mkfifo": 3,
+    "mknod": 3, "chmod": 7, "chown": 6, "utime": 6, "truncate": 6, "setxattr": 8, "removexattr": 6,
+    "os_open": 14, "rename": 8, "link": 5, "move": 3,
 }
 ALL_OPS = list(OP_WEIGHTS)
 
@@ -112,19 +101,11 @@ _FLAG_NAMES = ["O_RDONLY", "O_WRONLY", "O_RDWR", "O_CREAT", "O_EXCL", "O_TRUNC",
 
 
 def missing_ops(stack_cls=None) -> list[str]:
-    """Operations in IMPLEMENTED_OPS whose Stack method does not exist (a configuration error)."""
+    """Operations in ALL_OPS whose Stack method does not exist (a harness/API mismatch)."""
     if stack_cls is None:
         import overlayfs  # noqa: PLC0415
         stack_cls = overlayfs.Stack
-    return [op for op in IMPLEMENTED_OPS if not hasattr(stack_cls, op)]
-
-
-def available_ops(stack_cls=None) -> list[str]:
-    """The operations whose method exists on the Stack class (``hasattr``), listed or not."""
-    if stack_cls is None:
-        import overlayfs  # noqa: PLC0415
-        stack_cls = overlayfs.Stack
-    return [op for op in ALL_OPS if hasattr(stack_cls, op)]
+    return [op for op in ALL_OPS if not hasattr(stack_cls, op)]
 
 
 # ---------------------------------------------------------------------------
@@ -1252,10 +1233,10 @@ def make_ops(seed, view, n, *, ops=None, layers=None) -> list[dict]:
     every type, fresh names (tricky bytes, 255 bytes), hidden names, and
     paths that must fail: through a file (ENOTDIR), with a trailing slash,
     with a missing parent, 256-byte names, the root, non-empty dirs...
-    *ops* restricts the operation kinds; it defaults to :data:`IMPLEMENTED_OPS`
+    *ops* restricts the operation kinds; it defaults to :data:`ALL_OPS`
     (an empty list gives an empty sequence).
     """
-    ops = IMPLEMENTED_OPS if ops is None else ops
+    ops = ALL_OPS if ops is None else ops
     unknown = set(ops) - set(ALL_OPS)
     if unknown:
         raise ValueError("unknown operations %r" % sorted(unknown))
