@@ -1273,6 +1273,21 @@ static int set_redirect(struct ovl_stack *s, int udir, const char *name, const c
 	return err;
 }
 
+/* Open the upper copies of the two parents of a rename or link (both up
+ * already); *ua and *ub are -1 where not opened. */
+static int open_upper_parents(struct ovl_stack *s, const struct ovl_target *a,
+			      const struct ovl_target *b, int *ua, int *ub)
+{
+	struct stat st;
+
+	*ub = -1;
+	*ua = ovl_open_upper_dir(s, a->dir->path, &st);
+	if (*ua < 0)
+		return *ua;
+	*ub = ovl_open_upper_dir(s, b->dir->path, &st);
+	return *ub < 0 ? *ub : 0;
+}
+
 /* rename(2) with replace semantics (dir.c:ovl_rename_start,
  * ovl_rename_upper).  A directory that is merged or only below gives EXDEV
  * without OVL_CFG_REDIRECT_DIR; with it, the directory alone is copied up
@@ -1374,16 +1389,10 @@ static int do_rename(struct ovl_stack *s, const struct ovl_cred *cred, const cha
 		a.w.ent = a.ent;
 		err = ovl_copy_up_ent(&a.w, a.dir, a.ent, metacopy_flags(a.ent), &chg, &method);
 	}
+	if (!err)
+		err = open_upper_parents(s, &a, &b, &ua, &ub);
 	if (err)
 		goto out;
-	struct stat st;
-
-	ua = ovl_open_upper_dir(s, a.dir->path, &st);
-	ub = ua < 0 ? -1 : ovl_open_upper_dir(s, b.dir->path, &st);
-	if (ua < 0 || ub < 0) {
-		err = ua < 0 ? ua : ub;
-		goto out;
-	}
 	wh = upper_whiteout(s, ub, b.name, &present);
 	if (wh < 0) {
 		err = wh;
@@ -1520,14 +1529,10 @@ static int do_link(struct ovl_stack *s, const struct ovl_cred *cred, const char 
 	if (!err)
 		err = ovl_copy_up_dir(s, b.dir, &top);
 	b.changed = top ? top->parent : b.dir;
+	if (!err)
+		err = open_upper_parents(s, &a, &b, &ua, &ub);
 	if (err)
 		goto out;
-	ua = ovl_open_upper_dir(s, a.dir->path, &st);
-	ub = ua < 0 ? -1 : ovl_open_upper_dir(s, b.dir->path, &st);
-	if (ua < 0 || ub < 0) {
-		err = ua < 0 ? ua : ub;
-		goto out;
-	}
 	wh = upper_whiteout(s, ub, b.name, &present);
 	if (wh < 0 || present) {
 		err = wh < 0 ? wh : -EEXIST;

@@ -271,10 +271,9 @@ def mount_overlay(mnt, lowers, upper, work, options=()):
     """mount(8) an overlay at *mnt* (call inside a private mount namespace)."""
     base = os.path.commonpath([os.fsencode(p) for p in list(lowers) + [upper, work]])
     data = kernel.mount_data(lowers, upper, work, options=options, base=base)
-    res = subprocess.run([b"mount", b"-n", b"-t", b"overlay", b"overlay", b"-o", data, os.fsencode(mnt)],
-                         cwd=base, capture_output=True)
-    if res.returncode:
-        raise OSError(errno.EINVAL, "mount failed: %s" % res.stderr.decode(errors="replace").strip())
+    failed = kernel.mount_here(data, os.fsencode(mnt), cwd=base)
+    if failed is not None:
+        raise OSError(errno.EINVAL, "mount failed: %s" % failed)
 
 
 def umount(mnt):

@@ -417,18 +417,23 @@ def kernel_view(lowers, upper=None, work=None, *, options=(), paths_extra=(), da
     return json.loads(proc.stdout)
 
 
+def mount_here(data: bytes, mnt: bytes, cwd=None) -> str | None:
+    """mount(8) an overlay with option string *data* at *mnt*, in this process's
+    (private) mount namespace.  None, or why it failed."""
+    res = subprocess.run([b"mount", b"-n", b"-t", b"overlay", b"overlay", b"-o", data, mnt],
+                         cwd=cwd, capture_output=True)
+    return None if res.returncode == 0 else res.stderr.decode(errors="replace").strip()
+
+
 def _child_main() -> int:
     """Entry point of the namespace child: mount, fork a chrooted walker, unmount."""
     job = json.loads(sys.stdin.buffer.read())
     inodes = layer_inodes([None if p is None else os.fsencode(p) for p in job["layers"]])
     os.chdir(os.fsencode(job["base"]))
     mnt = os.fsencode(job["mnt"])
-    res = subprocess.run(
-        [b"mount", b"-n", b"-t", b"overlay", b"overlay", b"-o", os.fsencode(job["data"]), mnt],
-        capture_output=True,
-    )
-    if res.returncode != 0:
-        sys.stderr.write("mount failed: %s\n" % res.stderr.decode(errors="replace").strip())
+    failed = mount_here(os.fsencode(job["data"]), mnt)
+    if failed is not None:
+        sys.stderr.write("mount failed: %s\n" % failed)
         return 2
     try:
         sys.stdout.flush()

@@ -493,10 +493,9 @@ def _child_main() -> int:
     ops = _dec(job["ops"])
     os.chdir(os.fsencode(job["base"]))
     mnt = os.fsencode(job["mnt"])
-    res = subprocess.run([b"mount", b"-n", b"-t", b"overlay", b"overlay", b"-o", os.fsencode(job["data"]), mnt],
-                         capture_output=True)
-    if res.returncode != 0:
-        sys.stderr.write("mount failed: %s\n" % res.stderr.decode(errors="replace").strip())
+    failed = kernel.mount_here(os.fsencode(job["data"]), mnt)
+    if failed is not None:
+        sys.stderr.write("mount failed: %s\n" % failed)
         return 2
     try:
         sys.stdout.flush()
