@@ -77,7 +77,7 @@ struct ovl_target {
 static int find_target(struct ovl_stack *s, const struct ovl_cred *cred, const char *path,
 		       struct ovl_target *t)
 {
-	size_t n = strlen(path), end, start;
+	size_t n, end, start;
 	char *parent;
 	struct ovl_dir *d;
 	int err;
@@ -85,6 +85,9 @@ static int find_target(struct ovl_stack *s, const struct ovl_cred *cred, const c
 	memset(t, 0, sizeof(*t));
 	t->w.s = s;
 	t->w.cred = cred;
+	if (ovl_path_too_long(path))
+		return -ENAMETOOLONG;
+	n = strlen(path);
 	end = n;
 	while (end > 0 && path[end - 1] == '/')
 		end--;

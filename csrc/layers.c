@@ -239,14 +239,174 @@ static int probe_features(struct ovl_stack *s)
 	return 0;
 }
 
-static int open_root(struct ovl_layer *l, const char *path, bool clone_mount)
+/* Overlapping layers (super.c:ovl_setup_trap, ovl_check_overlapping_layers).
+ * Every layer root is recorded with the directories above it, up to the
+ * root of its filesystem or to a directory already recorded, so that after
+ * opening one pass over the in-memory chains tells whether one root is, or
+ * lies inside, another: each root costs one fstatat per new ancestor (two
+ * for the layout /store/<id>/diff).  Chains cross bind mounts of the same
+ * filesystem and stop where the filesystem changes, as the kernel's dentry
+ * walk stops at its superblock's root. */
+#define OVL_NO_LAYER INT32_MIN
+
+struct ovl_anc_node {
+	dev_t dev;
+	ino_t ino;
+	int parent;		/* node index, -1 at the top */
+	int layer;		/* the layer whose root this is, or OVL_NO_LAYER */
+};
+
+struct ovl_anc {
+	struct ovl_anc_node *n;
+	int nn, cap;
+	int *slot;		/* open addressing: node index + 1, 0 empty */
+	int nslot;		/* a power of two, more than twice nn */
+	int dup, dup_of;	/* the first root that is an earlier one, or OVL_NO_LAYER */
+};
+
+static uint32_t anc_hash(dev_t dev, ino_t ino)
+{
+	uint64_t h = ((uint64_t)ino ^ ((uint64_t)dev << 32 | (uint64_t)dev >> 32)) *
+		     0x9E3779B97F4A7C15ull;
+
+	return (uint32_t)(h >> 32);
+}
+
+static int anc_find(const struct ovl_anc *a, dev_t dev, ino_t ino)
+{
+	if (!a->nslot)
+		return -1;
+	for (uint32_t i = anc_hash(dev, ino) & (uint32_t)(a->nslot - 1);;
+	     i = (i + 1) & (uint32_t)(a->nslot - 1)) {
+		int k = a->slot[i] - 1;
+
+		if (k < 0)
+			return -1;
+		if (a->n[k].dev == dev && a->n[k].ino == ino)
+			return k;
+	}
+}
+
+static int anc_add(struct ovl_anc *a, const struct stat *st)
+{
+	if (a->nn == a->cap) {
+		int cap = a->cap ? a->cap * 2 : 64;
+		struct ovl_anc_node *n = realloc(a->n, (size_t)cap * sizeof(*n));
+
+		if (!n)
+			return -ENOMEM;
+		a->n = n;
+		a->cap = cap;
+	}
+	if (2 * (a->nn + 1) >= a->nslot) {
+		int nslot = a->nslot ? a->nslot * 2 : 256;
+		int *slot = calloc((size_t)nslot, sizeof(*slot));
+
+		if (!slot)
+			return -ENOMEM;
+		free(a->slot);
+		a->slot = slot;
+		a->nslot = nslot;
+		for (int k = 0; k < a->nn; k++) {
+			uint32_t i = anc_hash(a->n[k].dev, a->n[k].ino) & (uint32_t)(nslot - 1);
+
+			while (slot[i])
+				i = (i + 1) & (uint32_t)(nslot - 1);
+			slot[i] = k + 1;
+		}
+	}
+	a->n[a->nn] = (struct ovl_anc_node){ st->st_dev, st->st_ino, -1, OVL_NO_LAYER };
+	{
+		uint32_t i = anc_hash(st->st_dev, st->st_ino) & (uint32_t)(a->nslot - 1);
+
+		while (a->slot[i])
+			i = (i + 1) & (uint32_t)(a->nslot - 1);
+		a->slot[i] = a->nn + 1;
+	}
+	return a->nn++;
+}
+
+static void anc_free(struct ovl_anc *a)
+{
+	free(a->n);
+	free(a->slot);
+}
+
+/* Record the root of layer (fd, an O_PATH directory on the host, not a
+ * detached clone, whose ".." would be itself) and the directories above
+ * it; the first root that is an earlier one is noted in a->dup.  Return 0
+ * or -errno. */
+static int anc_root(struct ovl_anc *a, int fd, int layer)
+{
+	char up[PATH_MAX];
+	struct stat st;
+	size_t n = 0;
+	int k, child;
+
+	if (fstat(fd, &st) < 0)
+		return -errno;
+	k = anc_find(a, st.st_dev, st.st_ino);
+	if (k >= 0) {
+		if (a->n[k].layer != OVL_NO_LAYER) {
+			if (a->dup == OVL_NO_LAYER) {
+				a->dup = layer;
+				a->dup_of = a->n[k].layer;
+			}
+			return 0;
+		}
+		a->n[k].layer = layer;	/* above an earlier root: its chain is known */
+		return 0;
+	}
+	child = anc_add(a, &st);
+	if (child < 0)
+		return child;
+	a->n[child].layer = layer;
+	while (n + 3 < sizeof(up)) {
+		memcpy(up + n, n ? "/.." : "..", n ? 4 : 3);
+		n += n ? 3 : 2;
+		if (fstatat(fd, up, &st, 0) < 0)
+			return -errno;
+		if (st.st_dev != a->n[child].dev ||
+		    st.st_ino == a->n[child].ino)
+			break;	/* another filesystem, or the top of this one */
+		k = anc_find(a, st.st_dev, st.st_ino);
+		if (k >= 0) {
+			a->n[child].parent = k;
+			break;
+		}
+		k = anc_add(a, &st);
+		if (k < 0)
+			return k;
+		a->n[child].parent = k;
+		child = k;
+	}
+	return 0;
+}
+
+/* The innermost layer root strictly above the root (dev, ino) — of a lower
+ * or data layer only, with lowers_only — or OVL_NO_LAYER. */
+static int anc_container(const struct ovl_anc *a, dev_t dev, ino_t ino, bool lowers_only)
+{
+	int k = anc_find(a, dev, ino);
+
+	for (k = k >= 0 ? a->n[k].parent : -1; k >= 0; k = a->n[k].parent)
+		if (a->n[k].layer != OVL_NO_LAYER && (!lowers_only || a->n[k].layer > 0))
+			return a->n[k].layer;
+	return OVL_NO_LAYER;
+}
+
+static int open_root(struct ovl_layer *l, const char *path, bool clone_mount,
+		     struct ovl_anc *anc, int layer)
 {
 	struct stat st;
-	int clone;
+	int clone, err;
 
 	l->fd = open(path, O_PATH | O_DIRECTORY | O_CLOEXEC);
 	if (l->fd < 0)
 		return -errno;
+	err = anc_root(anc, l->fd, layer);
+	if (err)
+		return err;
 	/* Like the kernel (super.c:ovl_setup_trap, clone_private_mount), see
 	 * the layer without what is mounted inside it: a detached,
 	 * non-recursive clone of its mount shows the directories underneath.
@@ -279,28 +439,32 @@ static int open_root(struct ovl_layer *l, const char *path, bool clone_mount)
 	return l->path ? 0 : -ENOMEM;
 }
 
+/* The work dir: on the upper's filesystem; nothing is made in it before
+ * every layer has passed check_overlaps (setup_work). */
+static int open_work(struct ovl_stack *s, const char *work, struct ovl_anc *anc)
+{
+	struct stat st;
+
+	s->work_fd = open(work, O_PATH | O_DIRECTORY | O_CLOEXEC);
+	if (s->work_fd < 0)
+		return -errno;
+	if (fstat(s->work_fd, &st) < 0 || st.st_dev != s->layers[0].dev)
+		return -EXDEV;	/* "workdir and upperdir must be on the same fs" */
+	return anc_root(anc, s->work_fd, OVL_LAYER_WORK);
+}
+
 /* Copies are built in <work>/work (the kernel's own scratch dir under a
  * workdir, so a kernel mount of the same layers wipes our leftovers too),
  * which must be on the upper layer's filesystem. */
-static int open_work(struct ovl_stack *s, const char *work)
+static int setup_work(struct ovl_stack *s)
 {
-	int wfd = open(work, O_PATH | O_DIRECTORY | O_CLOEXEC);
+	int base = s->work_fd;
 	struct stat st;
 
-	if (wfd < 0)
+	if (mkdirat(base, "work", 0) < 0 && errno != EEXIST)
 		return -errno;
-	if (fstat(wfd, &st) < 0 || st.st_dev != s->layers[0].dev) {
-		close(wfd);
-		return -EXDEV;	/* "workdir and upperdir must be on the same fs" */
-	}
-	if (mkdirat(wfd, "work", 0) < 0 && errno != EEXIST) {
-		int err = -errno;
-
-		close(wfd);
-		return err;
-	}
-	s->work_fd = openat(wfd, "work", O_PATH | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
-	close(wfd);
+	s->work_fd = openat(base, "work", O_PATH | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+	close(base);
 	if (s->work_fd < 0 || fstat(s->work_fd, &st) < 0)
 		return -errno;
 	s->work_setgid = st.st_mode & S_ISGID;
@@ -319,16 +483,68 @@ static void set_xnames(struct ovl_stack *s, int ns)
 	snprintf(s->x_metacopy, sizeof(s->x_metacopy), "%smetacopy", pfx);
 }
 
-int ovl_stack_open(const struct ovl_config *cfg, struct ovl_stack **out,
-		   int *bad_layer)
+/* Once every root is open (the kernel resolves every path before it checks
+ * any), in the kernel's order: the work dir against the upper, a lower or
+ * data layer that is an earlier layer, one that lies inside any layer.  An
+ * upper or work dir inside a lower makes them traps. */
+static int check_overlaps(struct ovl_stack *s, struct ovl_anc *anc, int *bad, int *other)
 {
+	struct stat st;
+
+	if (s->layers[0].fd >= 0) {
+		if (fstat(s->layers[0].fd, &st) < 0)
+			return -errno;
+		s->trap[0].dev = st.st_dev;
+		s->trap[0].ino = st.st_ino;
+		if (fstat(s->work_fd, &st) < 0)
+			return -errno;
+		s->trap[1].dev = st.st_dev;
+		s->trap[1].ino = st.st_ino;
+		/* "workdir and upperdir must be separate subtrees" */
+		if (anc->dup == OVL_LAYER_WORK ||
+		    anc_container(anc, st.st_dev, st.st_ino, false) == 0 ||
+		    anc_container(anc, s->trap[0].dev, s->trap[0].ino, false) == OVL_LAYER_WORK) {
+			*bad = OVL_LAYER_WORK;
+			*other = 0;
+			return -EINVAL;
+		}
+	}
+	if (anc->dup != OVL_NO_LAYER) {		/* "conflicting lowerdir path" */
+		*bad = anc->dup;
+		*other = anc->dup_of;
+		return -ELOOP;
+	}
+	for (int i = 1; i < s->nlayers; i++) {	/* "overlapping lowerdir path" */
+		int in;
+
+		if (fstat(s->layers[i].fd, &st) < 0) {
+			*bad = i;
+			return -errno;
+		}
+		in = anc_container(anc, st.st_dev, st.st_ino, false);
+		if (in != OVL_NO_LAYER) {
+			*bad = i;
+			*other = in;
+			return -ELOOP;
+		}
+	}
+	for (int t = 0; t < 2 && s->layers[0].fd >= 0; t++)
+		if (anc_container(anc, s->trap[t].dev, s->trap[t].ino, true) != OVL_NO_LAYER)
+			s->traps = true;
+	return 0;
+}
+
+int ovl_stack_open(const struct ovl_config *cfg, struct ovl_stack **out,
+		   struct ovl_open_error *error)
+{
+	struct ovl_anc anc = { .dup = OVL_NO_LAYER, .dup_of = OVL_NO_LAYER };
 	struct ovl_stack *s;
 	size_t total;
-	int err = 0, bad = -1;
+	int err = 0, bad = OVL_LAYER_NONE, other = OVL_LAYER_NONE;
 
 	*out = NULL;
-	if (bad_layer)
-		*bad_layer = -1;
+	if (error)
+		*error = (struct ovl_open_error){ OVL_LAYER_NONE, OVL_LAYER_NONE };
 	if (!cfg || !cfg->lowers || cfg->nlowers == 0 || (cfg->ndata && !cfg->data_layers))
 		return -EINVAL;
 	if (cfg->upper && !cfg->work)
@@ -392,14 +608,14 @@ int ovl_stack_open(const struct ovl_config *cfg, struct ovl_stack **out,
 	s->protected_hardlinks = ovl_read_protected_hardlinks();
 
 	if (cfg->upper) {
-		err = open_root(&s->layers[0], cfg->upper, false);
+		err = open_root(&s->layers[0], cfg->upper, false, &anc, 0);
 		if (err) {
 			bad = 0;
 			goto fail;
 		}
-		err = open_work(s, cfg->work);
+		err = open_work(s, cfg->work, &anc);
 		if (err) {
-			bad = -2;
+			bad = OVL_LAYER_WORK;
 			goto fail;
 		}
 		/* Symlink targets in the upper are read through a quiet clone:
@@ -419,9 +635,19 @@ int ovl_stack_open(const struct ovl_config *cfg, struct ovl_stack **out,
 			bad = (int)i + 1;
 			goto fail;
 		}
-		err = open_root(&s->layers[i + 1], p, true);
+		err = open_root(&s->layers[i + 1], p, true, &anc, (int)i + 1);
 		if (err) {
 			bad = (int)i + 1;
+			goto fail;
+		}
+	}
+	err = check_overlaps(s, &anc, &bad, &other);
+	if (err)
+		goto fail;
+	if (s->work_fd >= 0) {
+		err = setup_work(s);
+		if (err) {
+			bad = OVL_LAYER_WORK;
 			goto fail;
 		}
 	}
@@ -429,13 +655,16 @@ int ovl_stack_open(const struct ovl_config *cfg, struct ovl_stack **out,
 	for (int i = 0; i < s->nlayers; i++)
 		if (s->layers[i].fd >= 0 && s->layers[i].dev != s->layers[1].dev)
 			s->samefs = false;
+	anc_free(&anc);
 	probe_features(s);
 	s->root_ent->dtype = DT_DIR;
 	*out = s;
 	return 0;
 fail:
-	if (bad_layer)
-		*bad_layer = bad;
+	if (error)
+		*error = (struct ovl_open_error){ bad, err == -ELOOP || err == -EINVAL ?
+						  other : OVL_LAYER_NONE };
+	anc_free(&anc);
 	ovl_stack_close(s);
 	return err;
 }

@@ -330,6 +330,21 @@ static int lookup_single(struct ovl_ld *d, int layer, const char *base, int base
 		err = fd == -ENOENT ? -ESTALE : fd;
 		goto drop;
 	}
+	if (s->traps && layer > 0) {
+		/* The upper or work dir seen through a lower: "caught in a trap
+		 * of overlapping layers". */
+		struct stat tst;
+
+		if (fstat(fd, &tst) < 0) {
+			err = -errno;
+			goto drop;
+		}
+		for (int t = 0; t < 2; t++)
+			if (tst.st_dev == s->trap[t].dev && tst.st_ino == s->trap[t].ino)
+				err = -ELOOP;
+		if (err)
+			goto drop;
+	}
 	if (stat_dir && fstat(fd, &hit->st) < 0) {
 		err = -errno;
 		goto drop;
@@ -850,6 +865,8 @@ int ovl_walk_path(struct ovl_walk *w, const char *path, unsigned flags)
 	char *buf = NULL;
 	int nlinks = 0, err = 0;
 
+	if (ovl_path_too_long(path))
+		return -ENAMETOOLONG;
 	for (;;) {
 		const char *c, *q, *rest;
 		size_t len;

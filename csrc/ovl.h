@@ -34,7 +34,7 @@
 extern "C" {
 #endif
 
-#define OVL_API_VERSION 1
+#define OVL_API_VERSION 2
 
 struct ovl_stack;
 
@@ -77,16 +77,34 @@ struct ovl_config {
 	size_t cache_max_bytes;		/* 0: the default (256 MiB) */
 };
 
+/* Which layers an ovl_stack_open failure is about: an index as in
+ * ovl_stack_layer_path (0 the upper, 1.. the lowers then the data layers),
+ * OVL_LAYER_WORK for the work dir, OVL_LAYER_NONE when none is to blame. */
+#define OVL_LAYER_NONE	(-1)
+#define OVL_LAYER_WORK	(-2)
+struct ovl_open_error {
+	int layer;			/* the layer refused */
+	int other;			/* the layer it conflicts with */
+};
+
 /* Open a stack.  Every layer root is opened once (O_PATH|O_DIRECTORY).
- * Return 0 and set *out, or -errno; on a bad layer *bad_layer (if not NULL)
- * is set to its index (-2 for the work dir, -1 when no single layer is to
- * blame):
+ * Return 0 and set *out, or -errno, with *err (if not NULL) saying which
+ * layer is to blame:
  * -EINVAL no lowers, or upper without work; -ENOENT/-ENOTDIR/-EACCES for a
  * layer root; -E2BIG more than 65535 layers; -EINVAL for
  * OVL_CFG_REDIRECT_DIR with OVL_CFG_REDIRECT_NOFOLLOW, OVL_WHITEOUT_OCI or
- * OVL_XATTR_USER. */
+ * OVL_XATTR_USER.  Overlapping layers are refused as the kernel refuses to
+ * mount them (super.c:ovl_get_workdir, ovl_setup_trap,
+ * ovl_check_overlapping_layers): -EXDEV for a work dir on another
+ * filesystem than the upper; -EINVAL when the work dir and the upper are
+ * one directory or one lies inside the other ("workdir and upperdir must be
+ * separate subtrees"); -ELOOP for a lower or data layer that is the upper,
+ * the work dir or an earlier layer ("conflicting lowerdir path", other
+ * names it), or lies inside any layer ("overlapping lowerdir path").  The
+ * kernel mounts an upper or work dir inside a lower layer: lookups that
+ * reach it through that layer then give -ELOOP, as the kernel's traps do. */
 int ovl_stack_open(const struct ovl_config *cfg, struct ovl_stack **out,
-		   int *bad_layer);
+		   struct ovl_open_error *err);
 void ovl_stack_close(struct ovl_stack *s);
 
 /* Number of layer slots (1 + lowers + data layers; slot 0 may be empty). */

@@ -11,9 +11,11 @@
 #define OVL_INTERNAL_H
 
 #include <dirent.h>
+#include <limits.h>
 #include <pthread.h>
 #include <stdbool.h>
 #include <stdint.h>
+#include <string.h>
 #include <sys/stat.h>
 #include <sys/types.h>
 
@@ -185,6 +187,10 @@ struct ovl_stack {
 	unsigned cfg;
 	bool samefs;
 	bool have_openat2;
+	/* The upper root and the work dir, when one lies inside a lower layer:
+	 * a directory found there with one of these ids is a trap (-ELOOP). */
+	struct { dev_t dev; ino_t ino; } trap[2];
+	bool traps;
 	bool have_xattrat;
 
 	char xprefix[24];		/* "trusted.overlay." or "user.overlay." */
@@ -214,6 +220,13 @@ struct ovl_walk {
 	struct ovl_dir *dir;	/* directory holding ent (NULL for the root) */
 	struct ovl_ent *ent;	/* the entry the path names */
 };
+
+/* getname(): a union path that does not fit in PATH_MAX with its NUL is
+ * refused (-ENAMETOOLONG) before any of it is walked or copied. */
+static inline bool ovl_path_too_long(const char *path)
+{
+	return strnlen(path, PATH_MAX) >= PATH_MAX;
+}
 
 /* The path of stack layer si of d, relative to that layer's root. */
 static inline const char *ovl_dl_path(const struct ovl_dir *d, uint32_t si)

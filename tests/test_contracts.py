@@ -9,6 +9,7 @@ import io
 import os
 import pathlib
 import pickle
+import subprocess
 import sys
 
 import pytest
@@ -85,7 +86,7 @@ def test_return_types(st):
     os.close(fd)
     assert type(st.layers) is tuple and st.layers[0] is not None
     assert type(st.lowers) is tuple and type(st.data_layers) is tuple
-    assert st.whiteouts == "auto" and st.xattr_namespace == "trusted"
+    assert st.whiteouts == "kernel" and st.xattr_namespace == "trusted"
     assert st.closed is False
 
 
@@ -147,8 +148,49 @@ def test_repr_of_uninitialised_stack():
 
 
 def test_reinit_refused(st):
-    with pytest.raises(RuntimeError):
+    """Calling __init__ again is a TypeError naming the problem; the open stack
+    is left as it was."""
+    with pytest.raises(TypeError, match="cannot be re-initialized"):
         st.__init__(st.lowers)
+    assert not st.closed
+    st.close()
+    with pytest.raises(TypeError, match="cannot be re-initialized"):
+        st.__init__(st.lowers)
+
+
+def test_uninitialized_objects_say_so():
+    with pytest.raises(ValueError, match="__init__.. was not called"):
+        Stack.__new__(Stack).lstat("x")
+    with pytest.raises(ValueError, match="entries come from Stack.scandir"):
+        overlayfs.Entry.__new__(overlayfs.Entry).stat()
+
+
+def test_methods_check_their_self():
+    """An unbound method called with the wrong self is a TypeError, as for any
+    Python method, never a crash (run in a child: a crash would kill pytest)."""
+    code = """if True:
+        import overlayfs, inspect
+        checked = 0
+        for cls in (overlayfs.Stack, overlayfs.Entry, overlayfs._core.ScandirIterator):
+            for name, fn in vars(cls).items():
+                if not callable(fn) or name in ("__new__", "__init_subclass__",
+                                                "__subclasshook__", "__class_getitem__"):
+                    continue
+                if isinstance(fn, (classmethod, staticmethod)):
+                    continue
+                for bad in (None, 0, "f", object()):
+                    for args in ((), ("f",), ("f", "g"), ("f", 0, 0)):
+                        try:
+                            fn(bad, *args)
+                        except TypeError:
+                            checked += 1
+                        else:
+                            raise SystemExit(f"{cls.__name__}.{name}({bad!r}, ...) ran")
+        print(checked)
+    """
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert res.returncode == 0, res.stderr or res.stdout
+    assert int(res.stdout) > 400
 
 
 # -- the stub --------------------------------------------------------------------------

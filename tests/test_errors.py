@@ -252,3 +252,58 @@ def test_c_fds_released_on_close(L):
     assert util.fd_count() > before       # layer roots are held open
     st.close()
     assert util.fd_count() == before
+
+
+# -- over-long paths ---------------------------------------------------------------
+
+
+@pytest.mark.parametrize("length", [4095, 4096, 200_000])
+def test_path_max_is_checked_before_the_walk(impl, L, tmp_path, length):
+    """A path that does not fit in PATH_MAX (4096 bytes with its NUL) is
+    ENAMETOOLONG at once, as the kernel's getname() gives it before walking:
+    the same answers os.lstat gives for the same relative path on disk."""
+    path = ("a/" * length)[:length]
+    os.chdir(tmp_path)
+    try:
+        want = os.lstat(path)
+    except OSError as exc:
+        want = exc.errno
+    with L.stack(impl) as st:
+        got = util.expect_errno(want, st.lstat, path)
+        assert got.filename == path
+    assert want == (errno.ENOENT if length < 4096 else errno.ENAMETOOLONG)
+
+
+def test_makedirs_of_an_over_long_path_fails_at_once(L):
+    """os.makedirs fails with ENAMETOOLONG without making anything; so does
+    the Stack's, without recursing once per component."""
+    with Stack(L.lowers, L.upper, L.work) as st:
+        before = sorted(os.listdir(L.upper))
+        e = util.expect_errno(errno.ENAMETOOLONG, st.makedirs, "n/" * 50_000)
+        assert e.filename == "n/" * 50_000
+        assert sorted(os.listdir(L.upper)) == before
+        util.expect_errno(errno.ENAMETOOLONG, st.mkdir, "n/" * 2048)
+
+
+# -- relative layer paths ------------------------------------------------------------
+
+
+def test_relative_layer_paths_are_made_absolute(impl, tmp_path, monkeypatch):
+    """Host paths a stack hands out name what it opened, after a chdir too."""
+    for name in ("L1", "L2", "up", "wk"):
+        os.mkdir(tmp_path / name)
+    util.mkfile(str(tmp_path / "L1" / "f"), "one")
+    monkeypatch.chdir(tmp_path)
+    upper = {} if not util.is_c(impl) else {"upper": "up", "work": "./wk"}
+    st = impl(["L1", b"./L2"], **upper)
+    try:
+        monkeypatch.chdir("/")
+        assert st.resolve("f") == str(tmp_path / "L1" / "f")
+        assert st.lowers == (str(tmp_path / "L1"), os.fsencode(tmp_path / "L2"))
+        if upper:
+            assert st.upper == str(tmp_path / "up")
+            assert st.work == str(tmp_path / "wk")
+            assert st.copy_up("f") == str(tmp_path / "up" / "f")
+            assert st.resolve("f") == str(tmp_path / "up" / "f")
+    finally:
+        st.close()

@@ -711,3 +711,19 @@ def test_mount_point_inside_layer_is_not_crossed(stack_impl, tmp_path):
     assert sorted(result["kernel_sub"]) == ["low", "under"]
     assert not result["diffs"], "\n".join(result["diffs"])
     assert not result["problems"], "\n".join(result["problems"])
+
+
+@pytest.mark.parametrize("where", ["upper", "top lower"])
+def test_default_whiteouts_are_the_kernel_form(stack_impl, tmp_path, where):
+    """A layer dir a kernel mounts has only the kernel's whiteout forms: files a
+    container made named ".wh.victim" or ".wh..wh..opq" are plain files there,
+    hide nothing and make nothing opaque (nlink of the dir stays the kernel's)."""
+    top = "u" if where == "upper" else "l0"
+    spec = {
+        top: [("odd/.wh.victim", "file"), ("odd/lookdir/.wh..wh..opq", "file")],
+        "l1": [("odd/victim", "file", b"still here"), ("odd/lookdir/a", "file")],
+    }
+    lowers = ["l1"] if where == "upper" else ["l0", "l1"]
+    kv = parity(stack_impl, tmp_path, spec, lowers, "u" if where == "upper" else None)
+    assert sorted(visible(kv, "odd")) == [".wh.victim", "lookdir", "victim"]
+    assert sorted(visible(kv, "odd/lookdir")) == [".wh..wh..opq", "a"]

@@ -310,7 +310,7 @@ def test_kernel_mode_shows_oci_names(impl, oci):
 
 def test_auto_mode_honours_both(impl, oci):
     L = oci
-    with L.stack(impl) as st:
+    with L.stack(impl, whiteouts="auto") as st:
         for p in ("gone", ".wh.gone", "d/mid", "d/old", "same/low", "kw", "xw", "od/old"):
             util.expect_errno(errno.ENOENT, st.lstat, p)
         assert sorted(st.listdir("d")) == ["new"]

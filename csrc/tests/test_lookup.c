@@ -115,7 +115,7 @@ static void test_errors(void)
 	char name[300];
 	struct ovl_config cfg = { 0 };
 	const char *missing[] = { "/nonexistent-ovl-layer" };
-	int bad = 0;
+	struct ovl_open_error bad;
 
 	t_mkdir("l1");
 	t_mkdir("l2");
@@ -132,12 +132,62 @@ static void test_errors(void)
 	cfg.nlowers = 1;
 	cfg.whiteouts = OVL_WHITEOUT_AUTO;
 	CHECK_EQ(ovl_stack_open(&cfg, &s, &bad), -ENOENT);
-	CHECK_EQ(bad, 1);
+	CHECK_EQ(bad.layer, 1);
 	cfg.nlowers = 0;
 	CHECK_EQ(ovl_stack_open(&cfg, &s, &bad), -EINVAL);
 	cfg.nlowers = 1;
 	cfg.upper = "/tmp";
 	CHECK_EQ(ovl_stack_open(&cfg, &s, &bad), -EINVAL);	/* no work dir */
+}
+
+/* Layers that overlap are refused as the kernel refuses to mount them. */
+static void test_overlaps(void)
+{
+	struct ovl_stack *s;
+	struct ovl_config cfg = { .whiteouts = OVL_WHITEOUT_KERNEL };
+	struct ovl_open_error bad;
+	char l[PATH_MAX], l2[PATH_MAX], u[PATH_MAX], w[PATH_MAX], uin[PATH_MAX];
+	const char *lowers[2] = { l, l2 };
+
+	t_mkdir("l");
+	t_mkdir("l/in");
+	t_mkdir("u");
+	t_mkdir("u/in");
+	t_mkdir("w");
+	snprintf(l, sizeof(l), "%s", t_path("l"));
+	snprintf(u, sizeof(u), "%s", t_path("u"));
+	snprintf(w, sizeof(w), "%s", t_path("w"));
+	snprintf(uin, sizeof(uin), "%s", t_path("u/in"));
+	cfg.lowers = lowers;
+	cfg.nlowers = 1;
+	cfg.upper = l;		/* the lower as its own upper */
+	cfg.work = w;
+	CHECK_EQ(ovl_stack_open(&cfg, &s, &bad), -ELOOP);
+	CHECK_EQ(bad.layer, 1);
+	CHECK_EQ(bad.other, 0);
+	cfg.upper = u;
+	cfg.work = uin;		/* work inside upper */
+	CHECK_EQ(ovl_stack_open(&cfg, &s, &bad), -EINVAL);
+	CHECK_EQ(bad.layer, OVL_LAYER_WORK);
+	cfg.work = u;
+	CHECK_EQ(ovl_stack_open(&cfg, &s, &bad), -EINVAL);
+	cfg.work = w;
+	snprintf(l2, sizeof(l2), "%s", t_path("l/in"));
+	cfg.nlowers = 2;	/* a lower inside another */
+	CHECK_EQ(ovl_stack_open(&cfg, &s, &bad), -ELOOP);
+	CHECK_EQ(bad.layer, 2);
+	CHECK_EQ(bad.other, 1);
+	snprintf(l2, sizeof(l2), "%s", t_path("l"));
+	CHECK_EQ(ovl_stack_open(&cfg, &s, &bad), -ELOOP);	/* given twice */
+	CHECK_EQ(bad.layer, 2);
+	CHECK_EQ(bad.other, 1);
+	/* An upper inside a lower mounts; reaching it through the lower is
+	 * a trap. */
+	snprintf(u, sizeof(u), "%s", t_path("l/in"));
+	cfg.nlowers = 1;
+	CHECK_EQ(ovl_stack_open(&cfg, &s, &bad), 0);
+	CHECK_EQ(t_layer(s, "in", 0), -ELOOP);
+	ovl_stack_close(s);
 }
 
 static void test_redirects(void)
@@ -215,6 +265,9 @@ int main(void)
 	rc |= t_teardown();
 	t_setup("errors");
 	test_errors();
+	rc |= t_teardown();
+	t_setup("overlaps");
+	test_overlaps();
 	rc |= t_teardown();
 	t_setup("redirect");
 	test_redirects();

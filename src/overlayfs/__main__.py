@@ -150,7 +150,7 @@ def main(argv: list[str] | None = None) -> int:
     tree.add_argument("lowers", nargs="+", help="lower layers, top-most first")
     tree.add_argument("--upper")
     tree.add_argument("--work")
-    tree.add_argument("--whiteouts", default="auto", choices=["auto", "kernel", "oci"])
+    tree.add_argument("--whiteouts", default="kernel", choices=["kernel", "oci", "auto"])
     sub.add_parser("check", help="check the prerequisites for mounting overlays",
                    add_help=False)
     argv = sys.argv[1:] if argv is None else argv

@@ -30,6 +30,8 @@ cdef extern from "ovl.h" nogil:
         OVL_INFO_MERGED
         OVL_INFO_METACOPY
         OVL_INFO_OPAQUE
+        OVL_LAYER_NONE
+        OVL_LAYER_WORK
 
     struct ovl_config:
         const char *const *lowers
@@ -42,6 +44,10 @@ cdef extern from "ovl.h" nogil:
         int whiteouts
         unsigned flags
         size_t cache_max_bytes
+
+    struct ovl_open_error:
+        int layer
+        int other
 
     struct ovl_info:
         struct_stat st
@@ -71,7 +77,7 @@ cdef extern from "ovl.h" nogil:
         uint64_t generation
         uint64_t flushes
 
-    int ovl_stack_open(const ovl_config *cfg, ovl_stack **out, int *bad_layer)
+    int ovl_stack_open(const ovl_config *cfg, ovl_stack **out, ovl_open_error *err)
     void ovl_stack_close(ovl_stack *s)
     int ovl_lookup(ovl_stack *s, const char *path, unsigned flags, ovl_info *out)
     long ovl_realpath(ovl_stack *s, const char *path, unsigned flags, int want_data,

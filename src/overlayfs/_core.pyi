@@ -50,7 +50,7 @@ class Stack:
         work: _Path | None = None,
         *,
         xattr_namespace: str = "trusted",
-        whiteouts: str = "auto",
+        whiteouts: str = "kernel",
         cache: bool = True,
         data_layers: Sequence[_Path] = (),
         metacopy: bool = False,

@@ -1,4 +1,4 @@
-# cython: language_level=3, boundscheck=False, wraparound=False, cdivision=True
+# cython: language_level=3, boundscheck=False, wraparound=False, cdivision=True, binding=False, embedsignature=True, embedsignature.format=clinic
 """The compiled half of overlayfs: a read-only OverlayFS view of a layer stack.
 
 This module owns conversion (str/bytes paths in, the same kind out), object
@@ -17,7 +17,7 @@ from collections import namedtuple
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_GET_SIZE, PyBytes_FromStringAndSize
 from cpython.mem cimport PyMem_Malloc, PyMem_Free
 from cpython.ref cimport PyObject, Py_INCREF
-from libc.errno cimport EAGAIN, ENOENT, ENOTDIR, ERANGE, EROFS, ENAMETOOLONG, EXDEV
+from libc.errno cimport EAGAIN, EINVAL, ELOOP, ENOENT, ENOTDIR, ERANGE, EROFS, ENAMETOOLONG, EXDEV
 from libc.stdint cimport uint64_t, int64_t
 from libc.string cimport strlen, memchr
 from posix.stat cimport struct_stat
@@ -174,10 +174,60 @@ cdef inline object _out(const char *s, Py_ssize_t n, bint as_bytes):
 
 
 cdef object _fspath_layer(object p):
+    """A layer path as an absolute str or bytes path.  A relative one is
+    joined to the current directory; "." components and repeated slashes
+    go, ".." stays (after a symlink it does not mean the lexical parent)."""
     p = os.fspath(p)
     if not isinstance(p, (str, bytes)):
         raise TypeError(f"layer paths must be str, bytes or os.PathLike, not {type(p).__name__}")
-    return p
+    if os.path.isabs(p):
+        return p
+    sep, dotdot = (b"/", b"..") if isinstance(p, bytes) else ("/", "..")
+    cwd = os.getcwdb() if isinstance(p, bytes) else os.getcwd()
+    if dotdot in p.split(sep):
+        return os.path.join(cwd, p)
+    return os.path.normpath(os.path.join(cwd, p))
+
+
+cdef object _layer_role(int idx, object upper, object work, tuple lowers, Py_ssize_t nlowers):
+    """(what, path) of a layer index as ovl_open_error gives it."""
+    if idx == 0:
+        return "upperdir", upper
+    if idx == OVL_LAYER_WORK:
+        return "workdir", work
+    if 0 < idx <= nlowers:
+        return f"lowerdir #{idx}", lowers[idx - 1]
+    if idx > nlowers:
+        return f"data layer #{idx - nlowers}", lowers[idx - 1]
+    return None, None
+
+
+cdef int _raise_open_error(int rc, ovl_open_error bad, object upper, object work,
+                           tuple lowers, Py_ssize_t nlowers) except -1:
+    """Raise what ovl_stack_open's -errno means, naming the layers (the
+    kernel's own words for the overlaps it refuses)."""
+    cdef int err = -rc
+    what, path = _layer_role(bad.layer, upper, work, lowers, nlowers)
+    other, other_path = _layer_role(bad.other, upper, work, lowers, nlowers)
+    if err == ENOTDIR:
+        raise NotADirectoryError(err, f"{what} is not a directory", path)
+    if err == EXDEV and bad.layer == OVL_LAYER_WORK:
+        raise OSError(err, "workdir and upperdir must be on the same filesystem", path,
+                      None, upper)
+    if err == EINVAL and bad.layer == OVL_LAYER_WORK and other is not None:
+        raise OSError(err, "workdir and upperdir must be separate subtrees (one is "
+                      "the other or contains it)", path, None, other_path)
+    if err == ELOOP and other is not None:
+        try:
+            same = os.path.samestat(os.stat(path), os.stat(other_path))
+        except OSError:
+            same = False
+        if same:
+            why = f"conflicting lowerdir path: {what} is also the {other}"
+        else:
+            why = f"overlapping lowerdir path: {what} lies inside the {other}"
+        raise OSError(err, why, path, None, other_path)
+    raise OSError(err, f"{what}: {os.strerror(err)}" if what else os.strerror(err), path)
 
 
 cdef class Stack:
@@ -185,11 +235,21 @@ cdef class Stack:
     an upper layer (and a work dir) changed as a kernel mount changes it.
 
     Stack(lowers, upper=None, work=None, *, xattr_namespace="trusted",
-          whiteouts="auto", cache=True, data_layers=(), metacopy=False,
+          whiteouts="kernel", cache=True, data_layers=(), metacopy=False,
           redirect_follow=True, redirect_dir=False, cache_max_bytes=None,
           volatile=False)
 
-    lowers are top-most first, like lowerdir=top:...:bottom.  Layer indices:
+    lowers are top-most first, like lowerdir=top:...:bottom.  Layer paths
+    are made absolute when the stack opens (relative ones against the
+    current directory then), so the host paths it hands out keep naming
+    what it opened after a chdir.
+
+    whiteouts="kernel" (the default) honours only the forms a kernel mount
+    honours: char 0:0 devices and xattr whiteouts, opaque xattrs.  Files
+    named ".wh.NAME" or ".wh..wh..opq" are then ordinary files, as they are
+    in a layer dir a kernel mounts (a container can create them).  "oci"
+    honours only those names (trees extracted from OCI/Docker layer tars
+    without converting), "auto" both.  Layer indices:
     0 is the upper, 1..N the lowers in that order, N+1.. the data-only layers.
     Union paths are '/'-separated and relative to the union root ("" and "/"
     name the root); '..' never climbs above the root and symlinks are
@@ -231,16 +291,17 @@ cdef class Stack:
         self._s = NULL
 
     def __init__(self, lowers, upper=None, work=None, *, xattr_namespace="trusted",
-                 whiteouts="auto", cache=True, data_layers=(), metacopy=False,
+                 whiteouts="kernel", cache=True, data_layers=(), metacopy=False,
                  redirect_follow=True, redirect_dir=False, cache_max_bytes=None, **options):
         cdef ovl_config cfg
         cdef const char **arr = NULL
-        cdef int bad = -1
+        cdef ovl_open_error bad
         cdef int rc
         cdef Py_ssize_t i, n
         cdef ovl_stack *s = NULL
-        if self._s != NULL:
-            raise RuntimeError("Stack is already initialized")
+        if self.lowers is not None:
+            raise TypeError("Stack.__init__() called on an initialized Stack: a Stack "
+                            "cannot be re-initialized; make a new one")
         # "volatile" is a C keyword, so Cython cannot name a parameter so.
         no_fsync = options.pop("volatile", False)
         if options:
@@ -260,7 +321,7 @@ cdef class Stack:
         elif work is not None:
             raise ValueError("work is only meaningful with an upper layer")
         if whiteouts not in _WHITEOUTS:
-            raise ValueError(f"whiteouts must be one of 'auto', 'kernel', 'oci', not {whiteouts!r}")
+            raise ValueError(f"whiteouts must be one of 'kernel', 'oci', 'auto', not {whiteouts!r}")
         if xattr_namespace not in _XATTR_NS:
             raise ValueError(f"xattr_namespace must be 'trusted' or 'user', not {xattr_namespace!r}")
         if cache_max_bytes is not None and cache_max_bytes <= 0:
@@ -313,20 +374,7 @@ cdef class Stack:
         finally:
             PyMem_Free(arr)
         if rc < 0:
-            if bad == 0:
-                culprit = upper
-            elif bad == -2:
-                culprit = work
-            elif bad > 0:
-                culprit = (lowers + data_layers)[bad - 1]
-            else:
-                culprit = None
-            if rc == -ENOTDIR:
-                raise NotADirectoryError(ENOTDIR, "layer is not a directory", culprit)
-            if rc == -EXDEV and bad == -2:
-                raise OSError(EXDEV, "the work dir must be on the upper layer's filesystem",
-                              culprit)
-            raise _oserror(rc, culprit)
+            _raise_open_error(rc, bad, upper, work, lowers + data_layers, len(lowers))
         self._s = s
         self.lowers = lowers
         self.data_layers = data_layers
@@ -351,6 +399,8 @@ cdef class Stack:
 
     cdef inline ovl_stack *_get(self) except NULL:
         if self._s == NULL or self._closing:
+            if self.lowers is None:
+                raise ValueError("Stack.__init__() was not called")
             raise ValueError("I/O operation on a closed Stack")
         return self._s
 
@@ -1258,6 +1308,8 @@ cdef class Entry:
 
     def stat(self, *, follow_symlinks=True):
         """os.stat_result of the entry through the stack; cached per entry."""
+        if self._stack is None:
+            raise ValueError("uninitialized Entry: entries come from Stack.scandir()")
         if follow_symlinks and self._d_type == DT_LNK:
             if self._stat is None:
                 self._stat = self._stack.stat(self.path)

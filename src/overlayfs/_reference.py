@@ -40,8 +40,9 @@ Lookup (per path component, in the parent's merge stack; kernel rules)
       lookup, at open).  ``st_blocks`` comes from the data file.
     * ``whiteouts="oci"`` honours only ``.wh.NAME`` and ``.wh..wh..opq``
       (AUFS/OCI on-disk forms, which hide names in *lower* layers), and the
-      ``.wh.*`` names themselves are never visible; ``"kernel"`` honours only
-      the kernel forms; ``"auto"`` honours both.
+      ``.wh.*`` names themselves are never visible; ``"kernel"`` (the
+      default, as a kernel mount) honours only the kernel forms, where
+      ``.wh.*`` files are ordinary files; ``"auto"`` honours both.
     * The root merges every layer and is never opaque.
 
 Listing
@@ -85,8 +86,10 @@ CacheInfo = collections.namedtuple(
 
 #: Linux MAXSYMLINKS: symlinks followed in one path resolution.
 MAXSYMLINKS = 40
+#: Linux PATH_MAX: getname() refuses a path of this many bytes or more, before any walk.
+PATH_MAX = 4096
 
-_WHITEOUT_MODES = ("auto", "kernel", "oci")
+_WHITEOUT_MODES = ("kernel", "oci", "auto")
 _XATTR_NAMESPACES = ("trusted", "user")
 _OCI_PREFIX = b".wh."
 _OCI_OPAQUE = b".wh..wh..opq"
@@ -332,6 +335,16 @@ class _ScandirIterator:
         self.close()
 
 
+def _absolute(path):
+    """A layer path made absolute against the current directory (as Stack does:
+    normalised unless it has a ".." component, which may follow a symlink)."""
+    path = os.fspath(path)
+    if os.path.isabs(path):
+        return path
+    joined = os.path.join(os.getcwdb() if isinstance(path, bytes) else os.getcwd(), path)
+    return joined if os.path.pardir in os.fsdecode(path).split(os.sep) else os.path.normpath(joined)
+
+
 class ReferenceStack:
     """The merged OverlayFS view of a stack of layer directories, in plain Python.
 
@@ -340,14 +353,14 @@ class ReferenceStack:
     :meth:`invalidate`; attributes are always read fresh from the layers.
     """
 
-    def __init__(self, lowers, upper=None, work=None, *, xattr_namespace="trusted", whiteouts="auto",
+    def __init__(self, lowers, upper=None, work=None, *, xattr_namespace="trusted", whiteouts="kernel",
                  cache=True, data_layers=(), metacopy=False, redirect_follow=True, cache_max_bytes=None):
         self._closed = True  # until the layers are open
         self._fds: list[int] = []
         if isinstance(lowers, (str, bytes, os.PathLike)):
             raise TypeError("lowers must be a sequence of layer paths (top-most first), not a single path")
-        lowers = [os.fspath(p) for p in lowers]
-        data_layers = [os.fspath(p) for p in data_layers]
+        lowers = [_absolute(p) for p in lowers]
+        data_layers = [_absolute(p) for p in data_layers]
         if not lowers:
             raise ValueError("at least one lower layer is needed")
         if whiteouts not in _WHITEOUT_MODES:
@@ -362,8 +375,8 @@ class ReferenceStack:
         self.whiteouts = whiteouts
         self.metacopy = bool(metacopy)
         self.redirect_follow = bool(redirect_follow)
-        self.upper = None if upper is None else os.fspath(upper)
-        self.work = None if work is None else os.fspath(work)
+        self.upper = None if upper is None else _absolute(upper)
+        self.work = None if work is None else _absolute(work)
         self.lowers = tuple(lowers)
         self.data_layers = tuple(data_layers)
         self._max_bytes = cache_max_bytes or 0
@@ -827,6 +840,8 @@ class ReferenceStack:
         """
         self._check_open()
         pending = self._components(path)
+        if len(os.fsencode(os.fspath(path))) >= PATH_MAX:
+            raise OSError(errno.ENAMETOOLONG, os.strerror(errno.ENAMETOOLONG), path)
         dirs = [self._root]  # the directories walked so far; dirs[-1] is the current one
         hops = 0
         node = self._root
