@@ -36,6 +36,12 @@ extern "C" {
 
 #define OVL_API_VERSION 2
 
+/* What libovl.so exports: these functions and nothing else (the core is
+ * built with -fvisibility=hidden), as libuv marks its API with UV_EXTERN. */
+#ifndef OVL_API
+#define OVL_API __attribute__((visibility("default")))
+#endif
+
 struct ovl_stack;
 
 enum ovl_whiteout_mode {
@@ -103,14 +109,14 @@ struct ovl_open_error {
  * names it), or lies inside any layer ("overlapping lowerdir path").  The
  * kernel mounts an upper or work dir inside a lower layer: lookups that
  * reach it through that layer then give -ELOOP, as the kernel's traps do. */
-int ovl_stack_open(const struct ovl_config *cfg, struct ovl_stack **out,
+OVL_API int ovl_stack_open(const struct ovl_config *cfg, struct ovl_stack **out,
 		   struct ovl_open_error *err);
-void ovl_stack_close(struct ovl_stack *s);
+OVL_API void ovl_stack_close(struct ovl_stack *s);
 
 /* Number of layer slots (1 + lowers + data layers; slot 0 may be empty). */
-int ovl_stack_nlayers(const struct ovl_stack *s);
+OVL_API int ovl_stack_nlayers(const struct ovl_stack *s);
 /* Host path of layer idx as given at open, or NULL (no upper / bad idx). */
-const char *ovl_stack_layer_path(const struct ovl_stack *s, int idx);
+OVL_API const char *ovl_stack_layer_path(const struct ovl_stack *s, int idx);
 
 /* ovl_lookup flags */
 #define OVL_LOOKUP_FOLLOW 0x1	/* follow a symlink in the last component */
@@ -137,20 +143,20 @@ struct ovl_info {
  * in a redirect), -EXDEV (a mount point inside a layer, when layer mounts
  * could not be cloned), -ESTALE (a layer changed behind the cache: call
  * ovl_invalidate), -EAGAIN (OVL_LOOKUP_CACHED and not cached), <0 on error. */
-int ovl_lookup(struct ovl_stack *s, const char *path, unsigned flags,
+OVL_API int ovl_lookup(struct ovl_stack *s, const char *path, unsigned flags,
 	       struct ovl_info *out);
 
 /* Write the host path of the winning entry (last component followed only
  * with OVL_LOOKUP_FOLLOW) into buf, NUL-terminated.  With want_data, the
  * data file of a metacopy entry.  Return its length, -ERANGE if bufsize is
  * too small, or an ovl_lookup error. */
-long ovl_realpath(struct ovl_stack *s, const char *path, unsigned flags,
+OVL_API long ovl_realpath(struct ovl_stack *s, const char *path, unsigned flags,
 		  int want_data, char *buf, size_t bufsize, int *layer);
 
 /* Read the target of the symlink at path.  Return the length (not
  * NUL-terminated, truncated to bufsize like readlink(2)), -EINVAL if it is
  * not a symlink, or an ovl_lookup error. */
-long ovl_readlink(struct ovl_stack *s, const char *path, char *buf,
+OVL_API long ovl_readlink(struct ovl_stack *s, const char *path, char *buf,
 		  size_t bufsize);
 
 /* Open the data of the entry for reading (open flags: O_RDONLY plus
@@ -159,7 +165,7 @@ long ovl_readlink(struct ovl_stack *s, const char *path, char *buf,
  * its top-most layer's directory (ovl_listdir gives the merged listing).
  * Return an fd, -ENOTDIR (O_DIRECTORY on a non-directory), -EROFS for write
  * flags, -EINVAL for other flags, or an ovl_lookup error. */
-int ovl_open(struct ovl_stack *s, const char *path, int oflags);
+OVL_API int ovl_open(struct ovl_stack *s, const char *path, int oflags);
 
 /* One merged directory entry. */
 struct ovl_dirent {
@@ -182,17 +188,17 @@ struct ovl_dirlist {
  * with an error other than ENOENT are listed.  Return 0 and a list to free
  * with ovl_dirlist_free, or an ovl_lookup error (-ENOTDIR for a
  * non-directory). */
-int ovl_listdir(struct ovl_stack *s, const char *path, unsigned flags,
+OVL_API int ovl_listdir(struct ovl_stack *s, const char *path, unsigned flags,
 		struct ovl_dirlist **out);
-void ovl_dirlist_free(struct ovl_dirlist *list);
+OVL_API void ovl_dirlist_free(struct ovl_dirlist *list);
 
 /* Overlay-visible xattrs of the winning entry: the stack's private
  * "<ns>.overlay.*" names are hidden, escaped "<ns>.overlay.overlay.X" names
  * are shown as "<ns>.overlay.X".  Same return conventions as getxattr(2)
  * and listxattr(2) (size 0 asks for the size). */
-long ovl_getxattr(struct ovl_stack *s, const char *path, unsigned flags,
+OVL_API long ovl_getxattr(struct ovl_stack *s, const char *path, unsigned flags,
 		  const char *name, void *buf, size_t size);
-long ovl_listxattr(struct ovl_stack *s, const char *path, unsigned flags,
+OVL_API long ovl_listxattr(struct ovl_stack *s, const char *path, unsigned flags,
 		   char *buf, size_t size);
 
 /* How a copy-up moved the data (ovl_copy_up's return value). */
@@ -211,7 +217,7 @@ enum ovl_copy_method {
  * OVL_LOOKUP_FOLLOW copies up a final symlink's target.  Return an enum
  * ovl_copy_method (OVL_COPY_NONE if it was already up), -EROFS for a stack
  * without an upper layer, or a lookup or copy error. */
-int ovl_copy_up(struct ovl_stack *s, const char *path, unsigned flags);
+OVL_API int ovl_copy_up(struct ovl_stack *s, const char *path, unsigned flags);
 
 /* Changes, made as the kernel's overlayfs makes them (dir.c): the parent
  * chain is copied up first; a name that exists below is removed with a
@@ -221,31 +227,31 @@ int ovl_copy_up(struct ovl_stack *s, const char *path, unsigned flags);
  * -errno as the same call through an overlay mount would: -EROFS without
  * an upper layer, -ENOENT, -EEXIST, -ENOTEMPTY (judged on the merged
  * view), -EISDIR, -ENOTDIR...  flags: OVL_LOOKUP_FOLLOW or 0. */
-int ovl_unlink(struct ovl_stack *s, const char *path);
-int ovl_rmdir(struct ovl_stack *s, const char *path);
-int ovl_mkdir(struct ovl_stack *s, const char *path, mode_t mode);
-int ovl_mknod(struct ovl_stack *s, const char *path, mode_t mode, dev_t dev);
-int ovl_symlink(struct ovl_stack *s, const char *target, const char *path);
-int ovl_chmod(struct ovl_stack *s, const char *path, unsigned flags, mode_t mode);
-int ovl_chown(struct ovl_stack *s, const char *path, unsigned flags, uid_t uid, gid_t gid);
-int ovl_utimens(struct ovl_stack *s, const char *path, unsigned flags,
+OVL_API int ovl_unlink(struct ovl_stack *s, const char *path);
+OVL_API int ovl_rmdir(struct ovl_stack *s, const char *path);
+OVL_API int ovl_mkdir(struct ovl_stack *s, const char *path, mode_t mode);
+OVL_API int ovl_mknod(struct ovl_stack *s, const char *path, mode_t mode, dev_t dev);
+OVL_API int ovl_symlink(struct ovl_stack *s, const char *target, const char *path);
+OVL_API int ovl_chmod(struct ovl_stack *s, const char *path, unsigned flags, mode_t mode);
+OVL_API int ovl_chown(struct ovl_stack *s, const char *path, unsigned flags, uid_t uid, gid_t gid);
+OVL_API int ovl_utimens(struct ovl_stack *s, const char *path, unsigned flags,
 		const struct timespec ts[2]);
-int ovl_truncate(struct ovl_stack *s, const char *path, off_t length);
-int ovl_setxattr(struct ovl_stack *s, const char *path, unsigned flags, const char *name,
+OVL_API int ovl_truncate(struct ovl_stack *s, const char *path, off_t length);
+OVL_API int ovl_setxattr(struct ovl_stack *s, const char *path, unsigned flags, const char *name,
 		 const void *value, size_t size, int xflags);
-int ovl_removexattr(struct ovl_stack *s, const char *path, unsigned flags, const char *name);
+OVL_API int ovl_removexattr(struct ovl_stack *s, const char *path, unsigned flags, const char *name);
 /* rename(2), replacing to: -EXDEV for a directory that is merged or only in
  * a lower layer (the kernel without redirect_dir); copy and delete instead.
  * With OVL_CFG_REDIRECT_DIR such a directory is copied up alone and gets a
  * redirect (-EXDEV only when the absolute redirect would pass 256 bytes,
  * or the xattr cannot be set, after the copy-up, as in the kernel). */
-int ovl_rename(struct ovl_stack *s, const char *from, const char *to);
-int ovl_link(struct ovl_stack *s, const char *from, const char *to);
+OVL_API int ovl_rename(struct ovl_stack *s, const char *from, const char *to);
+OVL_API int ovl_link(struct ovl_stack *s, const char *from, const char *to);
 /* open(2) for writing, truncating or creating (O_WRONLY/O_RDWR, O_APPEND,
  * O_TRUNC, O_CREAT, O_EXCL, O_NOFOLLOW...): a regular file is copied up
  * (or created in the upper layer) and opened there; a fifo or device is
  * opened where it is.  Return an fd or -errno. */
-int ovl_open_write(struct ovl_stack *s, const char *path, int oflags, mode_t mode);
+OVL_API int ovl_open_write(struct ovl_stack *s, const char *path, int oflags, mode_t mode);
 
 struct ovl_cache_stats {
 	uint64_t hits;		/* lookups answered without I/O */
@@ -258,12 +264,12 @@ struct ovl_cache_stats {
 	uint64_t flushes;	/* times the cap emptied the cache */
 };
 
-void ovl_cache_stats(struct ovl_stack *s, struct ovl_cache_stats *out);
-uint64_t ovl_cache_generation(const struct ovl_stack *s);
+OVL_API void ovl_cache_stats(struct ovl_stack *s, struct ovl_cache_stats *out);
+OVL_API uint64_t ovl_cache_generation(const struct ovl_stack *s);
 
 /* Forget what is cached about path (and everything below it), or about
  * everything when path is NULL.  Return 0 or -errno. */
-int ovl_invalidate(struct ovl_stack *s, const char *path);
+OVL_API int ovl_invalidate(struct ovl_stack *s, const char *path);
 
 #ifdef __cplusplus
 }
