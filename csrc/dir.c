@@ -308,7 +308,9 @@ static int mark_opaque(const struct ovl_stack *s, int dfd, const char *name, boo
 }
 
 /* Remove what an upper directory holds besides whiteouts: nothing may be
- * there (the merged directory is empty); whiteouts are cleaned up. */
+ * there (the merged directory is empty); whiteouts are cleaned up.  Like
+ * the kernel's ovl_cleanup_whiteouts, char 0:0 ones (and ".wh.NAME"): an
+ * xattr whiteout is an entry (see merged_empty). */
 static int clear_whiteouts(struct ovl_stack *s, int udir, const char *name)
 {
 	int fd = openat(udir, name, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
@@ -332,9 +334,7 @@ static int clear_whiteouts(struct ovl_stack *s, int udir, const char *name)
 		if (fstatat(fd, de->d_name, &st, AT_SYMLINK_NOFOLLOW) < 0)
 			continue;
 		wh = (S_ISCHR(st.st_mode) && st.st_rdev == makedev(0, 0)) ||
-		     (ovl_oci_wh(s) && !strncmp(de->d_name, OCI_WH, 4)) ||
-		     (S_ISREG(st.st_mode) && st.st_size == 0 &&
-		      ovl_is_xwhiteout_at(s, fd, de->d_name) == 1);
+		     (ovl_oci_wh(s) && !strncmp(de->d_name, OCI_WH, 4));
 		if (!wh) {
 			err = -ENOTEMPTY;
 			break;
@@ -377,6 +377,24 @@ static int whiteout_over(struct ovl_stack *s, int udir, const char *name, bool i
 	return 0;
 }
 
+/* Is the merged directory d empty, for rmdir and a rename over it
+ * (readdir.c:ovl_check_empty_dir)?  The kernel skips only the entries
+ * ovl_check_whiteouts found to be char 0:0 whiteouts: an xattr whiteout is
+ * an entry even where the listing hides it (a lower, non-bottom directory
+ * marked opaque=x), so such a directory is not empty. */
+static bool merged_empty(const struct ovl_dir *d)
+{
+	if (d->norder)
+		return false;
+	for (uint32_t i = 0; d->table && i <= d->mask; i++) {
+		const struct ovl_ent *e = d->table[i];
+
+		if (e && (e->flags & OVL_E_WHITEOUT) && e->dtype == DT_REG)
+			return false;
+	}
+	return true;
+}
+
 static int remove_common(struct ovl_stack *s, const struct ovl_cred *cred, const char *path,
 			 bool is_rmdir)
 {
@@ -402,7 +420,7 @@ static int remove_common(struct ovl_stack *s, const struct ovl_cred *cred, const
 		return -ENOTDIR;
 	if (!is_rmdir && t.ent->dtype == DT_DIR)
 		return -EISDIR;
-	if (is_rmdir && t.node->norder)
+	if (is_rmdir && !merged_empty(t.node))
 		return -ENOTEMPTY;
 	lower = lower_positive(s, t.dir, t.name, t.len);
 	in_upper = t.dir->stack[t.ent->top].layer == 0;
@@ -1365,7 +1383,7 @@ static int do_rename(struct ovl_stack *s, const struct ovl_cred *cred, const cha
 		/* A merged or lower target is judged on the merged view now; a
 		 * pure-upper one by the upper rename itself. */
 		pure_target = !merged_or_lower(b.node);
-		if (!pure_target && b.node->norder)
+		if (!pure_target && !merged_empty(b.node))
 			return -ENOTEMPTY;
 	}
 	merged_new = merged_or_lower(b.dir);

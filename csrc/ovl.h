@@ -202,7 +202,8 @@ int ovl_copy_up(struct ovl_stack *s, const char *path, unsigned flags);
  * over a whiteout is opaque.  All return 0 (an fd for ovl_open_write) or
  * -errno as the same call through an overlay mount would: -EROFS without
  * an upper layer, -ENOENT, -EEXIST, -ENOTEMPTY (judged on the merged
- * view), -EISDIR, -ENOTDIR...  flags: OVL_LOOKUP_FOLLOW or 0. */
+ * view, where an xattr whiteout counts as an entry, as in the kernel),
+ * -EISDIR, -ENOTDIR...  flags: OVL_LOOKUP_FOLLOW or 0. */
 int ovl_unlink(struct ovl_stack *s, const char *path);
 int ovl_rmdir(struct ovl_stack *s, const char *path);
 int ovl_mkdir(struct ovl_stack *s, const char *path, mode_t mode);

@@ -213,6 +213,54 @@ def test_rmdir_emptiness_is_judged_on_the_merged_view(tmp_path):
           ["ENOTEMPTY", "ENOTEMPTY", "ok"], rule)
 
 
+#: Where a directory ``d`` holds a whiteout ``d/a``; l3 is the bottom layer.
+#: (spec, kernel outcome of rename(src, d) and then of rmdir(d)).
+_XW_DIRS = {
+    # An xattr whiteout: listed nowhere in the first one (a lower, non-bottom
+    # directory marked opaque=x), yet an entry for emptiness everywhere.
+    "lower-marked": ({"l1": [("d", "dir"), ("d", "xattr", "X.opaque", "x"), ("d/a", "xwhiteout")],
+                      "l2": [("d/a", "dir")]}, "ENOTEMPTY"),
+    "lower-marked-alone": ({"l1": [("d", "dir"), ("d", "xattr", "X.opaque", "x"), ("d/a", "xwhiteout")]},
+                           "ENOTEMPTY"),
+    "lower-marked-under-upper-dir": ({"upper": [("d", "dir")],
+                                      "l1": [("d", "dir"), ("d", "xattr", "X.opaque", "x"), ("d/a", "xwhiteout")],
+                                      "l2": [("d/a", "file")]}, "ENOTEMPTY"),
+    "lower-unmarked": ({"l1": [("d/a", "xwhiteout")], "l2": [("d/a", "dir")]}, "ENOTEMPTY"),
+    "bottom-marked": ({"l3": [("d", "dir"), ("d", "xattr", "X.opaque", "x"), ("d/a", "xwhiteout")]}, "ENOTEMPTY"),
+    "upper-marked": ({"upper": [("d", "dir"), ("d", "xattr", "X.opaque", "x"), ("d/a", "xwhiteout")],
+                      "l1": [("d/a", "dir")]}, "ENOTEMPTY"),
+    "upper-unmarked": ({"upper": [("d/a", "xwhiteout")], "l1": [("d/a", "file")]}, "ENOTEMPTY"),
+    "upper-only": ({"upper": [("d/a", "xwhiteout")]}, "ENOTEMPTY"),
+    # Char 0:0 whiteouts are what the check skips: the same places, empty.
+    "lower-marked-char": ({"l1": [("d", "dir"), ("d", "xattr", "X.opaque", "x"), ("d/a", "whiteout")],
+                           "l2": [("d/a", "dir")]}, "ok"),
+    "upper-char-over-marked-lower": ({"upper": [("d/a", "whiteout")],
+                                      "l1": [("d", "dir"), ("d", "xattr", "X.opaque", "x"), ("d/a", "xwhiteout")],
+                                      "l2": [("d/a", "dir")]}, "ok"),
+}
+
+
+@pytest.mark.parametrize("where", list(_XW_DIRS))
+def test_xattr_whiteouts_count_for_emptiness(tmp_path, where):
+    """The kernel's emptiness check (readdir.c:ovl_check_empty_dir) skips only the
+    entries ovl_check_whiteouts found to be char 0:0 whiteouts: an xattr whiteout
+    is an entry wherever it is, even where the listing hides it (a lower,
+    non-bottom directory marked opaque=x), so rmdir and a rename over the
+    directory give ENOTEMPTY and leave the upper layer alone."""
+    spec, want = _XW_DIRS[where]
+    spec = {**spec, "upper": spec.get("upper", []) + [("src", "dir")], "l3": spec.get("l3", []) + [("keep", "file")]}
+    had_d = any(p == "d" or p.startswith("d/") for p, *_ in spec["upper"])
+
+    def rule(up):
+        if want == "ok":
+            assert "src" not in up and up.get("d", {}).get("type") in (None, "whiteout")
+        else:
+            assert up["src"]["type"] == "dir"
+            assert ("d" in up) == had_d and not is_whiteout(up.get("d"))
+
+    check(tmp_path, spec, [O("rename", src=b"src", dst=b"d"), O("rmdir", path=b"d")], [want, want], rule)
+
+
 @pytest.mark.parametrize("below", [True, False])
 def test_mkdir_over_whiteout_is_opaque(tmp_path, below):
     def rule(up):
