@@ -1061,9 +1061,11 @@ static int open_write(struct ovl_stack *s, const struct ovl_cred *cred, const ch
 	}
 	if (t.ent->dtype == DT_DIR)
 		return -EISDIR;
-	if (t.slash)
+	if (t.slash || (oflags & O_DIRECTORY))
 		return -ENOTDIR;
-	/* fs/namei.c:may_open, as the caller. */
+	/* fs/namei.c:may_open, as the caller: a device first (nodev). */
+	if (ovl_nodev(s, t.ent->dtype))
+		return -EACCES;
 	struct stat st;
 	int acc = (oflags & O_ACCMODE) == O_RDONLY ? OVL_MAY_READ :
 		  (oflags & O_ACCMODE) == O_WRONLY ? OVL_MAY_WRITE : OVL_MAY_READ | OVL_MAY_WRITE;
@@ -1084,7 +1086,7 @@ static int open_write(struct ovl_stack *s, const struct ovl_cred *cred, const ch
 		err = ovl_ent_relpath(s, t.dir, t.ent, &layer, &rel);
 		if (err)
 			return err;
-		fd = ovl_layer_open(s, layer, rel, oflags & ~(O_CREAT | O_EXCL));
+		fd = ovl_layer_open_file(s, layer, rel, oflags & ~(O_CREAT | O_EXCL));
 		free(rel);
 		return fd;
 	}
@@ -1096,7 +1098,7 @@ static int open_write(struct ovl_stack *s, const struct ovl_cred *cred, const ch
 		err = ovl_ent_relpath(s, t.dir, t.ent, &layer, &rel);
 		if (err)
 			return err;
-		fd = ovl_layer_open(s, layer, rel, oflags & ~(O_CREAT | O_EXCL | O_TRUNC));
+		fd = ovl_layer_open_file(s, layer, rel, oflags & ~(O_CREAT | O_EXCL | O_TRUNC));
 		free(rel);
 		return fd;
 	}
@@ -1113,7 +1115,8 @@ static int open_write(struct ovl_stack *s, const struct ovl_cred *cred, const ch
 		udir = ovl_open_upper_dir(s, t.dir->path, &st);
 		fd = udir < 0 ? udir : openat(udir, t.name, (oflags & ~(O_CREAT | O_EXCL)) |
 					      O_NOFOLLOW | O_CLOEXEC);
-		err = fd < 0 ? (udir < 0 ? fd : -errno) : fd;
+		err = fd < 0 ? (udir < 0 ? fd : -errno) : ovl_nodev_fd(s, 0, fd);
+		fd = err;
 		if (fd >= 0 && kill) {
 			int kerr = kill_suid(fd, kill);
 
