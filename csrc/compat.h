@@ -34,6 +34,9 @@
 #define MOUNT_ATTR_RDONLY 0x00000001
 #define MOUNT_ATTR_NOATIME 0x00000010
 #endif
+#ifndef MOUNT_ATTR_NODEV
+#define MOUNT_ATTR_NODEV 0x00000004
+#endif
 #ifndef MOUNT_ATTR__ATIME
 #define MOUNT_ATTR__ATIME 0x00000070
 #endif
@@ -90,10 +93,12 @@ struct ovl_mount_attr {
 
 /* Make the mount at fd (a detached clone of our own) read-only and
  * noatime, as the kernel makes its lower layers' private mounts
- * (super.c:ovl_get_layers).  Return 0 or -errno (ENOSYS before 5.12). */
-static inline int ovl_sys_mount_lower(int fd)
+ * (super.c:ovl_get_layers), and with nodev also nodev.  Return 0 or -errno
+ * (ENOSYS before 5.12). */
+static inline int ovl_sys_mount_lower(int fd, int nodev)
 {
-	struct ovl_mount_attr a = { .attr_set = MOUNT_ATTR_RDONLY | MOUNT_ATTR_NOATIME,
+	struct ovl_mount_attr a = { .attr_set = MOUNT_ATTR_RDONLY | MOUNT_ATTR_NOATIME |
+						(nodev ? MOUNT_ATTR_NODEV : 0),
 				    .attr_clr = MOUNT_ATTR__ATIME };
 	long r = syscall(__NR_mount_setattr, fd, "", AT_EMPTY_PATH, &a, sizeof(a));
 

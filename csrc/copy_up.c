@@ -275,10 +275,10 @@ static int link_tmpfile(int fd, int udir, const char *name)
  * does (O_NOATIME needs its owner or CAP_FOWNER; else a plain open). */
 static int open_noatime(const struct ovl_stack *s, int layer, const char *rel)
 {
-	int fd = ovl_layer_open(s, layer, rel, O_RDONLY | O_NONBLOCK | O_NOCTTY | O_NOATIME);
+	int fd = ovl_layer_open_file(s, layer, rel, O_RDONLY | O_NONBLOCK | O_NOCTTY | O_NOATIME);
 
 	if (fd == -EPERM)
-		fd = ovl_layer_open(s, layer, rel, O_RDONLY | O_NONBLOCK | O_NOCTTY);
+		fd = ovl_layer_open_file(s, layer, rel, O_RDONLY | O_NONBLOCK | O_NOCTTY);
 	return fd;
 }
 

@@ -311,7 +311,9 @@ static int mark_opaque(const struct ovl_stack *s, int dfd, const char *name, boo
 }
 
 /* Remove what an upper directory holds besides whiteouts: nothing may be
- * there (the merged directory is empty); whiteouts are cleaned up. */
+ * there (the merged directory is empty); whiteouts are cleaned up.  Like
+ * the kernel's ovl_cleanup_whiteouts, char 0:0 ones (and ".wh.NAME"): an
+ * xattr whiteout is an entry (see merged_empty). */
 static int clear_whiteouts(struct ovl_stack *s, int udir, const char *name)
 {
 	int fd = openat(udir, name, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
@@ -335,9 +337,7 @@ static int clear_whiteouts(struct ovl_stack *s, int udir, const char *name)
 		if (fstatat(fd, de->d_name, &st, AT_SYMLINK_NOFOLLOW) < 0)
 			continue;
 		wh = (S_ISCHR(st.st_mode) && st.st_rdev == makedev(0, 0)) ||
-		     (ovl_oci_wh(s) && !strncmp(de->d_name, OCI_WH, 4)) ||
-		     (S_ISREG(st.st_mode) && st.st_size == 0 &&
-		      ovl_is_xwhiteout_at(s, fd, de->d_name) == 1);
+		     (ovl_oci_wh(s) && !strncmp(de->d_name, OCI_WH, 4));
 		if (!wh) {
 			err = -ENOTEMPTY;
 			break;
@@ -380,6 +380,24 @@ static int whiteout_over(struct ovl_stack *s, int udir, const char *name, bool i
 	return 0;
 }
 
+/* Is the merged directory d empty, for rmdir and a rename over it
+ * (readdir.c:ovl_check_empty_dir)?  The kernel skips only the entries
+ * ovl_check_whiteouts found to be char 0:0 whiteouts: an xattr whiteout is
+ * an entry even where the listing hides it (a lower, non-bottom directory
+ * marked opaque=x), so such a directory is not empty. */
+static bool merged_empty(const struct ovl_dir *d)
+{
+	if (d->norder)
+		return false;
+	for (uint32_t i = 0; d->table && i <= d->mask; i++) {
+		const struct ovl_ent *e = d->table[i];
+
+		if (e && (e->flags & OVL_E_WHITEOUT) && e->dtype == DT_REG)
+			return false;
+	}
+	return true;
+}
+
 static int remove_common(struct ovl_stack *s, const struct ovl_cred *cred, const char *path,
 			 bool is_rmdir)
 {
@@ -405,7 +423,7 @@ static int remove_common(struct ovl_stack *s, const struct ovl_cred *cred, const
 		return -ENOTDIR;
 	if (!is_rmdir && t.ent->dtype == DT_DIR)
 		return -EISDIR;
-	if (is_rmdir && t.node->norder)
+	if (is_rmdir && !merged_empty(t.node))
 		return -ENOTEMPTY;
 	lower = lower_positive(s, t.dir, t.name, t.len);
 	in_upper = t.dir->stack[t.ent->top].layer == 0;
@@ -1046,9 +1064,11 @@ static int open_write(struct ovl_stack *s, const struct ovl_cred *cred, const ch
 	}
 	if (t.ent->dtype == DT_DIR)
 		return -EISDIR;
-	if (t.slash)
+	if (t.slash || (oflags & O_DIRECTORY))
 		return -ENOTDIR;
-	/* fs/namei.c:may_open, as the caller. */
+	/* fs/namei.c:may_open, as the caller: a device first (nodev). */
+	if (ovl_nodev(s, t.ent->dtype))
+		return -EACCES;
 	struct stat st;
 	int acc = (oflags & O_ACCMODE) == O_RDONLY ? OVL_MAY_READ :
 		  (oflags & O_ACCMODE) == O_WRONLY ? OVL_MAY_WRITE : OVL_MAY_READ | OVL_MAY_WRITE;
@@ -1069,7 +1089,7 @@ static int open_write(struct ovl_stack *s, const struct ovl_cred *cred, const ch
 		err = ovl_ent_relpath(s, t.dir, t.ent, &layer, &rel);
 		if (err)
 			return err;
-		fd = ovl_layer_open(s, layer, rel, oflags & ~(O_CREAT | O_EXCL));
+		fd = ovl_layer_open_file(s, layer, rel, oflags & ~(O_CREAT | O_EXCL));
 		free(rel);
 		return fd;
 	}
@@ -1081,7 +1101,7 @@ static int open_write(struct ovl_stack *s, const struct ovl_cred *cred, const ch
 		err = ovl_ent_relpath(s, t.dir, t.ent, &layer, &rel);
 		if (err)
 			return err;
-		fd = ovl_layer_open(s, layer, rel, oflags & ~(O_CREAT | O_EXCL | O_TRUNC));
+		fd = ovl_layer_open_file(s, layer, rel, oflags & ~(O_CREAT | O_EXCL | O_TRUNC));
 		free(rel);
 		return fd;
 	}
@@ -1098,7 +1118,8 @@ static int open_write(struct ovl_stack *s, const struct ovl_cred *cred, const ch
 		udir = ovl_open_upper_dir(s, t.dir->path, &st);
 		fd = udir < 0 ? udir : openat(udir, t.name, (oflags & ~(O_CREAT | O_EXCL)) |
 					      O_NOFOLLOW | O_CLOEXEC);
-		err = fd < 0 ? (udir < 0 ? fd : -errno) : fd;
+		err = fd < 0 ? (udir < 0 ? fd : -errno) : ovl_nodev_fd(s, 0, fd);
+		fd = err;
 		if (fd >= 0 && kill) {
 			int kerr = kill_suid(fd, kill);
 
@@ -1368,7 +1389,7 @@ static int do_rename(struct ovl_stack *s, const struct ovl_cred *cred, const cha
 		/* A merged or lower target is judged on the merged view now; a
 		 * pure-upper one by the upper rename itself. */
 		pure_target = !merged_or_lower(b.node);
-		if (!pure_target && b.node->norder)
+		if (!pure_target && !merged_empty(b.node))
 			return -ENOTEMPTY;
 	}
 	merged_new = merged_or_lower(b.dir);

@@ -468,12 +468,14 @@ static int open_op(struct ovl_walk *w, void *arg)
 			err = ovl_ent_relpath(s, w->dir, e, &layer, &rel);
 		if (err)
 			return err;
-		a->fd = ovl_layer_open(s, layer, rel, a->oflags);
+		a->fd = ovl_layer_open_file(s, layer, rel, a->oflags);
 		free(rel);
 		return a->fd < 0 ? a->fd : 0;
 	}
 	if (a->oflags & O_DIRECTORY)
 		return -ENOTDIR;
+	if (ovl_nodev(s, e->dtype))
+		return -EACCES;	/* before the permission check, as may_open */
 	err = may_open(w, NULL, a->oflags);
 	if (err)
 		return err;
@@ -491,7 +493,7 @@ static int open_op(struct ovl_walk *w, void *arg)
 		if (err)
 			return err;
 	}
-	a->fd = ovl_layer_open(s, layer, rel, a->oflags);
+	a->fd = ovl_layer_open_file(s, layer, rel, a->oflags);
 	free(rel);
 	return a->fd < 0 ? a->fd : 0;
 }

@@ -97,6 +97,36 @@ int ovl_layer_open(const struct ovl_stack *s, int layer, const char *relpath,
 	return open_walk(l, relpath, oflags);
 }
 
+/* fd (an object just opened in layer), or -EACCES after closing it if it
+ * is a device the stack may not open (ovl_nodev) and the layer's mount did
+ * not refuse it already: the upper, and a lower whose mount could not be
+ * cloned nodev.  The callers refuse what the cache knows to be a device
+ * before opening it; this catches one that took a name's place since. */
+int ovl_nodev_fd(const struct ovl_stack *s, int layer, int fd)
+{
+	struct stat st;
+	int err;
+
+	if (fd < 0 || (s->cfg & OVL_CFG_DEVICES) || s->layers[layer].nodev)
+		return fd;
+	if (fstat(fd, &st) < 0)
+		err = -errno;
+	else if (S_ISCHR(st.st_mode) || S_ISBLK(st.st_mode))
+		err = -EACCES;
+	else
+		return fd;
+	close(fd);
+	return err;
+}
+
+/* ovl_layer_open of an object to read or write (not O_PATH): never a
+ * device, unless the stack opens devices (ovl_nodev_fd). */
+int ovl_layer_open_file(const struct ovl_stack *s, int layer, const char *relpath,
+			int oflags)
+{
+	return ovl_nodev_fd(s, layer, ovl_layer_open(s, layer, relpath, oflags));
+}
+
 /* The upper directory at relpath in the stack's read-only noatime clone of
  * the upper layer (O_PATH), or -errno (-ENOSYS: there is no such clone). */
 int ovl_upper_quiet_dir(const struct ovl_stack *s, const char *relpath)
@@ -127,12 +157,34 @@ long ovl_fd_getxattr(int fd, const char *name, void *buf, size_t size)
 	return r < 0 ? -errno : r;
 }
 
+/* Without the *xattrat calls (before 6.13), the xattrs of dfd/name are
+ * read by path through /proc/self/fd of an O_PATH fd (the object itself,
+ * a final symlink too): opening it for reading would open a device, which
+ * is not for a lookup to do (and which a nodev layer clone refuses).
+ * Return the fd, with that path in proc, or -errno. */
+static int xattr_proc_path(int dfd, const char *name, char *proc, size_t size)
+{
+	int fd = openat(dfd, name, O_PATH | O_NOFOLLOW | O_CLOEXEC);
+
+	if (fd < 0)
+		return -errno;
+	snprintf(proc, size, "/proc/self/fd/%d", fd);
+	return fd;
+}
+
+static long proc_listxattr(const char *proc, char *buf, size_t size)
+{
+	ssize_t r = listxattr(proc, buf, size);
+
+	return r < 0 ? -errno : r;
+}
+
 /* List the xattr names of dfd/name (not following a final symlink) into a
  * malloc'd buffer.  Return the length (0: none, *buf NULL) or -errno. */
 long ovl_at_listxattr(const struct ovl_stack *s, int dfd, const char *name,
 		      char **buf)
 {
-	char small[1024];
+	char small[1024], proc[64];
 	long n;
 	int fd = -1;
 
@@ -143,15 +195,12 @@ long ovl_at_listxattr(const struct ovl_stack *s, int dfd, const char *name,
 		if (n == -ERANGE)
 			n = ovl_sys_listxattrat(dfd, name, AT_SYMLINK_NOFOLLOW, NULL, 0);
 	} else {
-		fd = openat(dfd, name, O_RDONLY | O_NOFOLLOW | O_NONBLOCK | O_NOCTTY |
-			    O_CLOEXEC);
+		fd = xattr_proc_path(dfd, name, proc, sizeof(proc));
 		if (fd < 0)
-			return errno == ELOOP ? 0 : -errno;
-		n = flistxattr(fd, small, sizeof(small));
-		if (n < 0 && errno == ERANGE)
-			n = flistxattr(fd, NULL, 0);
-		if (n < 0)
-			n = -errno;
+			return fd;
+		n = proc_listxattr(proc, small, sizeof(small));
+		if (n == -ERANGE)
+			n = proc_listxattr(proc, NULL, 0);
 	}
 	if (n <= 0)
 		goto out;
@@ -176,8 +225,8 @@ long ovl_at_listxattr(const struct ovl_stack *s, int dfd, const char *name,
 		if (s->have_xattrat)
 			m = ovl_sys_listxattrat(dfd, name, AT_SYMLINK_NOFOLLOW, big,
 						(size_t)n);
-		else if ((m = flistxattr(fd, big, (size_t)n)) < 0)
-			m = -errno;
+		else
+			m = proc_listxattr(proc, big, (size_t)n);
 		if (m >= 0) {
 			*buf = big;
 			n = m;
@@ -190,8 +239,8 @@ long ovl_at_listxattr(const struct ovl_stack *s, int dfd, const char *name,
 		}
 		if (s->have_xattrat)
 			n = ovl_sys_listxattrat(dfd, name, AT_SYMLINK_NOFOLLOW, NULL, 0);
-		else if ((n = flistxattr(fd, NULL, 0)) < 0)
-			n = -errno;
+		else
+			n = proc_listxattr(proc, NULL, 0);
 		if (n <= 0)
 			goto out;
 	}
@@ -207,17 +256,19 @@ out:
 long ovl_at_getxattr(const struct ovl_stack *s, int dfd, const char *name,
 		     const char *xname, void *buf, size_t size)
 {
-	long r;
+	char proc[64];
+	ssize_t r;
 	int fd;
 
 	if (s->have_xattrat)
 		return ovl_sys_getxattrat(dfd, name, AT_SYMLINK_NOFOLLOW, xname, buf,
 					  size);
-	fd = openat(dfd, name, O_RDONLY | O_NOFOLLOW | O_NONBLOCK | O_NOCTTY |
-		    O_CLOEXEC);
+	fd = xattr_proc_path(dfd, name, proc, sizeof(proc));
 	if (fd < 0)
-		return errno == ELOOP ? -ENODATA : -errno;
-	r = ovl_fd_getxattr(fd, xname, buf, size);
+		return fd;
+	r = getxattr(proc, xname, buf, size);
+	if (r < 0)
+		r = -errno;
 	close(fd);
 	return r;
 }
@@ -395,7 +446,7 @@ static int anc_container(const struct ovl_anc *a, dev_t dev, ino_t ino, bool low
 	return OVL_NO_LAYER;
 }
 
-static int open_root(struct ovl_layer *l, const char *path, bool clone_mount,
+static int open_root(struct ovl_layer *l, const char *path, bool clone_mount, bool nodev,
 		     struct ovl_anc *anc, int layer)
 {
 	struct stat st;
@@ -419,8 +470,9 @@ static int open_root(struct ovl_layer *l, const char *path, bool clone_mount,
 		l->fd = clone;
 		/* The clone is ours: read-only, and reading through it (a
 		 * symlink's target, a directory) leaves the layer's atimes
-		 * alone, as with the kernel's lower layers.  Best effort. */
-		ovl_sys_mount_lower(clone);
+		 * alone, as with the kernel's lower layers; nodev unless the
+		 * stack opens devices.  Best effort. */
+		l->nodev = ovl_sys_mount_lower(clone, nodev) == 0 && nodev;
 	}
 	if (fstat(l->fd, &st) < 0)
 		return -errno;
@@ -608,7 +660,7 @@ int ovl_stack_open(const struct ovl_config *cfg, struct ovl_stack **out,
 	s->protected_hardlinks = ovl_read_protected_hardlinks();
 
 	if (cfg->upper) {
-		err = open_root(&s->layers[0], cfg->upper, false, &anc, 0);
+		err = open_root(&s->layers[0], cfg->upper, false, false, &anc, 0);
 		if (err) {
 			bad = 0;
 			goto fail;
@@ -621,7 +673,8 @@ int ovl_stack_open(const struct ovl_config *cfg, struct ovl_stack **out,
 		/* Symlink targets in the upper are read through a quiet clone:
 		 * a lookup leaves their atimes alone, as the kernel's does. */
 		s->upper_quiet_fd = ovl_sys_open_tree_clone(s->layers[0].fd, "", AT_EMPTY_PATH);
-		if (s->upper_quiet_fd >= 0 && ovl_sys_mount_lower(s->upper_quiet_fd) < 0) {
+		if (s->upper_quiet_fd >= 0 &&
+		    ovl_sys_mount_lower(s->upper_quiet_fd, !(cfg->flags & OVL_CFG_DEVICES)) < 0) {
 			close(s->upper_quiet_fd);
 			s->upper_quiet_fd = -1;
 		}
@@ -635,7 +688,8 @@ int ovl_stack_open(const struct ovl_config *cfg, struct ovl_stack **out,
 			bad = (int)i + 1;
 			goto fail;
 		}
-		err = open_root(&s->layers[i + 1], p, true, &anc, (int)i + 1);
+		err = open_root(&s->layers[i + 1], p, true, !(cfg->flags & OVL_CFG_DEVICES),
+				&anc, (int)i + 1);
 		if (err) {
 			bad = (int)i + 1;
 			goto fail;

@@ -69,6 +69,12 @@ enum ovl_xattr_ns {
  * redirects) and with OVL_XATTR_USER (the kernel refuses userxattr with
  * redirect_dir=on). */
 #define OVL_CFG_REDIRECT_DIR	 0x10
+/* Open char and block devices (ovl_open, ovl_open_write).  Without it the
+ * stack reads its layers as a nodev mount would: opening a device node
+ * gives -EACCES (fs/namei.c:may_open_dev), so a layer's "dev/sda" never
+ * reaches the host's disk.  Copying a device node up (mknod) is allowed
+ * either way. */
+#define OVL_CFG_DEVICES		 0x20
 
 struct ovl_config {
 	const char *const *lowers;	/* host paths, top-most first */
@@ -164,7 +170,8 @@ OVL_API long ovl_readlink(struct ovl_stack *s, const char *path, char *buf,
  * the layer root with no symlink or mount crossing.  A directory opens as
  * its top-most layer's directory (ovl_listdir gives the merged listing).
  * Return an fd, -ENOTDIR (O_DIRECTORY on a non-directory), -EROFS for write
- * flags, -EINVAL for other flags, or an ovl_lookup error. */
+ * flags, -EINVAL for other flags, -EACCES for a char or block device
+ * without OVL_CFG_DEVICES, or an ovl_lookup error. */
 OVL_API int ovl_open(struct ovl_stack *s, const char *path, int oflags);
 
 /* One merged directory entry. */
@@ -226,7 +233,8 @@ OVL_API int ovl_copy_up(struct ovl_stack *s, const char *path, unsigned flags);
  * over a whiteout is opaque.  All return 0 (an fd for ovl_open_write) or
  * -errno as the same call through an overlay mount would: -EROFS without
  * an upper layer, -ENOENT, -EEXIST, -ENOTEMPTY (judged on the merged
- * view), -EISDIR, -ENOTDIR...  flags: OVL_LOOKUP_FOLLOW or 0. */
+ * view, where an xattr whiteout counts as an entry, as in the kernel),
+ * -EISDIR, -ENOTDIR...  flags: OVL_LOOKUP_FOLLOW or 0. */
 OVL_API int ovl_unlink(struct ovl_stack *s, const char *path);
 OVL_API int ovl_rmdir(struct ovl_stack *s, const char *path);
 OVL_API int ovl_mkdir(struct ovl_stack *s, const char *path, mode_t mode);
@@ -250,7 +258,8 @@ OVL_API int ovl_link(struct ovl_stack *s, const char *from, const char *to);
 /* open(2) for writing, truncating or creating (O_WRONLY/O_RDWR, O_APPEND,
  * O_TRUNC, O_CREAT, O_EXCL, O_NOFOLLOW...): a regular file is copied up
  * (or created in the upper layer) and opened there; a fifo or device is
- * opened where it is.  Return an fd or -errno. */
+ * opened where it is (a device only with OVL_CFG_DEVICES, else -EACCES).
+ * Return an fd or -errno. */
 OVL_API int ovl_open_write(struct ovl_stack *s, const char *path, int oflags, mode_t mode);
 
 struct ovl_cache_stats {

@@ -34,6 +34,7 @@ struct ovl_layer {
 	size_t pathlen;
 	dev_t dev;
 	bool greedy_getdents;	/* a short getdents64 means the end (local fs) */
+	bool nodev;		/* fd is a nodev clone: devices do not open */
 };
 
 /* ovl_ent.flags */
@@ -244,6 +245,13 @@ static inline bool ovl_oci_wh(const struct ovl_stack *s)
 	return s->whiteouts & OVL_WHITEOUT_OCI;
 }
 
+/* May an entry of this type not be opened (a device, without
+ * OVL_CFG_DEVICES: -EACCES, as fs/namei.c:may_open_dev on a nodev mount)? */
+static inline bool ovl_nodev(const struct ovl_stack *s, unsigned char dtype)
+{
+	return !(s->cfg & OVL_CFG_DEVICES) && (dtype == DT_CHR || dtype == DT_BLK);
+}
+
 static inline uint64_t ovl_atomic_inc(uint64_t *p)
 {
 	return __atomic_add_fetch(p, 1, __ATOMIC_RELAXED);
@@ -258,6 +266,9 @@ static inline uint64_t ovl_atomic_get(const uint64_t *p)
 int ovl_layer_open(const struct ovl_stack *s, int layer, const char *relpath,
 		   int oflags);
 int ovl_layer_open_dir(const struct ovl_stack *s, int layer, const char *relpath);
+int ovl_layer_open_file(const struct ovl_stack *s, int layer, const char *relpath,
+			int oflags);
+int ovl_nodev_fd(const struct ovl_stack *s, int layer, int fd);
 int ovl_upper_quiet_dir(const struct ovl_stack *s, const char *relpath);
 long ovl_fd_getxattr(int fd, const char *name, void *buf, size_t size);
 long ovl_at_listxattr(const struct ovl_stack *s, int dfd, const char *name,

@@ -273,7 +273,7 @@ def test_stub_init_signature():
     pos, kw = _params(init)
     assert pos == ["self", "lowers", "upper", "work"]
     assert kw == ["xattr_namespace", "whiteouts", "cache", "data_layers", "metacopy",
-                  "redirect_follow", "redirect_dir", "cache_max_bytes", "volatile"]
+                  "redirect_follow", "redirect_dir", "cache_max_bytes", "volatile", "devices"]
 
 
 def test_unknown_keyword_rejected(tmp_path):

@@ -15,6 +15,7 @@ implementation.  Needs root and overlayfs; see ``conftest.require_kernel``.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
@@ -25,6 +26,7 @@ import pytest
 
 import kernel
 import stackgen
+import write_ops
 from stackgen import populate
 
 pytestmark = pytest.mark.usefixtures("require_kernel")
@@ -666,6 +668,34 @@ def test_fifos_devices_and_modes(stack_impl, tmp_path):
     assert rec(kv, "sgid_dir")["lstat"]["mode"] == 0o2775
     assert rec(kv, "sticky")["lstat"]["mode"] == 0o1777
     assert (rec(kv, "owned")["lstat"]["uid"], rec(kv, "owned")["lstat"]["gid"]) == (1234, 5678)
+
+
+@pytest.mark.parametrize("devices", [False, True], ids=["nodev", "devices"])
+def test_device_nodes_open_like_a_nodev_mount(stack_impl, tmp_path, devices):
+    """Reading a stack opens no device node unless devices=True, as a mount with
+    nodev: a char device gives EACCES where the kernel's open(2) does
+    (fs/namei.c:may_open_dev), through a symlink too, and a fifo opens.  With
+    devices=True the node opens as on a mount without nodev: 1:5 reads zeros."""
+    populate(tmp_path, {"l0": [("dev/zero", "chr", 1, 5), ("dev/link", "symlink", "zero"), ("dev/fifo", "fifo")],
+                        "l1": [("keep", "file")], "upper": [], "work": []})
+    lowers = [str(tmp_path / "l0"), str(tmp_path / "l1")]
+    ops = [{"op": "os_open", "path": p, "flags": flags, "read": 4}
+           for p, flags in [(b"dev/zero", ["O_RDONLY"]), (b"dev/link", ["O_RDONLY"]),
+                            (b"dev/zero", ["O_RDONLY", "O_NOFOLLOW"]), (b"dev/zero", ["O_RDONLY", "O_DIRECTORY"]),
+                            (b"dev/fifo", ["O_RDONLY"])]]
+    res = write_ops.apply_kernel(lowers, tmp_path / "upper", tmp_path / "work", ops,
+                                 options=() if devices else ("nodev",))
+    opened = "ok chr read=00000000" if devices else "EACCES"
+    assert res["outcomes"] == [opened, opened, opened, "ENOTDIR", "ok fifo read="]
+    with stack_impl(lowers, devices=devices) as st:
+        assert [write_ops.apply_op(write_ops.StackFS(st), op) for op in ops] == res["outcomes"]
+        if devices:
+            with st.open("dev/zero") as f:
+                assert f.read(4) == bytes(4)
+        else:
+            with pytest.raises(PermissionError) as exc:
+                st.open("dev/zero")
+            assert exc.value.errno == errno.EACCES and exc.value.filename == "dev/zero"
 
 
 _MOUNTPOINT_CHILD = r"""

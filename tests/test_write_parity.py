@@ -95,21 +95,24 @@ def test_random_sequence_unprivileged(tmp_path, seed):
 
 
 def _matches(outcome: str, want: str) -> bool:
-    """``want`` "ok" accepts any success ("ok reg size=..."); otherwise an exact errno name."""
+    """``want`` "ok" accepts any success ("ok reg size=..."); otherwise an exact outcome
+    (an errno name, or e.g. "ok chr read=00")."""
     return outcome.startswith("ok") if want == "ok" else outcome == want
 
 
-def check(tmp_path, spec, ops, expect, rule=None, *, umask=0o022, caller=None):
+def check(tmp_path, spec, ops, expect, rule=None, *, umask=0o022, caller=None, stack_kwargs=None):
     """Pin the kernel's outcomes (*expect*) and upper layer (``rule(dump)``, or
     ``rule(dump, layout)`` for a two-argument rule), then require Stack parity.
     With *caller* ``(uid, gid, groups)`` both sides run the operations as it.
+    The Stack gets *stack_kwargs*; the kernel mount is nodev unless they say
+    ``devices=True`` (``write_ops.run_case``).
 
     Returns the kernel side's upper dump.
     """
     assert len(expect) == len(ops)
     _check_listed_ops_exist()
     layout = write_ops.make_layout(tmp_path, spec)
-    report = write_ops.run_case(tmp_path, layout, ops, umask=umask, caller=caller)
+    report = write_ops.run_case(tmp_path, layout, ops, umask=umask, caller=caller, stack_kwargs=stack_kwargs)
     side = report.a
     bad = [(write_ops.format_op(op), got, want) for op, got, want in zip(ops, side.outcomes, expect)
            if not _matches(got, want)]
@@ -211,6 +214,54 @@ def test_rmdir_emptiness_is_judged_on_the_merged_view(tmp_path):
                      "l2": [("lw/w", "file"), ("xw/w", "file")]},
           [O("rmdir", path=b"vis"), O("rmdir", path=b"xw"), O("rmdir", path=b"lw")],
           ["ENOTEMPTY", "ENOTEMPTY", "ok"], rule)
+
+
+#: Where a directory ``d`` holds a whiteout ``d/a``; l3 is the bottom layer.
+#: (spec, kernel outcome of rename(src, d) and then of rmdir(d)).
+_XW_DIRS = {
+    # An xattr whiteout: listed nowhere in the first one (a lower, non-bottom
+    # directory marked opaque=x), yet an entry for emptiness everywhere.
+    "lower-marked": ({"l1": [("d", "dir"), ("d", "xattr", "X.opaque", "x"), ("d/a", "xwhiteout")],
+                      "l2": [("d/a", "dir")]}, "ENOTEMPTY"),
+    "lower-marked-alone": ({"l1": [("d", "dir"), ("d", "xattr", "X.opaque", "x"), ("d/a", "xwhiteout")]},
+                           "ENOTEMPTY"),
+    "lower-marked-under-upper-dir": ({"upper": [("d", "dir")],
+                                      "l1": [("d", "dir"), ("d", "xattr", "X.opaque", "x"), ("d/a", "xwhiteout")],
+                                      "l2": [("d/a", "file")]}, "ENOTEMPTY"),
+    "lower-unmarked": ({"l1": [("d/a", "xwhiteout")], "l2": [("d/a", "dir")]}, "ENOTEMPTY"),
+    "bottom-marked": ({"l3": [("d", "dir"), ("d", "xattr", "X.opaque", "x"), ("d/a", "xwhiteout")]}, "ENOTEMPTY"),
+    "upper-marked": ({"upper": [("d", "dir"), ("d", "xattr", "X.opaque", "x"), ("d/a", "xwhiteout")],
+                      "l1": [("d/a", "dir")]}, "ENOTEMPTY"),
+    "upper-unmarked": ({"upper": [("d/a", "xwhiteout")], "l1": [("d/a", "file")]}, "ENOTEMPTY"),
+    "upper-only": ({"upper": [("d/a", "xwhiteout")]}, "ENOTEMPTY"),
+    # Char 0:0 whiteouts are what the check skips: the same places, empty.
+    "lower-marked-char": ({"l1": [("d", "dir"), ("d", "xattr", "X.opaque", "x"), ("d/a", "whiteout")],
+                           "l2": [("d/a", "dir")]}, "ok"),
+    "upper-char-over-marked-lower": ({"upper": [("d/a", "whiteout")],
+                                      "l1": [("d", "dir"), ("d", "xattr", "X.opaque", "x"), ("d/a", "xwhiteout")],
+                                      "l2": [("d/a", "dir")]}, "ok"),
+}
+
+
+@pytest.mark.parametrize("where", list(_XW_DIRS))
+def test_xattr_whiteouts_count_for_emptiness(tmp_path, where):
+    """The kernel's emptiness check (readdir.c:ovl_check_empty_dir) skips only the
+    entries ovl_check_whiteouts found to be char 0:0 whiteouts: an xattr whiteout
+    is an entry wherever it is, even where the listing hides it (a lower,
+    non-bottom directory marked opaque=x), so rmdir and a rename over the
+    directory give ENOTEMPTY and leave the upper layer alone."""
+    spec, want = _XW_DIRS[where]
+    spec = {**spec, "upper": spec.get("upper", []) + [("src", "dir")], "l3": spec.get("l3", []) + [("keep", "file")]}
+    had_d = any(p == "d" or p.startswith("d/") for p, *_ in spec["upper"])
+
+    def rule(up):
+        if want == "ok":
+            assert "src" not in up and up.get("d", {}).get("type") in (None, "whiteout")
+        else:
+            assert up["src"]["type"] == "dir"
+            assert ("d" in up) == had_d and not is_whiteout(up.get("d"))
+
+    check(tmp_path, spec, [O("rename", src=b"src", dst=b"d"), O("rmdir", path=b"d")], [want, want], rule)
 
 
 @pytest.mark.parametrize("below", [True, False])
@@ -408,7 +459,8 @@ def test_open_rdonly_trunc_copies_up_and_truncates(tmp_path):
           ["ok", "ok"], rule)
 
 
-def test_open_fifo_or_device_for_write_does_not_copy_up(tmp_path):
+@pytest.mark.parametrize("devices", [False, True], ids=["nodev", "devices"])
+def test_open_fifo_or_device_for_write_does_not_copy_up(tmp_path, devices):
     def rule(up):
         assert "fifo" not in up and "dev" not in up
         assert up["fifo2"]["type"] == "fifo" and up["fifo2"]["mode"] == "0600"  # chmod does
@@ -417,7 +469,52 @@ def test_open_fifo_or_device_for_write_does_not_copy_up(tmp_path):
           [O("os_open", path=b"fifo", flags=["O_RDWR"], data=b"x"),
            O("os_open", path=b"dev", flags=["O_WRONLY", "O_TRUNC"]),
            O("chmod", path=b"fifo2", mode=0o600)],
-          ["ok", "ok", "ok"], rule)
+          ["ok", "ok" if devices else "EACCES", "ok"], rule, stack_kwargs={"devices": devices})
+
+
+ZEROS = "ok chr read=00000000"
+
+#: Opens of device nodes 1:5 (an open that works reads zeros), in a lower
+#: layer and in the upper: (operation, kernel outcome with nodev, without).
+_DEVICE_OPS = [
+    (O("os_open", path=b"dev/zero", flags=["O_RDONLY"], read=4), "EACCES", ZEROS),
+    (O("os_open", path=b"dev/link", flags=["O_RDONLY"], read=4), "EACCES", ZEROS),
+    (O("os_open", path=b"dev/zero", flags=["O_RDONLY", "O_NOATIME"], read=4), "EACCES", ZEROS),
+    (O("os_open", path=b"dev/zero", flags=["O_WRONLY"]), "EACCES", "ok chr"),
+    (O("os_open", path=b"dev/zero", flags=["O_WRONLY", "O_APPEND"]), "EACCES", "ok chr"),
+    (O("os_open", path=b"dev/zero", flags=["O_RDWR", "O_TRUNC"], read=4), "EACCES", ZEROS),
+    (O("os_open", path=b"dev/zero", flags=["O_RDONLY", "O_CREAT"], mode=0o600, read=4), "EACCES", ZEROS),
+    (O("os_open", path=b"up/zero", flags=["O_RDONLY"], read=4), "EACCES", ZEROS),
+    (O("os_open", path=b"up/zero", flags=["O_RDWR"], read=4), "EACCES", ZEROS),
+    # The existence and type checks come before the device check.
+    (O("os_open", path=b"dev/zero", flags=["O_WRONLY", "O_CREAT", "O_EXCL"], mode=0o600), "EEXIST", "EEXIST"),
+    (O("os_open", path=b"dev/zero", flags=["O_RDONLY", "O_DIRECTORY"]), "ENOTDIR", "ENOTDIR"),
+    (O("os_open", path=b"dev/zero", flags=["O_WRONLY", "O_DIRECTORY"]), "ENOTDIR", "ENOTDIR"),
+    # nodev is about devices only.
+    (O("os_open", path=b"dev/fifo", flags=["O_RDONLY"]), "ok fifo", "ok fifo"),
+    # Copying a device node up makes a node (metadata), it does not open it.
+    (O("chmod", path=b"dev/zero", mode=0o640), "ok", "ok"),
+    (O("os_open", path=b"dev/zero", flags=["O_RDONLY"], read=4), "EACCES", ZEROS),
+]
+
+
+@pytest.mark.parametrize("devices", [False, True], ids=["nodev", "devices"])
+def test_device_nodes_open_only_with_devices_true(tmp_path, devices):
+    """A Stack reads its layers as a nodev mount does unless devices=True: opening
+    a char or block device node gives EACCES (fs/namei.c:may_open_dev), in a
+    lower layer and in the upper, for reading and for writing, after the
+    EEXIST and ENOTDIR checks; a fifo opens, and a chmod copies the node up.
+    With devices=True the node opens as on a mount without nodev."""
+
+    def rule(up):
+        assert set(up) == {"", "up", "up/zero", "dev", "dev/zero"}, sorted(up)
+        assert up["dev/zero"]["type"] == "chr" and up["dev/zero"]["mode"] == "0640"
+
+    ops = [op for op, _, _ in _DEVICE_OPS]
+    check(tmp_path, {"upper": [("up/zero", "chr", 1, 5)],
+                     "l1": [("dev/zero", "chr", 1, 5), ("dev/link", "symlink", "zero"), ("dev/fifo", "fifo")]},
+          ops, [ok if devices else nodev for _, nodev, ok in _DEVICE_OPS], rule,
+          stack_kwargs={"devices": devices})
 
 
 @pytest.mark.parametrize("op,err", [
@@ -452,7 +549,7 @@ def test_errors_that_come_before_copy_up(tmp_path, op, err):
 ], ids=["creat-existing-rdonly", "dev-append", "dev-trunc", "fifo-append"])
 def test_opens_that_do_not_copy_up(tmp_path, op):
     check(tmp_path, {"l1": _lower_files(1) + [("fifo", "fifo"), ("dev", "chr", 1, 3)]}, [op], ["ok"],
-          lambda up: set(up) == {""})
+          lambda up: set(up) == {""}, stack_kwargs={"devices": True})
 
 
 def test_operations_that_must_fail(tmp_path):

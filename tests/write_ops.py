@@ -374,7 +374,9 @@ def apply_op(fs, op: dict) -> str:
 
     ``"ok"`` or the errno name; an open also reports what it could see
     through the fd (``"ok reg size=N sha=..."``), after writing ``data`` if
-    the fd is writable and refers to a regular file (never to a device).
+    the fd is writable and refers to a regular file (never to a device); an
+    open with ``read=N`` of anything else readable reads N bytes from it
+    (``"ok chr read=<hex>"``; only for harmless devices such as 1:5).
     Exceptions other than OSError become ``"EXC <type>: <message>"``.
     """
     try:
@@ -388,6 +390,8 @@ def apply_op(fs, op: dict) -> str:
             kind = kernel._TYPE_NAMES.get(stat.S_IFMT(st.st_mode), "?")
             out = "ok " + kind
             if not stat.S_ISREG(st.st_mode):
+                if op.get("read") and flags & os.O_ACCMODE != os.O_WRONLY:
+                    out += " read=" + os.read(fd, op["read"]).hex()
                 return out
             acc = flags & os.O_ACCMODE
             if op.get("data") and acc != os.O_RDONLY:
@@ -1407,8 +1411,12 @@ def run_case(tmp, layout: Layout, ops, *, stack_cls=None, umask=0o022, stack_kwa
 
     Side (a) is always the kernel.  Side (b) is *stack_cls* (default
     ``overlayfs.Stack``), or with *both_kernel* the kernel again (harness
-    self-test), optionally with *mutate* corrupting its result.
+    self-test), optionally with *mutate* corrupting its result.  A Stack
+    opens no device nodes unless ``stack_kwargs`` has ``devices=True``, like
+    a nodev mount: the kernel side is mounted ``nodev`` then.
     """
+    if not (stack_kwargs or {}).get("devices"):
+        options = tuple(options) + ("nodev",)
     tmp = os.fsencode(tmp)
     a = layout.clone(tmp + b"/A")
     b = layout.clone(tmp + b"/B")

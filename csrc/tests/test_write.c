@@ -11,6 +11,7 @@
 #include <unistd.h>
 
 #include "testutil.h"
+#include "../ovl_internal.h"
 
 static struct ovl_stack *open_rw(void)
 {
@@ -244,11 +245,98 @@ static void test_metacopy_data(void)
 	ovl_stack_close(s);
 }
 
+static bool zeros(int fd)
+{
+	char buf[4] = "xxxx";
+
+	return read(fd, buf, sizeof(buf)) == 4 && !memcmp(buf, "\0\0\0\0", 4);
+}
+
+/* Device nodes open only with OVL_CFG_DEVICES; without it -EACCES as on a
+ * nodev mount, in a lower layer (a nodev clone) and in the upper, also for
+ * one that took a cached name's place.  Their xattrs are read without
+ * opening them, and a copy-up copies the node. */
+static void test_devices(void)
+{
+	char l1[4096], up[4096], wk[4096], v[8];
+	const char *lw[1] = { l1 };
+	struct ovl_config cfg = { .lowers = lw, .nlowers = 1, .upper = up, .work = wk,
+				  .whiteouts = OVL_WHITEOUT_KERNEL };
+	struct ovl_stack *s = NULL;
+	struct ovl_info info;
+	struct stat st;
+	int fd;
+
+	t_mkdir("dl");
+	t_mkdir("du");
+	t_mkdir("dw");
+	t_file("dl/f", "f");
+	t_file("du/g", "g");
+	if (mknod(t_path("dl/zero"), S_IFCHR | 0666, makedev(1, 5)) < 0 ||
+	    mknod(t_path("du/uzero"), S_IFCHR | 0666, makedev(1, 5)) < 0) {
+		fprintf(stderr, "test_devices: skipped, mknod: %s\n", strerror(errno));
+		return;
+	}
+	t_xattr("dl/zero", "trusted.k", "v");
+	snprintf(l1, sizeof(l1), "%s", t_path("dl"));
+	snprintf(up, sizeof(up), "%s", t_path("du"));
+	snprintf(wk, sizeof(wk), "%s", t_path("dw"));
+	CHECK_EQ(ovl_stack_open(&cfg, &s, NULL), 0);
+	if (!s)
+		return;
+	CHECK_EQ(ovl_open(s, "zero", O_RDONLY), -EACCES);
+	CHECK_EQ(ovl_open(s, "uzero", O_RDONLY | O_NONBLOCK), -EACCES);
+	CHECK_EQ(ovl_open(s, "zero", O_RDONLY | O_DIRECTORY), -ENOTDIR);
+	CHECK_EQ(ovl_open_write(s, "zero", O_WRONLY, 0), -EACCES);
+	CHECK_EQ(ovl_open_write(s, "uzero", O_RDWR | O_TRUNC, 0), -EACCES);
+	CHECK_EQ(ovl_open_write(s, "zero", O_WRONLY | O_DIRECTORY, 0), -ENOTDIR);
+	CHECK(lstat(t_path("du/zero"), &st) < 0 && errno == ENOENT);
+	/* Names that became devices behind the cache: the lower's clone
+	 * refuses them (when it could be made), the upper's fd is checked. */
+	CHECK_EQ(ovl_lookup(s, "f", 0, &info), 0);
+	CHECK_EQ(ovl_lookup(s, "g", 0, &info), 0);
+	CHECK(unlink(t_path("dl/f")) == 0 && unlink(t_path("du/g")) == 0);
+	CHECK(mknod(t_path("dl/f"), S_IFCHR | 0666, makedev(1, 5)) == 0);
+	CHECK(mknod(t_path("du/g"), S_IFCHR | 0666, makedev(1, 5)) == 0);
+	if (s->layers[1].nodev)
+		CHECK_EQ(ovl_open(s, "f", O_RDONLY), -EACCES);
+	CHECK_EQ(ovl_open(s, "g", O_RDONLY), -EACCES);
+	CHECK_EQ(ovl_open_write(s, "g", O_WRONLY, 0), -EACCES);
+	/* xattrs, also the way kernels before 6.13 read them. */
+	for (int i = 0; i < 2; i++) {
+		CHECK_EQ(ovl_getxattr(s, "zero", 0, "trusted.k", v, sizeof(v)), 1);
+		CHECK(ovl_listxattr(s, "zero", 0, v, 0) > 0);
+		CHECK_EQ(ovl_getxattr(s, "uzero", 0, "trusted.k", v, sizeof(v)), -ENODATA);
+		s->have_xattrat = false;
+	}
+	/* Copying the node up is metadata: mknod, not an open. */
+	CHECK_EQ(ovl_chmod(s, "zero", 0, 0600), 0);
+	CHECK(lstat(t_path("du/zero"), &st) == 0 && S_ISCHR(st.st_mode) &&
+	      st.st_rdev == makedev(1, 5) && (st.st_mode & 07777) == 0600);
+	ovl_stack_close(s);
+
+	cfg.flags = OVL_CFG_DEVICES;
+	CHECK_EQ(ovl_stack_open(&cfg, &s, NULL), 0);
+	if (!s)
+		return;
+	CHECK(!s->layers[1].nodev);
+	fd = ovl_open(s, "f", O_RDONLY);
+	CHECK(fd >= 0 && zeros(fd));
+	if (fd >= 0)
+		close(fd);
+	fd = ovl_open_write(s, "uzero", O_RDWR, 0);
+	CHECK(fd >= 0 && zeros(fd) && write(fd, "x", 1) == 1);
+	if (fd >= 0)
+		close(fd);
+	ovl_stack_close(s);
+}
+
 int main(void)
 {
 	t_setup("write");
 	test_changes();
 	test_redirect_dir();
 	test_metacopy_data();
+	test_devices();
 	return t_teardown();
 }

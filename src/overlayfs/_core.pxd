@@ -20,6 +20,7 @@ cdef extern from "ovl.h" nogil:
         OVL_CFG_REDIRECT_NOFOLLOW
         OVL_CFG_VOLATILE
         OVL_CFG_REDIRECT_DIR
+        OVL_CFG_DEVICES
         OVL_COPY_NONE
         OVL_COPY_CLONE
         OVL_COPY_CFR

@@ -58,6 +58,7 @@ class Stack:
         redirect_dir: bool = False,
         cache_max_bytes: int | None = None,
         volatile: bool = False,
+        devices: bool = False,
     ) -> None: ...
     @classmethod
     def from_layer_dir(cls, path: _Path, **kwargs: Any) -> Stack: ...

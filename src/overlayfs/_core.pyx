@@ -237,7 +237,7 @@ cdef class Stack:
     Stack(lowers, upper=None, work=None, *, xattr_namespace="trusted",
           whiteouts="kernel", cache=True, data_layers=(), metacopy=False,
           redirect_follow=True, redirect_dir=False, cache_max_bytes=None,
-          volatile=False)
+          volatile=False, devices=False)
 
     lowers are top-most first, like lowerdir=top:...:bottom.  Layer paths
     are made absolute when the stack opens (relative ones against the
@@ -274,6 +274,10 @@ cdef class Stack:
     with EXDEV, and mkdir() in a merged directory makes an opaque one.  Not
     with redirect_follow=False, whiteouts="oci" or xattr_namespace="user"
     (ValueError), as the kernel refuses userxattr with redirect_dir=on.
+
+    Device nodes are not opened, as on a nodev mount: open() and os_open()
+    of a char or block device raise PermissionError (EACCES), so a layer's
+    dev/sda never reaches the host's disk.  devices=True opens them.
     """
     cdef ovl_stack *_s
     cdef readonly tuple layers
@@ -292,7 +296,8 @@ cdef class Stack:
 
     def __init__(self, lowers, upper=None, work=None, *, xattr_namespace="trusted",
                  whiteouts="kernel", cache=True, data_layers=(), metacopy=False,
-                 redirect_follow=True, redirect_dir=False, cache_max_bytes=None, **options):
+                 redirect_follow=True, redirect_dir=False, cache_max_bytes=None, devices=False,
+                 **options):
         cdef ovl_config cfg
         cdef const char **arr = NULL
         cdef ovl_open_error bad
@@ -368,6 +373,8 @@ cdef class Stack:
                 cfg.flags |= OVL_CFG_VOLATILE
             if redirect_dir:
                 cfg.flags |= OVL_CFG_REDIRECT_DIR
+            if devices:
+                cfg.flags |= OVL_CFG_DEVICES
             cfg.cache_max_bytes = cache_max_bytes or 0
             with nogil:
                 rc = ovl_stack_open(&cfg, &s, &bad)
@@ -626,8 +633,8 @@ cdef class Stack:
         Read-only flags open the winning file where it is.  Write access,
         O_TRUNC or O_CREAT copy a regular file up (or create it in the upper
         layer, the process umask applying to mode) and open it there; a fifo
-        or device is opened where it is, as the kernel does.  OSError(EROFS)
-        for writing without an upper layer."""
+        or device (devices=True) is opened where it is, as the kernel does.
+        OSError(EROFS) for writing without an upper layer."""
         cdef _CPath h = _CPath.__new__(_CPath)
         cdef const char *p = _cpath(path, h)
         cdef ovl_stack *s = self._get()

@@ -65,6 +65,9 @@ xattrs are hidden and escaped ``<ns>.overlay.overlay.X`` ones are shown as
 process may clone mounts (``open_tree(OPEN_TREE_CLONE)``, needs
 CAP_SYS_ADMIN); otherwise layers are read through their paths and submounts
 are seen.  Host paths longer than PATH_MAX are not supported.
+
+Device nodes are not opened unless ``devices=True``: ``open`` and
+``os_open`` of a char or block device raise EACCES, as on a nodev mount.
 """
 
 from __future__ import annotations
@@ -354,7 +357,8 @@ class ReferenceStack:
     """
 
     def __init__(self, lowers, upper=None, work=None, *, xattr_namespace="trusted", whiteouts="kernel",
-                 cache=True, data_layers=(), metacopy=False, redirect_follow=True, cache_max_bytes=None):
+                 cache=True, data_layers=(), metacopy=False, redirect_follow=True, cache_max_bytes=None,
+                 devices=False):
         self._closed = True  # until the layers are open
         self._fds: list[int] = []
         if isinstance(lowers, (str, bytes, os.PathLike)):
@@ -375,6 +379,7 @@ class ReferenceStack:
         self.whiteouts = whiteouts
         self.metacopy = bool(metacopy)
         self.redirect_follow = bool(redirect_follow)
+        self.devices = bool(devices)
         self.upper = None if upper is None else _absolute(upper)
         self.work = None if work is None else _absolute(work)
         self.lowers = tuple(lowers)
@@ -986,33 +991,50 @@ class ReferenceStack:
             raise _oserror(node.data_errno or errno.EIO, path)
         return node.data
 
+    def _nodev(self, st: os.stat_result) -> bool:
+        """May this object not be opened: a device, without ``devices=True`` (nodev)?"""
+        return not self.devices and (stat.S_ISCHR(st.st_mode) or stat.S_ISBLK(st.st_mode))
+
     def open(self, path, mode="rb", buffering=-1, encoding=None, errors=None, newline=None):
         """Open a union file read-only (following a final symlink), like io.open.
 
         A metacopy file reads its data from the file below.  Write modes
-        raise OSError(EROFS).
+        raise OSError(EROFS); a device raises EACCES unless ``devices=True``.
         """
         if any(c in mode for c in "wax+"):
             raise OSError(errno.EROFS, "read-only stack: writing needs copy-up", path)
         node = self._resolve_node(path, follow=True)
         if node.is_dir:
             raise _oserror(errno.EISDIR, path)
+        if self._nodev(node.entry.st):
+            raise _oserror(errno.EACCES, path)
         target = self._data_entry(node, path)
         try:
-            return builtins.open(self._apath(target.layer, target.rel), mode, buffering, encoding, errors, newline)
+            f = builtins.open(self._apath(target.layer, target.rel), mode, buffering, encoding, errors, newline)
         except OSError as e:
             raise _oserror(e.errno, path) from None
+        if self._nodev(os.fstat(f.fileno())):  # it became a device since the lookup
+            f.close()
+            raise _oserror(errno.EACCES, path)
+        return f
 
     def os_open(self, path, flags=os.O_RDONLY) -> int:
-        """Open a union path like os.open, read-only flags only (else EROFS); returns the fd."""
+        """Open a union path like os.open, read-only flags only (else EROFS); returns the fd.
+        A device gives EACCES unless ``devices=True``."""
         if flags & (os.O_WRONLY | os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_APPEND):
             raise OSError(errno.EROFS, "read-only stack: writing needs copy-up", path)
         node = self._resolve_node(path, follow=not flags & os.O_NOFOLLOW)
+        if not flags & os.O_DIRECTORY and self._nodev(node.entry.st):
+            raise _oserror(errno.EACCES, path)
         target = node.entry if node.is_dir else self._data_entry(node, path)
         try:
-            return os.open(self._apath(target.layer, target.rel), flags | os.O_NOFOLLOW)
+            fd = os.open(self._apath(target.layer, target.rel), flags | os.O_NOFOLLOW)
         except OSError as e:
             raise _oserror(e.errno, path) from None
+        if self._nodev(os.fstat(fd)):  # it became a device since the lookup
+            os.close(fd)
+            raise _oserror(errno.EACCES, path)
+        return fd
 
     # -- xattrs ---------------------------------------------------------------------------
 
