@@ -230,6 +230,11 @@ cdef int _raise_open_error(int rc, ovl_open_error bad, object upper, object work
     raise OSError(err, f"{what}: {os.strerror(err)}" if what else os.strerror(err), path)
 
 
+cdef inline object _join(object a, object name, object sep):
+    """os.path.join of a union path and a name: no separator doubled."""
+    return a + name if not a or a.endswith(sep) else a + sep + name
+
+
 cdef class Stack:
     """An OverlayFS view of a stack of layer directories: read-only, or with
     an upper layer (and a work dir) changed as a kernel mount changes it.
@@ -1041,10 +1046,6 @@ cdef class Stack:
         stack = [top]
         sep = b"/" if isinstance(top, bytes) else "/"
 
-        def join(a, name):
-            # os.path.join: no separator doubled after a trailing one.
-            return a + name if not a or a.endswith(sep) else a + sep + name
-
         while stack:
             top = stack.pop()
             if isinstance(top, tuple):
@@ -1076,14 +1077,14 @@ cdef class Stack:
                 # dirs may have been edited in place: names we did not list
                 # are checked with a lookup, like os.walk does.
                 for d in reversed(dirs):
-                    new = join(top, d)
+                    new = _join(top, d, sep)
                     if followlinks or not (d in links if d in listed else self.islink(new)):
                         stack.append(new)
             else:
                 stack.append((top, dirs, nondirs))
                 for d in reversed(dirs):
                     if followlinks or d not in links:
-                        stack.append(join(top, d))
+                        stack.append(_join(top, d, sep))
 
     # -- copy-up -----------------------------------------------------------
 
