@@ -34,6 +34,8 @@ import time
 from typing import Any
 
 om = importlib.import_module("overlayfs._mount")
+mopts = importlib.import_module("overlayfs._mountopts")
+ns = importlib.import_module("overlayfs._namespace")
 
 STRATEGIES = ("new-api", "new-api-path", "legacy")
 
@@ -125,9 +127,9 @@ def main(argv: list[str] | None = None) -> int:
                         help="skip the 500-layer series with 200+ character paths")
     args = parser.parse_args(argv)
     sizes = [int(s) for s in args.sizes.split(",")]
-    if any(not 1 <= n <= om.MAX_LOWERS for n in sizes):
-        parser.error(f"layer counts must be within 1..{om.MAX_LOWERS}")
-    rows = om.run_in_private_namespace(run, sizes, args.repeat, not args.no_long)
+    if any(not 1 <= n <= mopts.MAX_LOWERS for n in sizes):
+        parser.error(f"layer counts must be within 1..{mopts.MAX_LOWERS}")
+    rows = ns.run_in_private_namespace(run, sizes, args.repeat, not args.no_long)
     print(f"kernel {os.uname().release}, {os.cpu_count()} CPUs; mount+unmount, median ms")
     print(f"{'layers':>10}  {'strategy':<16} {'ours ms':>9} {'util-linux ms':>14} "
           f"{'ratio':>6}  util-linux")

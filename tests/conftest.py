@@ -115,13 +115,13 @@ def _tiny_mount(base: str) -> None:
 @functools.cache
 def _library_mount_unavailable():
     """Why overlayfs.mount cannot mount here (None when it can)."""
-    import overlayfs._mount as om
+    import overlayfs._namespace as ns
 
     if not sys.platform.startswith("linux"):
         return "kernel overlays need Linux"
     base = tempfile.mkdtemp(prefix="ovl-gate-")
     try:
-        om.run_in_private_namespace(_tiny_mount, base)
+        ns.run_in_private_namespace(_tiny_mount, base)
     except Exception as exc:  # noqa: BLE001 - the reason is the skip message
         return f"cannot mount overlays in a private mount namespace here: {exc}"
     finally:

@@ -1,4 +1,5 @@
-"""Tests for overlayfs._mount and overlayfs._syscalls: real kernel overlays from Python.
+"""Tests for overlayfs._mount (with _mountopts, _mountinfo, _namespace and _check) and
+overlayfs._syscalls: real kernel overlays from Python.
 
 Every mount happens inside ``run_in_private_namespace`` (a forked child with its own
 mount namespace and private propagation) under pytest's temporary directories, so nothing
@@ -26,6 +27,11 @@ import pytest
 
 sc = importlib.import_module("overlayfs._syscalls")
 om = importlib.import_module("overlayfs._mount")
+mopts = importlib.import_module("overlayfs._mountopts")
+minfo = importlib.import_module("overlayfs._mountinfo")
+ns = importlib.import_module("overlayfs._namespace")
+chk = importlib.import_module("overlayfs._check")
+cli = importlib.import_module("overlayfs.__main__")
 from overlayfs import Stack  # noqa: E402
 
 REQUIRE_KERNEL = os.environ.get("OVERLAYFS_REQUIRE_KERNEL") == "1"
@@ -34,7 +40,7 @@ SPECIAL = "sp ace:co,lon\\back"
 
 
 def in_ns(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
-    return om.run_in_private_namespace(fn, *args, **kwargs)
+    return ns.run_in_private_namespace(fn, *args, **kwargs)
 
 
 # --- views --------------------------------------------------------------------------------
@@ -149,7 +155,7 @@ EXPECTED_ROOT = ["a", "b", "d", "ln", "opq"]
 
 
 def check_and_collect(target: str, lowers: list[str], upper: str | None, work: str | None,
-                      strategy: om.Strategy = "auto", **kwargs: Any) -> dict[str, Any]:
+                      strategy: mopts.Strategy = "auto", **kwargs: Any) -> dict[str, Any]:
     """(In a namespace child.) Mount, check the union directly, collect the view and the
     mountinfo entry, write through, unmount."""
     cwd = os.getcwd()
@@ -157,7 +163,7 @@ def check_and_collect(target: str, lowers: list[str], upper: str | None, work: s
     assert os.getcwd() == cwd, "mounting must never move the interpreter's cwd"
     with m:
         assert m.mounted
-        info = [i for i in om.mounts() if i.target == target]
+        info = [i for i in minfo.mounts() if i.target == target]
         view = mount_view(target)
         names = sorted(os.listdir(target))
         with open(os.path.join(target, "a")) as fh:
@@ -172,7 +178,7 @@ def check_and_collect(target: str, lowers: list[str], upper: str | None, work: s
             os.unlink(os.path.join(target, "d", "written"))
     return {"strategy": m.strategy, "info": info, "view": view, "names": names, "top": top,
             "opq": opq, "d": d, "written": written, "mounted_after": m.mounted,
-            "still_in_mountinfo": any(i.target == target for i in om.mounts()),
+            "still_in_mountinfo": any(i.target == target for i in minfo.mounts()),
             "mount_options": m.options}
 
 
@@ -288,7 +294,7 @@ def test_500_lowers_pass_the_argument_check(tmp_path: Any) -> None:
 def test_read_only_overlay_needs_two_lowers(no_syscalls: None) -> None:
     with pytest.raises(ValueError, match="read-only overlay .* at least 2 lower layers, got 1"):
         om.mount("/t", ["/only"])
-    spec = om._build_spec("/t", ["/l"], None, None, False, {"data_layers": ["/d"]})
+    spec = mopts._build_spec("/t", ["/l"], None, None, False, {"data_layers": ["/d"]})
     assert spec.lowers == ("/l",) and spec.data_layers == ("/d",)
 
 
@@ -316,21 +322,21 @@ def test_bad_arguments_are_value_errors(no_syscalls: None, kwargs: dict[str, Any
 
 def test_options_are_normalised_and_userxattr_is_automatic_in_a_user_namespace(
         monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(om, "_in_user_namespace", lambda: False)
-    spec = om._build_spec("/t", ["/a", "/b"], "/u", "/w", False,
-                          {"index": False, "xino": "AUTO", "volatile": True, "metacopy": None})
+    monkeypatch.setattr(mopts, "_in_user_namespace", lambda: False)
+    spec = mopts._build_spec("/t", ["/a", "/b"], "/u", "/w", False, {
+        "index": False, "xino": "AUTO", "volatile": True, "metacopy": None})
     assert spec.options == (("index", "off"), ("xino", "auto"), ("volatile", None))
     assert not spec.userxattr
-    monkeypatch.setattr(om, "_in_user_namespace", lambda: True)
-    assert om._build_spec("/t", ["/a", "/b"], None, None, False, None).userxattr
-    assert not om._build_spec("/t", ["/a", "/b"], None, None, False,
-                              {"userxattr": False}).userxattr
+    monkeypatch.setattr(mopts, "_in_user_namespace", lambda: True)
+    assert mopts._build_spec("/t", ["/a", "/b"], None, None, False, None).userxattr
+    assert not mopts._build_spec("/t", ["/a", "/b"], None, None, False,
+                                 {"userxattr": False}).userxattr
 
 
 def test_paths_become_absolute_and_bytes_are_accepted(tmp_path: Any,
                                                       monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.chdir(tmp_path)
-    spec = om._build_spec(b"t", [b"a", tmp_path / "b"], None, None, False, None)
+    spec = mopts._build_spec(b"t", [b"a", tmp_path / "b"], None, None, False, None)
     assert spec.target == str(tmp_path / "t")
     assert spec.lowers == (str(tmp_path / "a"), str(tmp_path / "b"))
 
@@ -350,8 +356,8 @@ def test_escape_legacy_and_split_round_trip() -> None:
     assert text.endswith("::/data\\:1::/data\\,2,upperdir=/up\\:per,workdir=/wo\\,rk,"
                          "xino=off,volatile")
     lowerdir = text.split(",upperdir=")[0][len("lowerdir="):]
-    assert om.split_legacy_lowerdir(lowerdir) == (names, data)
-    assert om.split_legacy_lowerdir("/a") == (["/a"], [])
+    assert minfo.split_legacy_lowerdir(lowerdir) == (names, data)
+    assert minfo.split_legacy_lowerdir("/a") == (["/a"], [])
 
 
 MOUNTINFO = (
@@ -369,7 +375,7 @@ MOUNTINFO = (
 def test_mounts_decodes_mountinfo(tmp_path: Any) -> None:
     path = tmp_path / "mountinfo"
     path.write_bytes(MOUNTINFO)
-    new, legacy = om.mounts(path)
+    new, legacy = minfo.mounts(path)
     assert (new.mount_id, new.parent_id, new.target, new.source) == (69, 22, "/tmp/m x",
                                                                      "overlay")
     assert new.lowers == ("/l/a b", "/l/c:d", "/l/e,f", "/l/g\\h")
@@ -394,13 +400,13 @@ def _first_option_value(text: str) -> str:
     return text[start:i]
 
 
-def _capture_legacy(spec: om._Spec, monkeypatch: pytest.MonkeyPatch) -> dict[str, Any]:
+def _capture_legacy(spec: mopts._Spec, monkeypatch: pytest.MonkeyPatch) -> dict[str, Any]:
     """Run _mount_legacy with mount(2) replaced by a recorder that also checks that every
     layer name in the data resolves from the cwd the call runs in."""
     seen: dict[str, Any] = {}
 
     def fake_mount(source: str, target: str, fstype: str, flags: int, data: bytes) -> None:
-        lowers, _ = om.split_legacy_lowerdir(_first_option_value(os.fsdecode(data)))
+        lowers, _ = minfo.split_legacy_lowerdir(_first_option_value(os.fsdecode(data)))
         seen.update(data=data, cwd=os.getcwd(), lowers=lowers,
                     resolved=[os.path.realpath(p) for p in lowers])
 
@@ -418,7 +424,7 @@ def test_legacy_string_is_shortened_and_never_passes_a_page(
     few = [str(base / f"{i:03d}{long_name[:170]}") for i in range(20)]
     for p in few:
         os.makedirs(p)
-    spec = om._build_spec(str(tmp_path), few, None, None, False, None)
+    spec = mopts._build_spec(str(tmp_path), few, None, None, False, None)
     assert len(om.legacy_options(few).encode()) > PAGE_LIMIT
     seen = _capture_legacy(spec, monkeypatch)
     assert seen["strategy"] == "legacy-relative"
@@ -429,7 +435,7 @@ def test_legacy_string_is_shortened_and_never_passes_a_page(
     many = [str(tmp_path / f"{i:03d} {SPECIAL} {long_name}") for i in range(500)]
     for p in many:
         os.mkdir(p)
-    spec = om._build_spec(str(tmp_path), many, None, None, False, {"xino": "off"})
+    spec = mopts._build_spec(str(tmp_path), many, None, None, False, {"xino": "off"})
     seen = _capture_legacy(spec, monkeypatch)
     assert seen["strategy"] == "legacy-links"
     assert len(seen["data"]) <= PAGE_LIMIT
@@ -474,11 +480,11 @@ def test_run_in_private_namespace_isolates_mounts_and_returns_results(
 
 def _whoami() -> tuple[str, bool]:
     with open("/proc/self/uid_map") as fh:
-        return fh.read().split()[0], om._in_user_namespace()
+        return fh.read().split()[0], ns._in_user_namespace()
 
 
 def test_run_in_user_namespace_maps_us_to_root(mountable: None) -> None:
-    assert om.run_in_user_namespace(_whoami) == ("0", True)
+    assert ns.run_in_user_namespace(_whoami) == ("0", True)
 
 
 # =========================================================================================
@@ -490,7 +496,7 @@ STRATEGIES = ["new-api", "new-api-path", "legacy"]
 
 @pytest.mark.parametrize("strategy", STRATEGIES)
 def test_mount_shows_the_union_and_writes_to_the_upper(mountable: None, tmp_path: Any,
-                                                      strategy: om.Strategy) -> None:
+                                                      strategy: mopts.Strategy) -> None:
     lowers, upper, work, target = build_layers(str(tmp_path))
     got = in_ns(check_and_collect, target, lowers, upper, work, strategy)
     assert got["strategy"] == {"new-api": "new-api-fd", "new-api-path": "new-api-path",
@@ -512,7 +518,8 @@ def test_mount_shows_the_union_and_writes_to_the_upper(mountable: None, tmp_path
 
 
 @pytest.mark.parametrize("strategy", STRATEGIES)
-def test_mounted_view_matches_stack(mountable: None, tmp_path: Any, strategy: om.Strategy) -> None:
+def test_mounted_view_matches_stack(mountable: None, tmp_path: Any,
+                                    strategy: mopts.Strategy) -> None:
     lowers, upper, work, target = build_layers(str(tmp_path))
     got = in_ns(check_and_collect, target, lowers, upper, work, strategy)
     assert_same_view(got["view"], lowers, upper, work)
@@ -520,7 +527,7 @@ def test_mounted_view_matches_stack(mountable: None, tmp_path: Any, strategy: om
 
 @pytest.mark.parametrize("strategy", STRATEGIES)
 def test_paths_with_special_characters_and_200_plus_characters(
-        mountable: None, tmp_path: Any, strategy: om.Strategy) -> None:
+        mountable: None, tmp_path: Any, strategy: mopts.Strategy) -> None:
     base = tmp_path / f"{SPECIAL} {'p' * 210}"
     base.mkdir()
     lowers, upper, work, target = build_layers(str(base), prefix=f"{SPECIAL} ")
@@ -552,21 +559,22 @@ def _many_layers(base: str, count: int, name_length: int = 200) -> list[str]:
 
 
 def _mount_many(target: str, lowers: list[str], upper: str, work: str,
-                strategy: om.Strategy) -> dict[str, Any]:
+                strategy: mopts.Strategy) -> dict[str, Any]:
     with om.mount(target, lowers, upper, work, strategy=strategy) as m:
         names = sorted(os.listdir(target))
         with open(os.path.join(target, "shared")) as fh:
             shared = fh.read()
         with open(os.path.join(target, "f499")) as fh:
             bottom = fh.read()
-        (info,) = [i for i in om.mounts() if i.target == target]
+        (info,) = [i for i in minfo.mounts() if i.target == target]
         view = mount_view(target)
     return {"strategy": m.strategy, "names": names, "shared": shared, "bottom": bottom,
             "layers": len(info.lowers), "view": view, "mounted": m.mounted}
 
 
 @pytest.mark.parametrize("strategy", ["new-api", "legacy"])
-def test_500_layers_with_long_paths(mountable: None, tmp_path: Any, strategy: om.Strategy) -> None:
+def test_500_layers_with_long_paths(mountable: None, tmp_path: Any,
+                                    strategy: mopts.Strategy) -> None:
     lowers = _many_layers(str(tmp_path), 500)
     upper, work, target = (str(tmp_path / n) for n in ("up", "wk", "mnt"))
     for d in (upper, work, target):
@@ -581,7 +589,7 @@ def test_500_layers_with_long_paths(mountable: None, tmp_path: Any, strategy: om
 
 
 @pytest.mark.parametrize("strategy", ["new-api", "legacy"])
-def test_data_only_layers(mountable: None, tmp_path: Any, strategy: om.Strategy) -> None:
+def test_data_only_layers(mountable: None, tmp_path: Any, strategy: mopts.Strategy) -> None:
     top, data, target = (str(tmp_path / n) for n in ("top:1", "data,1", "mnt"))
     for d in (top, data, target):
         os.mkdir(d)
@@ -590,7 +598,7 @@ def test_data_only_layers(mountable: None, tmp_path: Any, strategy: om.Strategy)
 
     def body() -> tuple[list[str], tuple[str, ...], tuple[str, ...], bool]:
         with om.mount(target, [top], options={"data_layers": [data]}, strategy=strategy):
-            (info,) = [i for i in om.mounts() if i.target == target]
+            (info,) = [i for i in minfo.mounts() if i.target == target]
             return sorted(os.listdir(target)), info.lowers, info.data_layers, info.readonly
 
     names, shown_lowers, shown_data, readonly = in_ns(body)
@@ -607,7 +615,7 @@ def _readonly_checks(target: str, lowers: list[str], upper: str, work: str) -> l
                 results.append("written")
             except OSError as exc:
                 results.append(exc.errno)
-            (info,) = [i for i in om.mounts() if i.target == target]
+            (info,) = [i for i in minfo.mounts() if i.target == target]
             results.append(info.readonly)
     return results
 
@@ -670,7 +678,7 @@ def test_layout_errors_are_caught_before_mounting(mountable: None, tmp_path: Any
     assert "must be on the same mount" in str(errors["bind"])
 
 
-def _kernel_refusals(base: str, strategy: om.Strategy) -> dict[str, OSError]:
+def _kernel_refusals(base: str, strategy: mopts.Strategy) -> dict[str, OSError]:
     lowers, upper, work, target = build_layers(base)
     errors: dict[str, OSError] = {}
     om.mount(target, lowers, upper, work, options={"volatile": True},
@@ -688,7 +696,7 @@ def _kernel_refusals(base: str, strategy: om.Strategy) -> dict[str, OSError]:
 
 @pytest.mark.parametrize("strategy", ["new-api", "legacy"])
 def test_kernel_refusals_carry_the_step_and_the_kernels_words(
-        mountable: None, tmp_path: Any, strategy: om.Strategy) -> None:
+        mountable: None, tmp_path: Any, strategy: mopts.Strategy) -> None:
     errors = in_ns(_kernel_refusals, str(tmp_path), strategy)
     assert set(errors) == {"volatile", "overlap"}
     step = "fsconfig(create)" if strategy == "new-api" else "mount(2)"
@@ -706,7 +714,7 @@ def test_kernel_refusals_carry_the_step_and_the_kernels_words(
 
 def _fs_context_message(base: str) -> OSError:
     lowers, upper, work, target = build_layers(base)
-    spec = om._Spec(target, tuple(lowers), (), upper, work, False, (("bogus", "1"),))
+    spec = mopts._Spec(target, tuple(lowers), (), upper, work, False, (("bogus", "1"),))
     try:
         om._mount_new_api(spec, use_fds=True)
     except OSError as exc:
@@ -741,7 +749,7 @@ def _busy_and_lazy(target: str, lowers: list[str]) -> dict[str, Any]:
     with pytest.raises(KeyError):
         with om.mount(target, lowers):
             raise KeyError("boom")
-    out["after_error"] = any(i.target == target for i in om.mounts())
+    out["after_error"] = any(i.target == target for i in minfo.mounts())
     return out
 
 
@@ -781,7 +789,7 @@ def _userns_whiteout_and_opaque(target: str, lowers: list[str], upper: str,
     with om.mount(target, lowers, upper, work) as m:
         shutil.rmtree(os.path.join(target, "d"))  # merged dir: whiteout
         os.mkdir(os.path.join(target, "d"))  # over a whiteout: opaque
-        (info,) = [i for i in om.mounts() if i.target == target]
+        (info,) = [i for i in minfo.mounts() if i.target == target]
         return {"options": m.options, "info_options": info.options,
                 "opaque": os.getxattr(os.path.join(upper, "d"), "user.overlay.opaque"),
                 "listing": os.listdir(os.path.join(target, "d")),
@@ -791,7 +799,7 @@ def _userns_whiteout_and_opaque(target: str, lowers: list[str], upper: str,
 def test_user_namespace_mounts_use_userxattr_automatically(mountable: None,
                                                            tmp_path: Any) -> None:
     lowers, upper, work, target = build_layers(str(tmp_path), namespace="user")
-    got = om.run_in_user_namespace(_userns_whiteout_and_opaque, target, lowers, upper, work)
+    got = ns.run_in_user_namespace(_userns_whiteout_and_opaque, target, lowers, upper, work)
     assert got["options"] == {"userxattr": True}
     assert got["info_options"]["userxattr"] is True
     assert got["opaque"] == b"y" and got["listing"] == []
@@ -803,13 +811,14 @@ def test_user_namespace_mounts_use_userxattr_automatically(mountable: None,
 USERNS_SCRIPT = r"""
 import importlib, json, os, sys
 om = importlib.import_module("overlayfs._mount")
+ns = importlib.import_module("overlayfs._namespace")
 target, upper, work, *lowers = sys.argv[1:]
 with om.mount(target, lowers, upper, work) as m:
     with open(os.path.join(target, "a")) as fh:
         top = fh.read()
     names = sorted(os.listdir(target))
 print(json.dumps({"strategy": m.strategy, "options": m.options, "top": top, "names": names,
-                  "userns": om._in_user_namespace()}))
+                  "userns": ns._in_user_namespace()}))
 """
 
 
@@ -850,7 +859,7 @@ def test_mount_stack_property_gives_the_same_view(mountable: None, tmp_path: Any
 
 
 def test_check_reports_this_machine(mountable: None, tmp_path: Any) -> None:
-    report = om.check(tmp_path)
+    report = chk.check(tmp_path)
     assert report.path == str(tmp_path)
     assert report.kernel_release == os.uname().release
     assert report.kernel_version >= (4, 0, 0)
@@ -871,19 +880,19 @@ def test_check_reports_this_machine(mountable: None, tmp_path: Any) -> None:
 def test_check_explains_missing_d_type_on_xfs(monkeypatch: pytest.MonkeyPatch,
                                               tmp_path: Any) -> None:
     monkeypatch.setattr(sc, "read_dir_types", lambda path: [(b"f", 0), (b"d", 0)])
-    monkeypatch.setattr(om, "_fstype_of", lambda path: "xfs")
-    monkeypatch.setattr(om, "run_in_private_namespace", lambda *a: "new-api-fd")
-    monkeypatch.setattr(om, "run_in_user_namespace", lambda *a: "new-api-fd")
-    report = om.check(tmp_path)
+    monkeypatch.setattr(chk, "_fstype_of", lambda path: "xfs")
+    monkeypatch.setattr(chk, "run_in_private_namespace", lambda *a: "new-api-fd")
+    monkeypatch.setattr(chk, "run_in_user_namespace", lambda *a: "new-api-fd")
+    report = chk.check(tmp_path)
     assert report.d_type is False and not report.ok
     assert any("ftype=1" in p for p in report.problems)
 
 
 def test_main_check_prints_the_report(mountable: None, tmp_path: Any) -> None:
     out = io.StringIO()
-    assert om.main_check([str(tmp_path), "--json"], out=out) == 0
+    assert cli.main_check([str(tmp_path), "--json"], out=out) == 0
     data = json.loads(out.getvalue())
     assert data["ok"] is True and data["path"] == str(tmp_path)
     out = io.StringIO()
-    assert om.main_check([str(tmp_path)], out=out) == 0
+    assert cli.main_check([str(tmp_path)], out=out) == 0
     assert "overlay in /proc/filesystems" in out.getvalue()

@@ -14,7 +14,7 @@ import stat
 import pytest
 
 import overlayfs
-import overlayfs._mount as om
+import overlayfs._namespace as ns
 from overlayfs import LayerStore, _syscalls
 
 pytestmark = pytest.mark.usefixtures("mountable")
@@ -61,7 +61,7 @@ def test_overlapping_layers_are_refused_like_the_kernel(tmp_path, case):
     lowers, upper, work = CASES[case]
     root = str(tmp_path)
     _layout(root)
-    want = om.run_in_private_namespace(_kernel_errno, root, lowers, upper, work)
+    want = ns.run_in_private_namespace(_kernel_errno, root, lowers, upper, work)
     assert want in (errno.ELOOP, errno.EINVAL), f"the kernel mounted {case!r}"
     before = sorted(os.listdir(os.path.join(root, "a")))
 
@@ -102,7 +102,7 @@ def test_an_upper_inside_a_lower_is_a_trap_as_in_the_kernel(tmp_path):
     _layout(root)
     os.makedirs(os.path.join(root, "a/in/up"))
     os.makedirs(os.path.join(root, "a/in/wk"))
-    want = om.run_in_private_namespace(_trap_lookups, root)
+    want = ns.run_in_private_namespace(_trap_lookups, root)
     assert want["in/up"] == want["in/wk"] == errno.ELOOP
     with overlayfs.Stack([f"{root}/a"], f"{root}/a/in/up", f"{root}/a/in/wk") as st:
         got: dict[str, object] = {"listing": sorted(st.listdir("in"))}
@@ -140,4 +140,4 @@ def test_store_layers_that_name_themselves_are_refused(tmp_path):
             return exc.errno
         return 0
 
-    assert om.run_in_private_namespace(mount_it) == errno.ELOOP
+    assert ns.run_in_private_namespace(mount_it) == errno.ELOOP

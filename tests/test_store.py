@@ -18,6 +18,8 @@ from typing import Any
 import pytest
 
 om = importlib.import_module("overlayfs._mount")
+minfo = importlib.import_module("overlayfs._mountinfo")
+ns = importlib.import_module("overlayfs._namespace")
 ostore = importlib.import_module("overlayfs.store")
 Change, LayerStore = ostore.Change, ostore.LayerStore
 stack_from_layer_dir = ostore.stack_from_layer_dir
@@ -26,7 +28,7 @@ SHORT = re.compile(r"[A-Z2-7]{26}\Z")
 
 
 def in_ns(fn: Any, *args: Any) -> Any:
-    return om.run_in_private_namespace(fn, *args)
+    return ns.run_in_private_namespace(fn, *args)
 
 
 # --- helpers ------------------------------------------------------------------------------
@@ -425,7 +427,7 @@ def _mount_refcount(root: str) -> dict[str, Any]:
     out["count"] = store.mount_count("top")
     out["view"] = tree(first)
     write(os.path.join(first, "app", "new"), "through")
-    (info,) = [i for i in om.mounts() if i.target == first]
+    (info,) = [i for i in minfo.mounts() if i.target == first]
     out["info"] = info
     store.unmount("top")
     out["after_one"] = ostore._is_mount_point(first)
@@ -480,7 +482,7 @@ def _committed_and_relinked(root: str) -> dict[str, Any]:
         write(os.path.join(point, "x"), "x")
     except OSError as exc:
         out["write"] = exc.errno
-    (info,) = [i for i in om.mounts() if i.target == point]
+    (info,) = [i for i in minfo.mounts() if i.target == point]
     out["upper"], out["lowers"] = info.upper, len(info.lowers)
     store.unmount("top")
     return out
@@ -531,7 +533,7 @@ def _deep_mount(root: str, top: str, legacy: bool) -> dict[str, Any]:
     store = LayerStore(root, durable=False)
     point = store.mount(top)
     try:
-        (info,) = [i for i in om.mounts() if i.target == point]
+        (info,) = [i for i in minfo.mounts() if i.target == point]
         with open(os.path.join(point, "shared")) as fh:
             shared = fh.read()
         return {"names": len(os.listdir(point)), "shared": shared, "lowers": info.lowers,
@@ -564,7 +566,7 @@ def _userns_store(root: str) -> dict[str, Any]:
     store = LayerStore(root, durable=False)
     point = store.mount("top")
     try:
-        (info,) = [i for i in om.mounts() if i.target == point]
+        (info,) = [i for i in minfo.mounts() if i.target == point]
         return {"ns": store.xattr_namespace, "userxattr": info.options.get("userxattr"),
                 "view": tree(point)}
     finally:
@@ -573,5 +575,5 @@ def _userns_store(root: str) -> dict[str, Any]:
 
 def test_user_namespace_stores_use_user_xattrs(mountable: None, tmp_path: Any) -> None:
     three_layers(str(tmp_path))
-    out = om.run_in_user_namespace(_userns_store, str(tmp_path))
+    out = ns.run_in_user_namespace(_userns_store, str(tmp_path))
     assert out == {"ns": "user", "userxattr": True, "view": TOP_VIEW}

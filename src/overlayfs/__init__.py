@@ -10,18 +10,11 @@
   short links, ``lower`` files) that Docker's tools recognize.
 """
 from ._core import CacheInfo, Entry, Stack
-from ._mount import (
-    MAX_LOWERS,
-    CheckReport,
-    Mount,
-    MountInfo,
-    check,
-    mount,
-    mounts,
-    run_in_private_namespace,
-    run_in_user_namespace,
-    unmount,
-)
+from ._check import CheckReport, check
+from ._mount import Mount, mount, unmount
+from ._mountinfo import MountInfo, mounts
+from ._mountopts import MAX_LOWERS
+from ._namespace import run_in_private_namespace, run_in_user_namespace
 from .store import Change, Layer, LayerStore, stack_from_layer_dir
 
 __all__ = [

@@ -18,9 +18,11 @@ import shutil
 import subprocess
 import sys
 import tempfile
+from collections.abc import Sequence
+from typing import IO
 
 from . import Stack
-from ._mount import main_check
+from ._check import check
 
 
 def _layer_name(stack: Stack, idx: int) -> str:
@@ -139,6 +141,28 @@ def demo() -> int:
             print(f"  only Stack:  {sorted(set(ours) - set(kernel))}")
             return 1
     return 0
+
+
+def main_check(argv: Sequence[str] | None = None, out: IO[str] | None = None) -> int:
+    """``python -m overlayfs check [PATH] [--json]``: print the :func:`check` report.
+
+    Returns 0 when overlays can be mounted over PATH's filesystem, 1 otherwise.
+    """
+    parser = argparse.ArgumentParser(
+        prog="python -m overlayfs check",
+        description="Check kernel overlayfs prerequisites for layers on PATH's filesystem.")
+    parser.add_argument("path", nargs="?", default=None,
+                        help="a directory on the backing filesystem (default: the temp dir)")
+    parser.add_argument("--json", action="store_true", help="print the report as JSON")
+    args = parser.parse_args(list(argv) if argv is not None else None)
+    report = check(args.path)
+    stream = out if out is not None else sys.stdout
+    if args.json:
+        json.dump(report.as_dict(), stream, indent=2)
+        stream.write("\n")
+    else:
+        stream.write(f"{report}\n")
+    return 0 if report.ok else 1
 
 
 def main(argv: list[str] | None = None) -> int:

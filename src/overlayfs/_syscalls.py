@@ -1,4 +1,5 @@
-"""ctypes bindings for the mount-related system calls used by :mod:`overlayfs._mount`.
+"""ctypes bindings for the mount-related system calls used by :mod:`overlayfs._mount` and
+its siblings (``_namespace``, ``_check``) and by :mod:`overlayfs.store`.
 
 Only what the mount orchestration needs lives here, each call as a thin wrapper that
 raises ``OSError(errno, strerror, filename)`` on failure and does nothing else:
@@ -26,6 +27,7 @@ Every wrapper costs one system call plus about 1 µs of ctypes overhead.
 from __future__ import annotations
 
 import ctypes
+import errno
 import os
 import platform
 from typing import Final
@@ -213,7 +215,7 @@ def _call_mount_api(name: str, wrapper: ctypes._CFuncPtr | None, *args: object) 
         return int(wrapper(*args))
     raw = _raw[name]
     if raw is None:
-        ctypes.set_errno(38)  # ENOSYS: neither a wrapper nor a known number
+        ctypes.set_errno(errno.ENOSYS)  # neither a wrapper nor a known number
         return -1
     return raw(*_wrapped_args(args))
 
@@ -274,7 +276,7 @@ def renameat2(old: str | os.PathLike[str], new: str | os.PathLike[str], flags: i
               old_dfd: int = AT_FDCWD, new_dfd: int = AT_FDCWD) -> None:
     """``renameat2(2)``; EINVAL where the filesystem lacks ``flags``. Raises OSError."""
     if _renameat2 is None:
-        raise OSError(38, "renameat2: not provided by the C library", os.fspath(old))
+        raise OSError(errno.ENOSYS, "renameat2: not provided by the C library", os.fspath(old))
     _check(_renameat2(old_dfd, _b(old), new_dfd, _b(new), flags), "renameat2", os.fspath(old))
 
 
@@ -283,7 +285,7 @@ def statx(path: str | os.PathLike[str], mask: int, flags: int = AT_SYMLINK_NOFOL
     """``statx(2)`` returning the raw :class:`Statx`; check ``stx_mask`` for what the kernel
     filled. Raises OSError."""
     if _statx is None:
-        raise OSError(38, "statx: not provided by the C library", os.fspath(path))
+        raise OSError(errno.ENOSYS, "statx: not provided by the C library", os.fspath(path))
     buf = Statx()
     _check(_statx(dfd, _b(path), flags, mask, ctypes.byref(buf)), "statx", os.fspath(path))
     return buf

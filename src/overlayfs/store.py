@@ -38,7 +38,9 @@ from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any, Final, Literal, NamedTuple
 
 from . import _syscalls as _sys
-from ._mount import MAX_LOWERS, _in_user_namespace, mount as _mount_overlay, unmount as _unmount
+from ._mount import mount as _mount_overlay, unmount as _unmount
+from ._mountopts import MAX_LOWERS
+from ._namespace import _in_user_namespace
 
 if TYPE_CHECKING:  # pragma: no cover
     from overlayfs import Stack
