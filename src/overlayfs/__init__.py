@@ -8,6 +8,8 @@
   layer-count limits.
 - ``LayerStore``: an overlay2-style layer store (``<id>/diff``, ``l/``
   short links, ``lower`` files) that Docker's tools recognize.
+- ``Stack.diff``/``LayerStore.diff`` (``overlayfs.changes``): what an upper
+  layer changes in the view of its lowers, as ``Change`` tuples.
 """
 from ._core import CacheInfo, Entry, Stack
 from ._mount import (
@@ -22,7 +24,8 @@ from ._mount import (
     run_in_user_namespace,
     unmount,
 )
-from .store import Change, Layer, LayerStore, stack_from_layer_dir
+from .changes import Change
+from .store import Layer, LayerStore, stack_from_layer_dir
 
 __all__ = [
     "MAX_LOWERS",

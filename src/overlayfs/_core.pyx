@@ -1071,6 +1071,17 @@ cdef class Stack:
         "read_write"."""
         return _COPY_METHODS[self._last_copy_method]
 
+    def diff(self):
+        """The changes the upper layer makes to the view of the lowers, as
+        a sorted list of overlayfs.Change: overlayfs.changes.changes() over
+        this Stack's layers (see there for the rules and the cost).
+        ValueError without an upper layer."""
+        self._get()
+        if self.upper is None:
+            raise ValueError("a diff needs an upper layer: this Stack has none")
+        from .changes import changes
+        return changes(self.upper, self.lowers, xattr_namespace=self.xattr_namespace)
+
     # -- xattrs ----------------------------------------------------------
 
     def getxattr(self, path, attribute, *, follow_symlinks=True):
