@@ -180,6 +180,32 @@ def test_entries_are_added_or_changed_and_whiteouts_deleted(tmp_path):
         Change("changed", "sub"), Change("added", "sub/y"), Change("deleted", "xdel")])
 
 
+def test_inside_an_opaque_dir_a_name_the_parent_has_is_changed(tmp_path):
+    """Issue 8 item 2 (seen for etc/apt/sources.list in a container): base dd/f and
+    dd/g, an opaque dd holding a new dd/f. dd/f is changed (the parent's view has it),
+    dd/g deleted."""
+    diff_and_check(tmp_path, {"l1": [("dd/f", "file"), ("dd/g", "file")],
+                              "layer": [("dd/f", "file", b"new"), ("dd", "xattr", "X.opaque", "y")]},
+                   [Change("changed", "dd", opaque=True), Change("changed", "dd/f"), Change("deleted", "dd/g")])
+
+
+def test_below_an_opaque_dir_the_parents_names_it_lacks_are_deleted(tmp_path):
+    """Deeper in an opaque directory the layer's directories are all there is too:
+    names the parent's view has there and the layer lacks are deleted (once, whether
+    or not the layer holds a whiteout for them), names it has are changed, the rest
+    added; the parent's name lists count, not its layers'."""
+    diff_and_check(tmp_path, {
+        "l2": [("dd/sub/gone2", "file"), ("dd/sub/deep/z", "file")],
+        "l1": [("dd/sub/keep", "file"), ("dd/sub/gone", "file"), ("dd/sub/hidden", "whiteout"),
+               ("dd/file", "file")],
+        "layer": [("dd/sub/keep", "file", b"new"), ("dd/sub/deep/new", "file"), ("dd/sub/hidden", "file"),
+                  ("dd/file/x", "file"), ("dd/sub/gone", "whiteout"), ("dd", "xattr", "X.opaque", "y")],
+    }, [Change("changed", "dd", opaque=True), Change("changed", "dd/file"), Change("added", "dd/file/x"),
+        Change("changed", "dd/sub"), Change("changed", "dd/sub/deep"), Change("added", "dd/sub/deep/new"),
+        Change("deleted", "dd/sub/deep/z"), Change("deleted", "dd/sub/gone"), Change("deleted", "dd/sub/gone2"),
+        Change("added", "dd/sub/hidden"), Change("changed", "dd/sub/keep")])
+
+
 def test_a_base_layer_is_all_added(tmp_path):
     diff_and_check(tmp_path, {"layer": [("a/b", "file"), ("c", "symlink", "a/b")]},
                    [Change("added", "a"), Change("added", "a/b"), Change("added", "c")])

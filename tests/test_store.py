@@ -403,7 +403,7 @@ def test_diff_reports_added_changed_deleted_whiteouts_and_opaque_dirs(
         Change("added", "new"),
         Change("added", "newdir"), Change("added", "newdir/z"),
         Change("changed", "op", opaque=True), Change("deleted", "op/a"),
-        Change("added", "op/b"), Change("changed", "sub"), Change("added", "sub/y"),
+        Change("changed", "op/b"), Change("changed", "sub"), Change("added", "sub/y"),
         Change("deleted", "xdel")]
     assert store.diff("parent") == sorted(
         [Change("added", n) for n in ("keep", "mod", "del", "xdel", "op", "op/a", "op/b",

@@ -32,11 +32,13 @@ def changes(upper_dir: _Path, lowers: Sequence[_Path], *,
     """The changes ``upper_dir`` makes to the view of ``lowers`` (top-most first), sorted
     by path components.
 
-    Every entry of ``upper_dir`` is ``added`` or ``changed`` (the parent's view has the
-    path); a whiteout (char device 0/0, or an xattr whiteout) is ``deleted``; an opaque
-    directory is reported with ``opaque=True`` plus one ``deleted`` per name of the
-    parent's view of it that the layer does not have. Cost: one walk of ``upper_dir``
-    plus one Stack lookup per entry whose parent directory exists below.
+    Every entry of ``upper_dir`` is ``added``, or ``changed`` where the parent's view
+    has the path (inside an opaque directory too); a whiteout (char device 0/0, or an
+    xattr whiteout) is ``deleted``. An opaque directory is reported with
+    ``opaque=True``; in it and below it only the layer's entries show, so every name
+    the parent's view has there and the layer lacks is ``deleted`` too. Cost: one
+    walk of ``upper_dir``, one Stack lookup per entry, and a listing of the parent's
+    view of each directory under an opaque one.
     """
     top = os.fsdecode(upper_dir)
     view = None
@@ -55,12 +57,18 @@ def changes(upper_dir: _Path, lowers: Sequence[_Path], *,
         except OSError:
             return None
 
-    def walk(rel_dir: str, abs_dir: str, dir_below: bool) -> None:
+    def walk(rel_dir: str, abs_dir: str, merges: bool, dir_below: bool) -> None:
+        """``merges``: the merged directory ``rel_dir`` shows the parent's entries the
+        layer does not hide (else only the layer's: it or an ancestor is opaque, or the
+        parent's view has no directory there); ``dir_below``: the parent's view has a
+        directory at ``rel_dir``."""
         with os.scandir(abs_dir) as it:
             entries = sorted(it, key=lambda e: e.name)
+        present = set()
         for entry in entries:
             rel = f"{rel_dir}/{entry.name}" if rel_dir else entry.name
             st = entry.stat(follow_symlinks=False)
+            present.add(entry.name)
             if _is_whiteout(entry.path, st, prefix):
                 found.append(Change("deleted", rel))
                 continue
@@ -72,16 +80,17 @@ def changes(upper_dir: _Path, lowers: Sequence[_Path], *,
             opaque = _xattr(entry.path, prefix + "opaque") == b"y"
             found.append(Change(kind, rel, opaque))
             is_dir_below = mode is not None and stat.S_ISDIR(mode)
-            if opaque and is_dir_below and view is not None:
-                with os.scandir(entry.path) as it:
-                    present = {e.name for e in it}
-                for name in sorted(view.listdir(rel)):
-                    if name not in present:
-                        found.append(Change("deleted", f"{rel}/{name}"))
-            walk(rel, entry.path, is_dir_below and not opaque)
+            walk(rel, entry.path, merges and is_dir_below and not opaque, is_dir_below)
+        if not merges and dir_below and view is not None:
+            # Only the layer's entries show here: what else the parent shows is gone
+            # (whiteouts among them were reported above).
+            for name in sorted(view.listdir(rel_dir)):
+                rel = f"{rel_dir}/{name}" if rel_dir else name
+                if name not in present and view.lexists(rel):
+                    found.append(Change("deleted", rel))
 
     try:
-        walk("", top, view is not None)
+        walk("", top, view is not None, view is not None)
     finally:
         if view is not None:
             view.close()
