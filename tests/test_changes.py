@@ -25,6 +25,7 @@ Needs root and overlayfs for the kernel (fails instead of skipping under
 from __future__ import annotations
 
 import os
+import random
 import sys
 
 import pytest
@@ -33,6 +34,7 @@ if os.path.dirname(os.path.abspath(__file__)) not in sys.path:  # conftest does 
     sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import kernel  # noqa: E402
 import stackgen  # noqa: E402
+import write_ops  # noqa: E402
 
 import overlayfs  # noqa: E402
 from overlayfs.changes import Change, changes  # noqa: E402
@@ -44,7 +46,7 @@ from overlayfs.store import LayerStore  # noqa: E402
 # ---------------------------------------------------------------------------
 
 
-def kernel_views(scratch, layer, lowers, options=()):
+def kernel_views(scratch, layer, lowers, options=(), data_layers=()):
     """(merged, parent): kernel views of *layer* over *lowers*, and of *lowers* alone.
 
     Both are read-only mounts (nothing is written into the layers); an empty
@@ -53,8 +55,9 @@ def kernel_views(scratch, layer, lowers, options=()):
     pad = os.path.join(os.fsdecode(scratch), "kernel-pad")
     os.makedirs(pad, exist_ok=True)
     lowers = [os.fsdecode(p) for p in lowers]
-    merged = kernel.kernel_view([os.fsdecode(layer), *lowers, pad], options=options)
-    parent = kernel.kernel_view([*lowers, pad], options=options) if lowers else {"paths": {}, "extra": {}}
+    merged = kernel.kernel_view([os.fsdecode(layer), *lowers, pad], options=options, data_layers=data_layers)
+    parent = (kernel.kernel_view([*lowers, pad], options=options, data_layers=data_layers) if lowers
+              else {"paths": {}, "extra": {}})
     return merged, parent
 
 
@@ -134,9 +137,9 @@ def describe_problems(found, merged, parent) -> list[str]:
     return out
 
 
-def assert_describes_kernel(scratch, layer, lowers, found, *, options=(), context=""):
+def assert_describes_kernel(scratch, layer, lowers, found, *, options=(), data_layers=(), context=""):
     """Fail with every problem of :func:`describe_problems`, against kernel views."""
-    merged, parent = kernel_views(scratch, layer, lowers, options)
+    merged, parent = kernel_views(scratch, layer, lowers, options, data_layers)
     problems = describe_problems(found, merged, parent)
     assert not problems, "the diff does not describe the kernel's merged view%s:\n  %s\ndiff: %s" % (
         " (%s)" % context if context else "", "\n  ".join(problems[:40]), found)
@@ -220,6 +223,234 @@ def test_the_diff_is_deterministic(tmp_path):
     assert all(changes(layer, lowers) == first for _ in range(3))
 
 
+def O(op, **kw):  # noqa: N802  (short constructor for operations, as in test_write_parity)
+    return {"op": op, **kw}
+
+
+def apply(tmp_path, how, spec, ops, *, options=(), stack_kwargs=None):
+    """Hand-written layers (``write_ops.make_layout``: ``"upper"``, ``"l1"``...) changed by
+    *ops* through a kernel mount with *options* (``how="kernel"``) or through a Stack
+    with *stack_kwargs* (``how="stack"``); every operation must succeed. Returns the
+    layout (the upper is the layer to diff)."""
+    layout = write_ops.make_layout(tmp_path, spec)
+    if how == "kernel":
+        outcomes = write_ops.apply_kernel(layout.lowers, layout.upper, layout.work, ops, options=options)["outcomes"]
+    else:
+        with overlayfs.Stack(layout.lowers, layout.upper, layout.work, **(stack_kwargs or {})) as st:
+            outcomes = write_ops.apply_ops(write_ops.StackFS(st), ops)
+    assert all(o.startswith("ok") for o in outcomes), outcomes
+    return layout
+
+
+def upper_xattr(layout, path, name):
+    try:
+        return os.getxattr(os.path.join(layout.upper, os.fsencode(path)), name, follow_symlinks=False)
+    except OSError:
+        return None
+
+
+REDIRECT_DIR = {"options": ("redirect_dir=on",), "stack_kwargs": {"redirect_dir": True}}
+
+
+@pytest.mark.parametrize("how", ["stack", "kernel"])
+def test_a_renamed_dir_reports_its_merged_contents(tmp_path, how):
+    """Issue 8 item 3: with redirect_dir, renaming docs (docs/a, docs/sub/b below) to
+    manual leaves an upper manual/ holding only a redirect; its merged contents are
+    still new at manual/..., so each is added (the redirected dir is opaque: the
+    parent's view of manual, had it one, is hidden)."""
+    layout = apply(tmp_path, how, {"l1": [("docs/a", "file"), ("docs/sub/b", "file"), ("keep", "file")]},
+                   [O("rename", src=b"docs", dst=b"manual")], **REDIRECT_DIR)
+    assert upper_xattr(layout, "manual", "trusted.overlay.redirect") == b"docs"
+    found = changes(layout.upper, layout.lowers)
+    assert found == [Change("deleted", "docs"), Change("added", "manual", opaque=True), Change("added", "manual/a"),
+                     Change("added", "manual/sub"), Change("added", "manual/sub/b")]
+    assert_describes_kernel(tmp_path, layout.upper, layout.lowers, found, options=("redirect_dir=on",))
+
+
+@pytest.mark.parametrize("how", ["stack", "kernel"])
+def test_a_dir_renamed_over_one_the_parent_has_compares_path_by_path(tmp_path, how):
+    """Each name under the redirected dir is changed where the parent's view has that
+    same path (whatever it holds there), added where not; the parent's names there
+    that the merged dir lacks are deleted; changes made after the rename show."""
+    layout = apply(tmp_path, how,
+                   {"l1": [("docs/a", "file", b"docs a"), ("docs/b", "file"), ("docs/gone", "file"),
+                           ("manual/a", "file", b"manual a"), ("manual/old", "file")]},
+                   [O("unlink", path=b"manual/a"), O("unlink", path=b"manual/old"), O("rmdir", path=b"manual"),
+                    O("rename", src=b"docs", dst=b"manual"), O("unlink", path=b"manual/gone"),
+                    O("os_open", path=b"manual/new", flags=["O_WRONLY", "O_CREAT"], mode=0o644, data=b"n")],
+                   **REDIRECT_DIR)
+    found = changes(layout.upper, layout.lowers)
+    assert found == [Change("deleted", "docs"), Change("changed", "manual", opaque=True), Change("changed", "manual/a"),
+                     Change("added", "manual/b"), Change("deleted", "manual/gone"), Change("added", "manual/new"),
+                     Change("deleted", "manual/old")]
+    assert_describes_kernel(tmp_path, layout.upper, layout.lowers, found, options=("redirect_dir=on",))
+
+
+@pytest.mark.parametrize("how", ["stack", "kernel"])
+def test_absolute_redirects_and_renamed_parents(tmp_path, how):
+    """A dir moved to another parent gets an absolute redirect; its old parent, moved
+    next, a redirect too, and a whiteout where the first one was."""
+    layout = apply(tmp_path, how, {"l1": [("a/b/c/f", "file"), ("a/b/k", "file"), ("dst/keep", "file")],
+                                   "l2": [("a/b/c/deep", "file")]},
+                   [O("rename", src=b"a/b/c", dst=b"dst/c2"), O("rename", src=b"a/b", dst=b"top")], **REDIRECT_DIR)
+    assert upper_xattr(layout, "dst/c2", "trusted.overlay.redirect") == b"/a/b/c"
+    found = changes(layout.upper, layout.lowers)
+    assert found == [Change("changed", "a"), Change("deleted", "a/b"), Change("changed", "dst"),
+                     Change("added", "dst/c2", opaque=True), Change("added", "dst/c2/deep"), Change("added", "dst/c2/f"),
+                     Change("added", "top", opaque=True), Change("deleted", "top/c"), Change("added", "top/k")]
+    assert_describes_kernel(tmp_path, layout.upper, layout.lowers, found, options=("redirect_dir=on",))
+
+
+def test_metacopy_files_are_changed_and_renamed_ones_added(tmp_path):
+    """With metacopy=on a chmod copies only metadata up: the upper file's data stays
+    below, the path is changed. A renamed metacopy file gets a redirect to its data:
+    the new name is added (with the old name's data), the old one deleted."""
+    layout = apply(tmp_path, "kernel", {"l1": [("f", "file", b"data f"), ("g", "file", b"data g"),
+                                               ("d/h", "file", b"data h")]},
+                   [O("chmod", path=b"f", mode=0o600), O("chmod", path=b"g", mode=0o600),
+                    O("rename", src=b"g", dst=b"d/g2"), O("chown", path=b"d/h", uid=5, gid=5)],
+                   options=("metacopy=on",))
+    for name in ("f", "d/g2", "d/h"):
+        assert upper_xattr(layout, name, "trusted.overlay.metacopy") is not None, name
+    assert upper_xattr(layout, "d/g2", "trusted.overlay.redirect") == b"/g"
+    found = changes(layout.upper, layout.lowers)
+    assert found == [Change("changed", "d"), Change("added", "d/g2"), Change("changed", "d/h"),
+                     Change("changed", "f"), Change("deleted", "g")]
+    assert_describes_kernel(tmp_path, layout.upper, layout.lowers, found, options=("metacopy=on",))
+
+
+def test_kernel_format_layers_have_no_oci_whiteouts(tmp_path):
+    """In kernel-format layers a file named .wh.victim is a file: it is added, and
+    victim is not deleted; a .wh. file below is a file of the parent's view too."""
+    found = diff_and_check(tmp_path, {"l2": [("victim", "file"), ("old", "file"), ("d/x", "file")],
+                                      "l1": [(".wh.old", "file"), ("d/.wh..wh..opq", "file")],
+                                      "layer": [(".wh.victim", "file"), ("old", "file", b"new"), ("d/x", "file")]},
+                           [Change("added", ".wh.victim"), Change("changed", "d"), Change("changed", "d/x"),
+                            Change("changed", "old")])
+    store = LayerStore(tmp_path / "store", durable=False, xattr_namespace="trusted")
+    for src, layer_id, parent in (("l2", "base", None), ("l1", "mid", "base"), ("layer", "top", "mid")):
+        diff = store.create(layer_id, parent).diff
+        os.rmdir(diff)
+        stackgen.copy_layer(tmp_path / src, diff)
+    assert store.diff("top") == found
+
+
+def test_damaged_entries_are_reported_and_nothing_below_them(tmp_path):
+    """A directory with an invalid redirect (EINVAL) or a metacopy file without data
+    (EIO) is in the merged view, damaged: it is reported, and nothing the layer holds
+    under it, which the merged view cannot show either."""
+    diff_and_check(tmp_path, {
+        "l1": [("bad/below", "file"), ("meta", "file", b"data")],
+        "layer": [("bad/x", "file"), ("bad", "xattr", "X.redirect", "a/b"), ("nodata", "sparse", 4),
+                  ("nodata", "xattr", "X.metacopy", ""), ("meta", "sparse", 4), ("meta", "xattr", "X.metacopy", "")],
+    }, [Change("changed", "bad"), Change("changed", "meta"), Change("added", "nodata")], options=("metacopy=on",))
+
+
+def test_redirects_in_a_dir_with_nothing_below(tmp_path):
+    """In a new (or opaque) directory a relative redirect, even an invalid one, finds
+    no lower directory to look in and changes nothing; an absolute one starts again
+    from the root and shows what is there."""
+    diff_and_check(tmp_path, {
+        "l1": [("src/below", "file"), ("op/old", "file")],
+        "layer": [("new/rel/y", "file"), ("new/rel", "xattr", "X.redirect", "src"), ("new/bad", "dir"),
+                  ("new/bad", "xattr", "X.redirect", ".."), ("new/abs/z", "file"),
+                  ("new/abs", "xattr", "X.redirect", "/src"), ("op/rel", "dir"), ("op/rel", "xattr", "X.redirect", "old"),
+                  ("op", "xattr", "X.opaque", "y")],
+    }, [Change("added", "new"), Change("added", "new/abs", opaque=True), Change("added", "new/abs/below"),
+        Change("added", "new/abs/z"), Change("added", "new/bad"), Change("added", "new/rel"),
+        Change("added", "new/rel/y"), Change("changed", "op", opaque=True), Change("deleted", "op/old"),
+        Change("added", "op/rel")])
+
+
+# ---------------------------------------------------------------------------
+# Random layers and random changes, against the kernel
+# ---------------------------------------------------------------------------
+
+#: Random layer stacks per kind, and random operation sequences per mount option set.
+N_RANDOM_STACKS = 16
+N_RANDOM_SEQUENCES = 20
+
+#: kind -> (stackgen.make_stack keywords, mount options, changes() keywords). The
+#: layer is the top lower of a stack without an upper (so it may hold directory
+#: redirects, invalid ones too, metacopy files, user.* forms), or the upper.
+RANDOM_KINDS = {
+    "lowers": ({"upper": False}, (), {}),
+    "metacopy": ({"upper": False, "metacopy": True, "redirect_follow": True}, ("metacopy=on",), {}),
+    "user": ({"upper": False, "xattr_ns": "user", "redirect_follow": False}, ("userxattr",),
+             {"xattr_namespace": "user"}),
+    "upper": ({"upper": True}, (), {}),
+}
+
+
+def random_layers(root, kind, seed):
+    """(layer, lowers) of the random stack (kind, seed) built under *root*."""
+    build, _, _ = RANDOM_KINDS[kind]
+    lowers, upper, _ = stackgen.make_stack(os.path.join(root, "stack"), seed, 2 + seed % 4, **build)
+    return (upper, lowers) if upper else (lowers[0], lowers[1:])
+
+
+@pytest.mark.parametrize("kind,seed", [(k, s) for k in RANDOM_KINDS for s in range(N_RANDOM_STACKS)])
+def test_random_layers(tmp_path, kind, seed):
+    layer, lowers = random_layers(tmp_path, kind, seed)
+    _, options, kwargs = RANDOM_KINDS[kind]
+    found = changes(layer, lowers, **kwargs)
+    assert_describes_kernel(tmp_path, layer, lowers, found, options=options, context="%s seed %d" % (kind, seed))
+
+
+@pytest.mark.parametrize("kind,seed", [("upper", s) for s in range(0, N_RANDOM_STACKS, 2)]
+                         + [("user", s) for s in range(1, N_RANDOM_STACKS, 3)])
+def test_random_layers_in_oci_form_give_the_same_diff(tmp_path, kind, seed):
+    """The OCI form of the same layers (.wh.NAME, .wh..wh..opq) gives the same diff."""
+    layer, lowers = random_layers(tmp_path, kind, seed)
+    kwargs = RANDOM_KINDS[kind][2]
+    converted = stackgen.to_oci([layer, *lowers], os.path.join(tmp_path, "oci"),
+                                xattr_ns=kwargs.get("xattr_namespace", "trusted"))
+    want = changes(layer, lowers, **kwargs)
+    assert want and changes(converted[0], converted[1:], whiteouts="oci", **kwargs) == want
+    assert changes(converted[0], converted[1:], whiteouts="auto", **kwargs) == want
+
+
+#: Mount options of the kernel that applies the operations (and of the read-only
+#: mounts that check the diff), and the seeds used with them.
+SEQUENCE_OPTIONS = {"default": ((), 7000), "redirect_dir": (("redirect_dir=on",), 7100),
+                    "metacopy": (("metacopy=on",), 7200)}
+
+
+def dir_renames(seed, view, count):
+    """*count* renames of random directories of *view* to fresh names in random
+    directories (some fail: into themselves, EXDEV without redirect_dir...)."""
+    rng = random.Random("diff-renames:%d" % seed)
+    dirs = sorted(os.fsencode(p) for p, rec in view["paths"].items() if p and rec["lstat"].get("type") == "dir")
+    ops = []
+    for _ in range(count if dirs else 0):
+        parent = rng.choice([b""] + dirs)
+        name = rng.choice(write_ops.FRESH_NAMES)
+        ops.append(O("rename", src=rng.choice(dirs), dst=parent + b"/" + name if parent else name))
+    return ops
+
+
+@pytest.mark.parametrize("options,seed", [(o, s) for o in SEQUENCE_OPTIONS for s in range(N_RANDOM_SEQUENCES)])
+def test_random_sequences_through_the_kernel(tmp_path, options, seed):
+    """A random stack changed through a kernel mount (with redirect_dir=on or
+    metacopy=on, or neither) by two rounds of random operations (write_ops: every
+    kind of change), each round ending with renames of random directories, so that
+    the second round also changes what the first moved; then its upper is diffed."""
+    mount_options, first_seed = SEQUENCE_OPTIONS[options]
+    seed += first_seed
+    case = write_ops.random_case(seed)
+    layout = write_ops.build_random(tmp_path, seed)
+    done = []
+    for round_seed in (seed, seed + 10**6):
+        view = write_ops.initial_view(tmp_path, layout)
+        ops = write_ops.make_ops(round_seed, view, case["n_ops"], layers=layout.layers) + dir_renames(round_seed, view, 3)
+        outcomes = write_ops.apply_kernel(layout.lowers, layout.upper, layout.work, ops, umask=case["umask"],
+                                          options=mount_options)["outcomes"]
+        done += ["%s -> %s" % (write_ops.format_op(op), out) for op, out in zip(ops, outcomes)]
+    found = changes(layout.upper, layout.lowers)
+    assert_describes_kernel(tmp_path, layout.upper, layout.lowers, found, options=mount_options,
+                            context="%s seed %d after:\n    %s" % (options, seed, "\n    ".join(done)))
+
+
 # ---------------------------------------------------------------------------
 # The API: Stack.diff, LayerStore.diff, Change
 # ---------------------------------------------------------------------------
@@ -249,6 +480,58 @@ def test_stack_diff_needs_an_upper_and_an_open_stack(tmp_path):
     st.close()
     with pytest.raises(ValueError, match="closed"):
         st.diff()
+
+
+def test_stack_diff_reads_the_upper_in_the_stacks_whiteout_form(tmp_path):
+    """Stack.diff reads the upper as the Stack does: with whiteouts="oci" the .wh.NAME
+    and .wh..wh..opq files its changes left are the deletions and the opaque dir the
+    kernel form of the same changes gives; with "auto" (the default) a plain file
+    named .wh.victim hides victim, as in the Stack's view; with "kernel" it is a file."""
+    spec = {"l1": [("a", "file"), ("d/x", "file"), ("d/y", "file"), ("e/z", "file")]}
+    ops = [O("unlink", path=b"a"), O("unlink", path=b"d/x"), O("unlink", path=b"e/z"), O("rmdir", path=b"e"),
+           O("mkdir", path=b"e"), O("symlink", target=b"t", path=b"e/new")]
+    want = [Change("deleted", "a"), Change("changed", "d"), Change("deleted", "d/x"),
+            Change("changed", "e", opaque=True), Change("added", "e/new"), Change("deleted", "e/z")]
+    by_form, uppers = {}, {}
+    for form in ("kernel", "oci", "auto"):
+        layout = apply(tmp_path / form, "stack", spec, ops, stack_kwargs={"whiteouts": form})
+        with overlayfs.Stack(layout.lowers, layout.upper, layout.work, whiteouts=form) as st:
+            by_form[form] = st.diff()
+        uppers[form] = sorted(os.fsdecode(os.path.relpath(os.path.join(d, n), layout.upper))
+                              for d, dirs, files in os.walk(layout.upper) for n in dirs + files)
+        if form == "kernel":
+            assert_describes_kernel(tmp_path / form, layout.upper, layout.lowers, by_form[form])
+    assert uppers["oci"] == [".wh.a", "d", "d/.wh.x", "e", "e/.wh..wh..opq", "e/new"]
+    assert uppers["kernel"] == uppers["auto"] == ["a", "d", "d/x", "e", "e/new"]
+    assert by_form == {"kernel": want, "oci": want, "auto": want}
+
+    layer, lowers = build(tmp_path / "plain", {"l1": [("victim", "file")], "layer": [(".wh.victim", "file")],
+                                               "work": []})
+    for form, diff in (("auto", [Change("deleted", "victim")]), ("kernel", [Change("added", ".wh.victim")])):
+        with overlayfs.Stack(lowers, layer, str(tmp_path / "plain" / "work"), whiteouts=form) as st:
+            assert st.diff() == diff
+            assert st.exists("victim") is (form == "kernel")
+
+
+def test_stack_diff_follows_metacopy_data_into_data_layers(tmp_path):
+    """A layer's metacopy file over a lower metacopy file whose data is in a
+    data-only layer (reached by the lower one's absolute redirect) is changed; both
+    views read the data layers."""
+    data = b"object data"
+    layer, lowers = build(tmp_path, {
+        "d1": [("objects/abc", "file", data)],
+        "l1": [("f", "sparse", len(data)), ("f", "xattr", "X.metacopy", ""), ("f", "xattr", "X.redirect", "/objects/abc")],
+        "layer": [("f", "sparse", len(data)), ("f", "xattr", "X.metacopy", ""), ("f", "mode", 0o600)]},
+        nlowers=1)
+    data_layers = [str(tmp_path / "d1")]
+    work = tmp_path / "work"
+    work.mkdir()
+    with overlayfs.Stack(lowers, layer, str(work), data_layers=data_layers, metacopy=True) as st:
+        with st.open("f") as fh:
+            assert fh.read() == data
+        found = st.diff()
+    assert found == changes(layer, lowers, data_layers=data_layers) == [Change("changed", "f")]
+    assert_describes_kernel(tmp_path, layer, lowers, found, data_layers=data_layers)
 
 
 def test_layer_store_diff_is_the_diff_of_its_layer(tmp_path):

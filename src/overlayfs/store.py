@@ -604,10 +604,10 @@ class LayerStore:
     def diff(self, layer_id: str) -> list[Change]:
         """The changes ``layer_id`` makes to its parent's view, sorted by path: see
         :func:`overlayfs.changes.changes`, which this calls with the layer's ``diff`` over
-        the ``diff`` directories below it."""
+        the ``diff`` directories below it, in the kernel's whiteout form (overlay2's)."""
         layer = self.get(layer_id)
         below = [os.path.join(self.root, i, "diff") for i in self._resolve_lower(layer)]
-        return changes(layer.diff, below, xattr_namespace=self.xattr_namespace)
+        return changes(layer.diff, below, xattr_namespace=self.xattr_namespace, whiteouts="kernel")
 
 
 def stack_from_layer_dir(path: str | os.PathLike[str], **kwargs: Any) -> Stack:
