@@ -493,11 +493,14 @@ class LayerStore:
     def stack(self, layer_id: str, **kwargs: Any) -> Stack:
         """An ``overlayfs.Stack`` over the same layers ``mount(layer_id)`` would mount,
         without mounting: writable (upper = diff) for an uncommitted layer with a parent in
-        a writable store, read-only otherwise. ``kwargs`` go to ``Stack``."""
+        a writable store, read-only otherwise. ``kwargs`` go to ``Stack``; by default it
+        reads the layers in the kernel's whiteout form, as a mount does (a file named
+        ``.wh.x`` is a file)."""
         from overlayfs import Stack
 
         lowers, upper, work = self._view(layer_id)
         kwargs.setdefault("xattr_namespace", self.xattr_namespace)
+        kwargs.setdefault("whiteouts", "kernel")
         return Stack(lowers, upper, work, **kwargs)
 
     def mount(self, layer_id: str, target: str | os.PathLike[str] | None = None) -> str:
