@@ -174,6 +174,9 @@ def diff_and_check(tmp_path, spec, expected, *, options=(), **kwargs):
 
 
 def test_entries_are_added_or_changed_and_whiteouts_deleted(tmp_path):
+    """Each entry of the layer is added, or changed where the parent's view has the
+    path; each whiteout (char 0/0 or xattr) is deleted, a name the parent's view
+    lacks too (the layer holds it)."""
     diff_and_check(tmp_path, {
         "l1": [("keep", "file"), ("mod", "file"), ("del", "file"), ("xdel", "file"), ("sub/x", "file")],
         "layer": [("mod", "file", b"changed"), ("new", "file"), ("del", "whiteout"), ("xdel", "xwhiteout"),
