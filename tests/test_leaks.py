@@ -214,6 +214,7 @@ CALLS = {
                                                   "chmod", "chown", "utime", "truncate", "setxattr",
                                                   "removexattr", "remove", "unlink", "rmdir",
                                                   "rename", "replace", "link", "move"}),
+    "diff": (lambda st, L: st.diff(), {"diff"}),  # two Stacks opened and closed per call
     "open-close": (lambda st, L: _open_close(L), {"close", "closed"}),
     "open-fail": (lambda st, L: _open_fail(L), set()),
     "dropped-open": (lambda st, L: _dropped_open(L), set()),
@@ -230,7 +231,7 @@ def _measure(fn, n):
 def test_no_leak(st, L, name):
     fn, _ = CALLS[name]
     loops = LOOPS // 4 if name in ("open-close", "dropped-open", "open-fail", "closed-calls",
-                                   "walk", "walk-bottomup", "copy_up", "changes") else LOOPS
+                                   "walk", "walk-bottomup", "copy_up", "changes", "diff") else LOOPS
     call = lambda: fn(st, L)   # noqa: E731
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ResourceWarning)

@@ -853,6 +853,23 @@ def test_mount_stack_property_gives_the_same_view(mountable: None, tmp_path: Any
     assert mounted == stacked
 
 
+def test_mount_stack_reads_the_layers_as_the_kernel_does(mountable: None, tmp_path: Any) -> None:
+    """The layers of a kernel mount are in the kernel's whiteout form: a file named
+    .wh.victim is a file there, and hides nothing in Mount.stack either."""
+    lowers, upper, work, target = build_layers(str(tmp_path))
+    for layer, name in ((lowers[0], ".wh.victim"), (lowers[-1], "victim")):
+        with open(os.path.join(layer, name), "w") as fh:
+            fh.write(name)
+
+    def body() -> tuple[dict[str, Record], dict[str, Record]]:
+        with om.mount(target, lowers, upper, work) as m, m.stack as stack:
+            return mount_view(target), stack_view(stack)
+
+    mounted, stacked = in_ns(body)
+    assert {"victim", ".wh.victim"} <= set(mounted)
+    assert mounted == stacked
+
+
 # =========================================================================================
 # check()
 # =========================================================================================

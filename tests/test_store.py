@@ -405,7 +405,7 @@ def test_diff_reports_added_changed_deleted_whiteouts_and_opaque_dirs(
         Change("added", "new"),
         Change("added", "newdir"), Change("added", "newdir/z"),
         Change("changed", "op", opaque=True), Change("deleted", "op/a"),
-        Change("added", "op/b"), Change("changed", "sub"), Change("added", "sub/y"),
+        Change("changed", "op/b"), Change("changed", "sub"), Change("added", "sub/y"),
         Change("deleted", "xdel")]
     assert store.diff("parent") == sorted(
         [Change("added", n) for n in ("keep", "mod", "del", "xdel", "op", "op/a", "op/b",
@@ -470,6 +470,25 @@ def test_mounted_view_matches_store_stack(mountable: None,
 
     with store.stack("top") as stack:
         assert in_ns(body) == stack_tree(stack) == TOP_VIEW
+
+
+def test_store_views_read_the_layers_as_the_kernel_does(mountable: None, tmp_path: Any) -> None:
+    """overlay2 layers are in the kernel's whiteout form: a file named .wh.sh is a file
+    in a mount, and hides nothing in LayerStore.stack or Stack.from_layer_dir either."""
+    store = three_layers(str(tmp_path))
+    write(f"{store.get('mid').diff}/bin/.wh.sh", "not a whiteout")
+
+    def body() -> dict[str, str]:
+        point = LayerStore(str(tmp_path), durable=False).mount("top")
+        try:
+            return tree(point)
+        finally:
+            LayerStore(str(tmp_path), durable=False).unmount("top")
+
+    mounted = in_ns(body)
+    assert mounted == {**TOP_VIEW, "bin/.wh.sh": "not a whiteout"}
+    with store.stack("top") as stack, stack_from_layer_dir(tmp_path / "top") as from_dir:
+        assert stack_tree(stack) == stack_tree(from_dir) == mounted
 
 
 def _committed_and_relinked(root: str) -> dict[str, Any]:

@@ -8,6 +8,8 @@
   layer-count limits.
 - ``LayerStore``: an overlay2-style layer store (``<id>/diff``, ``l/``
   short links, ``lower`` files) that Docker's tools recognize.
+- ``Stack.diff``/``LayerStore.diff`` (``overlayfs.changes``): what an upper
+  layer changes in the view of its lowers, as ``Change`` tuples.
 """
 from ._core import CacheInfo, Entry, Stack
 from ._check import CheckReport, check
@@ -15,7 +17,8 @@ from ._mount import Mount, mount, unmount
 from ._mountinfo import MountInfo, mounts
 from ._mountopts import MAX_LOWERS
 from ._namespace import run_in_private_namespace, run_in_user_namespace
-from .store import Change, Layer, LayerStore, stack_from_layer_dir
+from .changes import Change
+from .store import Layer, LayerStore, stack_from_layer_dir
 
 __all__ = [
     "MAX_LOWERS",

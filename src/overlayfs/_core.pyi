@@ -3,6 +3,8 @@ import io
 import os
 from typing import Any, AnyStr, Callable, Generic, Iterator, NamedTuple, Sequence, overload
 
+from .changes import Change
+
 _Path = str | bytes | os.PathLike[str] | os.PathLike[bytes]
 
 class CacheInfo(NamedTuple):
@@ -136,4 +138,5 @@ class Stack:
     def copy_up(self, path: bytes | os.PathLike[bytes], *, follow_symlinks: bool = False) -> bytes: ...
     @property
     def last_copy_method(self) -> str: ...
+    def diff(self) -> list[Change]: ...
     def cache_info(self) -> CacheInfo: ...

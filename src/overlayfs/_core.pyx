@@ -1129,6 +1129,18 @@ cdef class Stack:
         "read_write"."""
         return _COPY_METHODS[self._last_copy_method]
 
+    def diff(self):
+        """The changes the upper layer makes to the view of the lowers, as
+        a sorted list of overlayfs.Change: overlayfs.changes.changes() over
+        this Stack's layers, in its whiteout form and xattr namespace (see
+        there for the rules and the cost).  ValueError without an upper."""
+        self._get()
+        if self.upper is None:
+            raise ValueError("a diff needs an upper layer: this Stack has none")
+        from .changes import changes
+        return changes(self.upper, self.lowers, xattr_namespace=self.xattr_namespace,
+                       whiteouts=self.whiteouts, data_layers=self.data_layers)
+
     # -- xattrs ----------------------------------------------------------
 
     def getxattr(self, path, attribute, *, follow_symlinks=True):

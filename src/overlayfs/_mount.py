@@ -568,11 +568,13 @@ class Mount:
     @property
     def stack(self) -> Stack:
         """An ``overlayfs.Stack`` over the same layers (no mount involved), for comparing
-        views. Imports the compiled core on first use."""
+        views: in the kernel's whiteout form (a file named ``.wh.x`` is a file) and the
+        mount's xattr namespace. Imports the compiled core on first use."""
         from overlayfs import Stack
 
         namespace = "user" if self.options.get("userxattr") else "trusted"
-        return Stack(list(self.lowers), self.upper, self.work, xattr_namespace=namespace)
+        return Stack(list(self.lowers), self.upper, self.work, xattr_namespace=namespace,
+                     whiteouts="kernel")
 
     def unmount(self, lazy: bool = False) -> None:
         """Unmount (``lazy=True``: detach now, free when no longer busy). Idempotent: does

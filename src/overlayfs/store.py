@@ -31,16 +31,16 @@ import fcntl
 import os
 import re
 import shutil
-import stat
 import tempfile
 import threading
 from collections.abc import Mapping
-from typing import TYPE_CHECKING, Any, Final, Literal, NamedTuple
+from typing import TYPE_CHECKING, Any, Final, Literal
 
 from . import _syscalls as _sys
 from ._mount import mount as _mount_overlay, unmount as _unmount
 from ._mountopts import MAX_LOWERS
 from ._namespace import _in_user_namespace
+from .changes import Change, changes
 
 if TYPE_CHECKING:  # pragma: no cover
     from overlayfs import Stack
@@ -59,14 +59,6 @@ _TRASH_PREFIX: Final = ".trash-"
 # (moby daemon/internal/mountref: the first use adopts a mount that already exists).
 _mount_counts: dict[str, int] = {}
 _mount_lock = threading.Lock()
-
-
-class Change(NamedTuple):
-    """One change a layer makes to the view of its parent."""
-
-    kind: Literal["added", "changed", "deleted"]
-    path: str  #: union path, relative, "/"-separated ("etc/passwd")
-    opaque: bool = False  #: a directory that hides everything below it (X.opaque = "y")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -503,11 +495,14 @@ class LayerStore:
     def stack(self, layer_id: str, **kwargs: Any) -> Stack:
         """An ``overlayfs.Stack`` over the same layers ``mount(layer_id)`` would mount,
         without mounting: writable (upper = diff) for an uncommitted layer with a parent in
-        a writable store, read-only otherwise. ``kwargs`` go to ``Stack``."""
+        a writable store, read-only otherwise. ``kwargs`` go to ``Stack``; by default it
+        reads the layers in the kernel's whiteout form, as a mount does (a file named
+        ``.wh.x`` is a file)."""
         from overlayfs import Stack
 
         lowers, upper, work = self._view(layer_id)
         kwargs.setdefault("xattr_namespace", self.xattr_namespace)
+        kwargs.setdefault("whiteouts", "kernel")
         return Stack(lowers, upper, work, **kwargs)
 
     def mount(self, layer_id: str, target: str | os.PathLike[str] | None = None) -> str:
@@ -612,83 +607,12 @@ class LayerStore:
     # --- diff ------------------------------------------------------------------------------
 
     def diff(self, layer_id: str) -> list[Change]:
-        """The changes ``layer_id`` makes to its parent's view, sorted by path.
-
-        Every entry of ``diff`` is ``added`` or ``changed`` (the parent's view has the
-        path); a whiteout (char device 0/0, or an xattr whiteout) is ``deleted``; an
-        opaque directory is reported with ``opaque=True`` plus one ``deleted`` per name of
-        the parent's view of it that the layer does not have. Needs ``overlayfs.Stack``
-        for the parent's view. Cost: one walk of ``diff`` plus one Stack lookup per entry
-        whose parent directory exists below.
-        """
+        """The changes ``layer_id`` makes to its parent's view, sorted by path: see
+        :func:`overlayfs.changes.changes`, which this calls with the layer's ``diff`` over
+        the ``diff`` directories below it, in the kernel's whiteout form (overlay2's)."""
         layer = self.get(layer_id)
-        below = self._resolve_lower(layer)
-        view = None
-        if below:
-            from overlayfs import Stack
-
-            view = Stack([os.path.join(self.root, i, "diff") for i in below],
-                         xattr_namespace=self.xattr_namespace)
-        prefix = f"{self.xattr_namespace}.overlay."
-        changes: list[Change] = []
-
-        def below_mode(rel: str) -> int | None:
-            if view is None:
-                return None
-            try:
-                return view.lstat(rel).st_mode
-            except OSError:
-                return None
-
-        def walk(rel_dir: str, abs_dir: str, dir_below: bool) -> None:
-            with os.scandir(abs_dir) as it:
-                entries = sorted(it, key=lambda e: e.name)
-            for entry in entries:
-                rel = f"{rel_dir}/{entry.name}" if rel_dir else entry.name
-                st = entry.stat(follow_symlinks=False)
-                if _is_whiteout(entry.path, st, prefix):
-                    changes.append(Change("deleted", rel))
-                    continue
-                mode = below_mode(rel) if dir_below else None
-                kind: Literal["added", "changed"] = "added" if mode is None else "changed"
-                if not stat.S_ISDIR(st.st_mode):
-                    changes.append(Change(kind, rel))
-                    continue
-                opaque = _xattr(entry.path, prefix + "opaque") == b"y"
-                changes.append(Change(kind, rel, opaque))
-                is_dir_below = mode is not None and stat.S_ISDIR(mode)
-                if opaque and is_dir_below and view is not None:
-                    with os.scandir(entry.path) as it:
-                        present = {e.name for e in it}
-                    for name in sorted(view.listdir(rel)):
-                        if name not in present:
-                            changes.append(Change("deleted", f"{rel}/{name}"))
-                walk(rel, entry.path, is_dir_below and not opaque)
-
-        try:
-            walk("", layer.diff, view is not None)
-        finally:
-            close = getattr(view, "close", None)
-            if close is not None:
-                close()
-        changes.sort(key=lambda c: c.path.split("/"))
-        return changes
-
-
-def _xattr(path: str, name: str) -> bytes | None:
-    try:
-        return os.getxattr(path, name, follow_symlinks=False)
-    except OSError:
-        return None
-
-
-def _is_whiteout(path: str, st: os.stat_result, prefix: str) -> bool:
-    """A char device 0/0, or a zero-size regular file carrying ``<prefix>whiteout``."""
-    if stat.S_ISCHR(st.st_mode):
-        return st.st_rdev == 0
-    if stat.S_ISREG(st.st_mode) and st.st_size == 0:
-        return _xattr(path, prefix + "whiteout") is not None
-    return False
+        below = [os.path.join(self.root, i, "diff") for i in self._resolve_lower(layer)]
+        return changes(layer.diff, below, xattr_namespace=self.xattr_namespace, whiteouts="kernel")
 
 
 def stack_from_layer_dir(path: str | os.PathLike[str], **kwargs: Any) -> Stack:
