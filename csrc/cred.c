@@ -345,7 +345,7 @@ int ovl_change_begin(struct ovl_stack *s, struct ovl_change *c)
 
 int ovl_change_end(struct ovl_change *c, int err)
 {
-	ovl_cache_trim(c->s);
+	ovl_cache_flush_if_over(c->s);
 	pthread_rwlock_unlock(&c->s->lock);
 	if (c->entered)
 		ovl_cred_leave(c->s, &c->cred);

@@ -1030,7 +1030,7 @@ int ovl_run(struct ovl_stack *s, const char *path, unsigned flags,
 	err = ovl_walk_path(&w, path, flags);
 	if (!err)
 		err = fn(&w, arg);
-	ovl_cache_trim(s);
+	ovl_cache_flush_if_over(s);
 	pthread_rwlock_unlock(&s->lock);
 	ovl_atomic_inc(&s->misses);
 out:
@@ -1064,10 +1064,8 @@ int ovl_invalidate(struct ovl_stack *s, const char *path)
 	}
 	if (all)
 		ovl_cache_flush(s);
-	else if (drop) {
-		ovl_dir_free(s, drop);
-		__atomic_add_fetch(&s->generation, 1, __ATOMIC_RELEASE);
-	}
+	else
+		ovl_cache_drop_dir(s, drop);
 	pthread_rwlock_unlock(&s->lock);
 	return 0;
 }

@@ -293,7 +293,9 @@ struct ovl_dir *ovl_dir_new(struct ovl_stack *s, struct ovl_dir *parent,
 void ovl_dir_free(struct ovl_stack *s, struct ovl_dir *d);
 void ovl_dir_account(struct ovl_stack *s, struct ovl_dir *d);
 void ovl_cache_flush(struct ovl_stack *s);
-void ovl_cache_trim(struct ovl_stack *s);
+void ovl_cache_drop_dir(struct ovl_stack *s, struct ovl_dir *d);
+void ovl_cache_changed(struct ovl_stack *s);
+void ovl_cache_flush_if_over(struct ovl_stack *s);
 int ovl_fdcache_get(struct ovl_stack *s, const struct ovl_dir *d, uint32_t si);
 void ovl_fdcache_drop(struct ovl_stack *s, const struct ovl_dir *d);
 
@@ -330,7 +332,6 @@ int ovl_copy_up_dir(struct ovl_stack *s, struct ovl_dir *d, struct ovl_dir **top
 #define OVL_COPY_UP_QUIET 0x40000000	/* data up, but keep the file's times */
 int ovl_copy_up_ent(struct ovl_walk *w, struct ovl_dir *p, struct ovl_ent *e, int flags,
 		    struct ovl_dir **changed, int *method);
-void ovl_drop_changed(struct ovl_stack *s, struct ovl_dir *d);
 
 /* cred.c */
 int ovl_cred_current(struct ovl_cred *c);
