@@ -317,12 +317,6 @@ int ovl_may_search(const struct ovl_cred *c, const struct ovl_dir *d)
 	return ovl_permission(c, &st, OVL_MAY_EXEC);
 }
 
-/* The overlay's attributes of a looked-up entry (node: its directory). */
-void ovl_ent_attr(const struct ovl_dir *node, const struct ovl_ent *e, struct stat *st)
-{
-	ovl_fill_stat(node ? node->fill : (const struct ovl_fill *)e->ext, st);
-}
-
 int ovl_change_begin(struct ovl_stack *s, struct ovl_change *c)
 {
 	int err;

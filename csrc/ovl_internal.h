@@ -75,7 +75,7 @@ enum ovl_occ_kind {
 #define OVL_OCC(si, bits) (((uint32_t)(si) << 4) | (uint32_t)(bits))
 #define OVL_OCC_SI(o) ((o) >> 4)
 
-/* The metadata of a looked-up name, compactly encoded (inode.c:
+/* The metadata of a looked-up name, compactly encoded (fill.c:
  * typically 25-35 bytes instead of a 144-byte struct stat), followed, at
  * the next 8-byte boundary, by a symlink's target or a metacopy file's
  * struct ovl_mcdata. */
@@ -299,6 +299,13 @@ void ovl_cache_flush_if_over(struct ovl_stack *s);
 int ovl_fdcache_get(struct ovl_stack *s, const struct ovl_dir *d, uint32_t si);
 void ovl_fdcache_drop(struct ovl_stack *s, const struct ovl_dir *d);
 
+/* fill.c */
+size_t ovl_fill_size(const struct stat *st, size_t extra);
+struct ovl_fill *ovl_fill_new(struct ovl_arena *a, const struct stat *st, size_t extra);
+void ovl_fill_stat(const struct ovl_fill *f, struct stat *st);
+const char *ovl_ent_target(const struct ovl_ent *e);
+void ovl_ent_attr(const struct ovl_dir *node, const struct ovl_ent *e, struct stat *st);
+
 /* whiteout.c */
 int ovl_classify_chr(const struct ovl_stack *s, int dfd, const char *name);
 int ovl_is_xwhiteout_at(const struct ovl_stack *s, int dfd, const char *name);
@@ -352,7 +359,6 @@ mode_t ovl_kill_suid(const struct ovl_cred *c, mode_t mode);
 int ovl_may_link(const struct ovl_stack *s, const struct ovl_cred *c, const struct stat *st);
 int ovl_read_protected_hardlinks(void);
 int ovl_may_search(const struct ovl_cred *c, const struct ovl_dir *d);
-void ovl_ent_attr(const struct ovl_dir *node, const struct ovl_ent *e, struct stat *st);
 
 /* One change (dir.c, copy_up.c): the caller's credentials for the checks,
  * the opener's entered for the work, the stack's write lock held. */
@@ -378,10 +384,6 @@ int ovl_run(struct ovl_stack *s, const char *path, unsigned flags,
 	    ovl_op_fn fn, void *arg);
 
 /* inode.c */
-struct ovl_fill *ovl_fill_new(struct ovl_arena *a, const struct stat *st, size_t extra);
-size_t ovl_fill_size(const struct stat *st, size_t extra);
-void ovl_fill_stat(const struct ovl_fill *f, struct stat *st);
-const char *ovl_ent_target(const struct ovl_ent *e);
 int ovl_ent_relpath(const struct ovl_stack *s, const struct ovl_dir *d,
 		    const struct ovl_ent *e, int *layer, char **out);
 
