@@ -11,6 +11,10 @@
  * (<ns>.overlay.opaque = "y", or ".wh..wh..opq"), cut before the first
  * non-directory or whiteout, and continued under another name or path when
  * a layer carries <ns>.overlay.redirect.
+ *
+ * Every operation runs its walk here, with the stack's lock: ovl_run for
+ * reading (the read lock first, the write lock when a layer must be read),
+ * ovl_change_begin/end around a change (dir.c, copy_up.c).
  */
 #define _GNU_SOURCE
 #include <errno.h>
@@ -856,6 +860,15 @@ int ovl_ent_dir(struct ovl_walk *w, struct ovl_dir *p, struct ovl_ent *e,
 	return 0;
 }
 
+/* Search permission on a directory, as every step of a path walk needs. */
+int ovl_may_search(const struct ovl_cred *c, const struct ovl_dir *d)
+{
+	struct stat st;
+
+	ovl_fill_stat(d->fill, &st);
+	return ovl_permission(c, &st, OVL_MAY_EXEC);
+}
+
 int ovl_walk_path(struct ovl_walk *w, const char *path, unsigned flags)
 {
 	struct ovl_stack *s = w->s;
@@ -1037,6 +1050,37 @@ out:
 	if (entered > 0)
 		ovl_cred_leave(s, &cred);
 	ovl_cred_release(&cred);
+	return err;
+}
+
+int ovl_change_begin(struct ovl_stack *s, struct ovl_change *c)
+{
+	int err;
+
+	if (s->work_fd < 0)
+		return -EROFS;
+	c->s = s;
+	err = ovl_cred_current(&c->cred);
+	if (err)
+		return err;
+	c->entered = ovl_cred_enter(s, &c->cred);	/* per-thread */
+	if (c->entered < 0) {
+		err = c->entered;
+		ovl_cred_release(&c->cred);
+		return err;
+	}
+	pthread_rwlock_wrlock(&s->lock);
+	return 0;
+}
+
+int ovl_change_end(struct ovl_change *c, int err)
+{
+	ovl_cache_flush_if_over(c->s);
+	pthread_rwlock_unlock(&c->s->lock);
+	if (c->entered)
+		ovl_cred_leave(c->s, &c->cred);
+	ovl_cred_release(&c->cred);
+	ovl_atomic_inc(&c->s->misses);
 	return err;
 }
 

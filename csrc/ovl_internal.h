@@ -358,19 +358,9 @@ mode_t ovl_strip_sgid(const struct ovl_cred *c, const struct stat *dir, mode_t m
 mode_t ovl_kill_suid(const struct ovl_cred *c, mode_t mode);
 int ovl_may_link(const struct ovl_stack *s, const struct ovl_cred *c, const struct stat *st);
 int ovl_read_protected_hardlinks(void);
-int ovl_may_search(const struct ovl_cred *c, const struct ovl_dir *d);
-
-/* One change (dir.c, copy_up.c): the caller's credentials for the checks,
- * the opener's entered for the work, the stack's write lock held. */
-struct ovl_change {
-	struct ovl_stack *s;
-	struct ovl_cred cred;
-	int entered;
-};
-int ovl_change_begin(struct ovl_stack *s, struct ovl_change *c);
-int ovl_change_end(struct ovl_change *c, int err);
 
 /* namei.c */
+int ovl_may_search(const struct ovl_cred *c, const struct ovl_dir *d);
 int ovl_walk_path(struct ovl_walk *w, const char *path, unsigned flags);
 int ovl_ent_dir(struct ovl_walk *w, struct ovl_dir *parent, struct ovl_ent *e,
 		struct ovl_dir **out);
@@ -382,6 +372,16 @@ int ovl_fill_plain(struct ovl_stack *s, struct ovl_dir *p, struct ovl_ent *e,
 typedef int (*ovl_op_fn)(struct ovl_walk *w, void *arg);
 int ovl_run(struct ovl_stack *s, const char *path, unsigned flags,
 	    ovl_op_fn fn, void *arg);
+
+/* One change (dir.c, copy_up.c): the caller's credentials for the checks,
+ * the opener's entered for the work, the stack's write lock held. */
+struct ovl_change {
+	struct ovl_stack *s;
+	struct ovl_cred cred;
+	int entered;
+};
+int ovl_change_begin(struct ovl_stack *s, struct ovl_change *c);
+int ovl_change_end(struct ovl_change *c, int err);
 
 /* inode.c */
 int ovl_ent_relpath(const struct ovl_stack *s, const struct ovl_dir *d,
