@@ -263,6 +263,9 @@ static inline uint64_t ovl_atomic_get(const uint64_t *p)
 }
 
 /* layers.c */
+/* How anything inside a layer is opened: never outside it (openat2). */
+#define OVL_RESOLVE (RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS | RESOLVE_NO_MAGICLINKS | \
+		     RESOLVE_NO_XDEV)
 int ovl_layer_open(const struct ovl_stack *s, int layer, const char *relpath,
 		   int oflags);
 int ovl_layer_open_dir(const struct ovl_stack *s, int layer, const char *relpath);
