@@ -262,6 +262,9 @@ static inline uint64_t ovl_atomic_get(const uint64_t *p)
 	return __atomic_load_n(p, __ATOMIC_RELAXED);
 }
 
+/* Prototypes by the file that defines them, in the order of OVL_SOURCES
+ * (CMakeLists.txt): a file calls only the files above it (ctest layering). */
+
 /* layers.c */
 /* How anything inside a layer is opened: never outside it (openat2). */
 #define OVL_RESOLVE (RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS | RESOLVE_NO_MAGICLINKS | \
@@ -279,6 +282,39 @@ long ovl_at_listxattr(const struct ovl_stack *s, int dfd, const char *name,
 long ovl_at_getxattr(const struct ovl_stack *s, int dfd, const char *name,
 		     const char *xname, void *buf, size_t size);
 char *ovl_path_join(const char *a, size_t alen, const char *b, size_t blen);
+
+/* cred.c */
+int ovl_cred_current(struct ovl_cred *c);
+int ovl_cred_ids(struct ovl_cred *c);
+void ovl_cred_release(struct ovl_cred *c);
+bool ovl_cred_same(const struct ovl_cred *a, const struct ovl_cred *b);
+bool ovl_cred_reads_as_opener(const struct ovl_stack *s);
+int ovl_cred_enter(const struct ovl_stack *s, struct ovl_cred *caller);
+void ovl_cred_leave(const struct ovl_stack *s, const struct ovl_cred *caller);
+bool ovl_capable(const struct ovl_cred *c, int cap);
+bool ovl_in_group(const struct ovl_cred *c, gid_t gid);
+int ovl_permission(const struct ovl_cred *c, const struct stat *st, int mask);
+bool ovl_owner_or_capable(const struct ovl_cred *c, const struct stat *st);
+int ovl_may_delete(const struct ovl_cred *c, const struct stat *dir, const struct stat *victim);
+int ovl_may_create(const struct ovl_cred *c, const struct stat *dir);
+mode_t ovl_strip_sgid(const struct ovl_cred *c, const struct stat *dir, mode_t mode);
+mode_t ovl_kill_suid(const struct ovl_cred *c, mode_t mode);
+int ovl_may_link(const struct ovl_stack *s, const struct ovl_cred *c, const struct stat *st);
+int ovl_read_protected_hardlinks(void);
+
+/* copy_data.c */
+#define OVL_COPY_SET_SIZE 0x1	/* ovl_copy_data: give out the size at the end */
+#define OVL_COPY_SPARSE 0x2	/* ovl_copy_data: in may have holes: keep them */
+int ovl_copy_data(int in, int out, off_t size, unsigned flags);
+
+/* whiteout.c */
+int ovl_classify_chr(const struct ovl_stack *s, int dfd, const char *name);
+int ovl_is_xwhiteout_at(const struct ovl_stack *s, int dfd, const char *name);
+int ovl_dir_xattrs(const struct ovl_stack *s, int fd, char *opaque,
+		   bool *has_redirect);
+int ovl_fd_redirect(const struct ovl_stack *s, int fd, char **out);
+int ovl_parse_redirect(const char *buf, long len, char **out);
+bool ovl_xattr_is_private(const struct ovl_stack *s, const char *name);
 
 /* cache.c */
 void *ovl_arena_alloc(struct ovl_arena *a, size_t size);
@@ -309,58 +345,12 @@ void ovl_fill_stat(const struct ovl_fill *f, struct stat *st);
 const char *ovl_ent_target(const struct ovl_ent *e);
 void ovl_ent_attr(const struct ovl_dir *node, const struct ovl_ent *e, struct stat *st);
 
-/* whiteout.c */
-int ovl_classify_chr(const struct ovl_stack *s, int dfd, const char *name);
-int ovl_is_xwhiteout_at(const struct ovl_stack *s, int dfd, const char *name);
-int ovl_dir_xattrs(const struct ovl_stack *s, int fd, char *opaque,
-		   bool *has_redirect);
-int ovl_fd_redirect(const struct ovl_stack *s, int fd, char **out);
-int ovl_parse_redirect(const char *buf, long len, char **out);
-bool ovl_xattr_is_private(const struct ovl_stack *s, const char *name);
-
 /* readdir.c */
 int ovl_index_layer(struct ovl_stack *s, struct ovl_dir *d, uint32_t si,
 		    int fd, bool *oci_opaque);
 int ovl_index_finish(struct ovl_dir *d);
 int ovl_build_begin(struct ovl_dir *d);
 void ovl_build_end(struct ovl_dir *d);
-
-/* copy_data.c */
-#define OVL_COPY_SET_SIZE 0x1	/* ovl_copy_data: give out the size at the end */
-#define OVL_COPY_SPARSE 0x2	/* ovl_copy_data: in may have holes: keep them */
-int ovl_copy_data(int in, int out, off_t size, unsigned flags);
-
-/* copy_up.c */
-int ovl_work_cleanup(int work_fd);
-int ovl_renameat2(int olddfd, const char *old, int newdfd, const char *new_,
-		  unsigned flags);
-void ovl_temp_name(char *buf, size_t size);
-int ovl_open_upper_dir(struct ovl_stack *s, const char *dpath, struct stat *st);
-int ovl_copy_up_dir(struct ovl_stack *s, struct ovl_dir *d, struct ovl_dir **top);
-/* ovl_copy_up_ent flags: open(2) flags of the change (data is copied up
- * for O_WRONLY, O_RDWR, O_TRUNC), and: */
-#define OVL_COPY_UP_QUIET 0x40000000	/* data up, but keep the file's times */
-int ovl_copy_up_ent(struct ovl_walk *w, struct ovl_dir *p, struct ovl_ent *e, int flags,
-		    struct ovl_dir **changed, int *method);
-
-/* cred.c */
-int ovl_cred_current(struct ovl_cred *c);
-int ovl_cred_ids(struct ovl_cred *c);
-void ovl_cred_release(struct ovl_cred *c);
-bool ovl_cred_same(const struct ovl_cred *a, const struct ovl_cred *b);
-bool ovl_cred_reads_as_opener(const struct ovl_stack *s);
-int ovl_cred_enter(const struct ovl_stack *s, struct ovl_cred *caller);
-void ovl_cred_leave(const struct ovl_stack *s, const struct ovl_cred *caller);
-bool ovl_capable(const struct ovl_cred *c, int cap);
-bool ovl_in_group(const struct ovl_cred *c, gid_t gid);
-int ovl_permission(const struct ovl_cred *c, const struct stat *st, int mask);
-bool ovl_owner_or_capable(const struct ovl_cred *c, const struct stat *st);
-int ovl_may_delete(const struct ovl_cred *c, const struct stat *dir, const struct stat *victim);
-int ovl_may_create(const struct ovl_cred *c, const struct stat *dir);
-mode_t ovl_strip_sgid(const struct ovl_cred *c, const struct stat *dir, mode_t mode);
-mode_t ovl_kill_suid(const struct ovl_cred *c, mode_t mode);
-int ovl_may_link(const struct ovl_stack *s, const struct ovl_cred *c, const struct stat *st);
-int ovl_read_protected_hardlinks(void);
 
 /* namei.c */
 int ovl_may_search(const struct ovl_cred *c, const struct ovl_dir *d);
@@ -389,5 +379,20 @@ int ovl_change_end(struct ovl_change *c, int err);
 /* inode.c */
 int ovl_ent_relpath(const struct ovl_stack *s, const struct ovl_dir *d,
 		    const struct ovl_ent *e, int *layer, char **out);
+
+/* copy_up.c */
+int ovl_work_cleanup(int work_fd);
+int ovl_renameat2(int olddfd, const char *old, int newdfd, const char *new_,
+		  unsigned flags);
+void ovl_temp_name(char *buf, size_t size);
+int ovl_open_upper_dir(struct ovl_stack *s, const char *dpath, struct stat *st);
+int ovl_copy_up_dir(struct ovl_stack *s, struct ovl_dir *d, struct ovl_dir **top);
+/* ovl_copy_up_ent flags: open(2) flags of the change (data is copied up
+ * for O_WRONLY, O_RDWR, O_TRUNC), and: */
+#define OVL_COPY_UP_QUIET 0x40000000	/* data up, but keep the file's times */
+int ovl_copy_up_ent(struct ovl_walk *w, struct ovl_dir *p, struct ovl_ent *e, int flags,
+		    struct ovl_dir **changed, int *method);
+
+/* dir.c, super.c: only the functions of ovl.h */
 
 #endif /* OVL_INTERNAL_H */
