@@ -353,13 +353,15 @@ int ovl_build_begin(struct ovl_dir *d);
 void ovl_build_end(struct ovl_dir *d);
 
 /* namei.c */
-int ovl_may_search(const struct ovl_cred *c, const struct ovl_dir *d);
-int ovl_walk_path(struct ovl_walk *w, const char *path, unsigned flags);
 int ovl_ent_dir(struct ovl_walk *w, struct ovl_dir *parent, struct ovl_ent *e,
 		struct ovl_dir **out);
 int ovl_resolve_ent(struct ovl_walk *w, struct ovl_dir *p, struct ovl_ent *e);
 int ovl_fill_plain(struct ovl_stack *s, struct ovl_dir *p, struct ovl_ent *e,
 		   const struct stat *st, const char *target);
+
+/* walk.c */
+int ovl_may_search(const struct ovl_cred *c, const struct ovl_dir *d);
+int ovl_walk_path(struct ovl_walk *w, const char *path, unsigned flags);
 
 #define OVL_RUN_CHECKED 0x100	/* ovl_run: fn does I/O; check the caller */
 typedef int (*ovl_op_fn)(struct ovl_walk *w, void *arg);
