@@ -280,11 +280,33 @@ void ovl_cache_flush(struct ovl_stack *s)
 		s->fdc[i].fd = -1;
 		s->fdc[i].dir = NULL;
 	}
+	ovl_cache_changed(s);
+}
+
+/* Forget a directory whose index no longer matches the layers (and all
+ * below it); the root means everything. */
+void ovl_cache_drop_dir(struct ovl_stack *s, struct ovl_dir *d)
+{
+	if (!d)
+		return;
+	if (d == s->root) {
+		ovl_cache_flush(s);
+		return;
+	}
+	ovl_dir_free(s, d);
+	ovl_cache_changed(s);
+}
+
+/* Something cached changed or went: listings handed out before are stale
+ * (ovl_cache_generation).  Every change of the generation is made here. */
+void ovl_cache_changed(struct ovl_stack *s)
+{
 	__atomic_add_fetch(&s->generation, 1, __ATOMIC_RELEASE);
 }
 
-/* Enforce the memory cap after a write-locked operation. */
-void ovl_cache_trim(struct ovl_stack *s)
+/* Enforce the memory cap after a write-locked operation: over the cap (or
+ * with caching off) the whole cache is emptied. */
+void ovl_cache_flush_if_over(struct ovl_stack *s)
 {
 	if ((s->cfg & OVL_CFG_NO_CACHE) || s->bytes > s->max_bytes) {
 		if (!(s->cfg & OVL_CFG_NO_CACHE))

@@ -2,7 +2,7 @@
  *
  * Every call goes through syscall(2) with the number right on x86_64 and
  * aarch64 (syscalls numbered 424 and up share one table on every
- * architecture).  Availability is probed once per stack (layers.c), so a
+ * architecture).  Availability is probed once per stack (super.c), so a
  * kernel without a call, or a seccomp filter that refuses it, degrades to
  * the older path instead of failing.
  */

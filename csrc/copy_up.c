@@ -468,7 +468,7 @@ static int index_copied_up(struct ovl_stack *s, struct ovl_dir *p, struct ovl_en
 	forget_fill(p, e);
 	if (!plain || ovl_fill_plain(s, p, e, &st, target))
 		ovl_dir_account(s, p);
-	__atomic_add_fetch(&s->generation, 1, __ATOMIC_RELEASE);
+	ovl_cache_changed(s);
 	return 0;
 }
 
@@ -569,7 +569,7 @@ static void refill_ent(struct ovl_stack *s, struct ovl_dir *p, struct ovl_ent *e
 {
 	forget_fill(p, e);
 	ovl_dir_account(s, p);
-	__atomic_add_fetch(&s->generation, 1, __ATOMIC_RELEASE);
+	ovl_cache_changed(s);
 }
 
 /* Copy directory node d up if it is not in the upper layer yet (its
@@ -610,7 +610,7 @@ int ovl_copy_up_dir(struct ovl_stack *s, struct ovl_dir *d, struct ovl_dir **top
  * with the open(2) flags (0 for a metadata change, like the kernel's
  * ovl_copy_up_flags): a write or O_TRUNC also needs an upper metacopy
  * file's data.  *changed gets the directory whose index no longer matches
- * the layers (see ovl_drop_changed); *method how the data moved.  Write
+ * the layers (see ovl_cache_drop_dir); *method how the data moved.  Write
  * lock held.  Return 0 or -errno (-EIO and the like: a metacopy file whose
  * data was not found, as the lookup found it). */
 int ovl_copy_up_ent(struct ovl_walk *w, struct ovl_dir *p, struct ovl_ent *e, int flags,
@@ -696,20 +696,6 @@ done:
 	return err;
 }
 
-/* Forget a directory whose index no longer matches the layers (and all
- * below it); the root means everything. */
-void ovl_drop_changed(struct ovl_stack *s, struct ovl_dir *d)
-{
-	if (!d)
-		return;
-	if (d == s->root) {
-		ovl_cache_flush(s);
-		return;
-	}
-	ovl_dir_free(s, d);
-	__atomic_add_fetch(&s->generation, 1, __ATOMIC_RELEASE);
-}
-
 int ovl_copy_up(struct ovl_stack *s, const char *path, unsigned flags)
 {
 	struct ovl_change ch;
@@ -728,7 +714,7 @@ int ovl_copy_up(struct ovl_stack *s, const char *path, unsigned flags)
 	 * complete, a metacopy file's too. */
 	if (!err)
 		err = ovl_copy_up_ent(&w, w.dir, w.ent, O_WRONLY, &changed, &method);
-	ovl_drop_changed(s, changed);
+	ovl_cache_drop_dir(s, changed);
 	err = ovl_change_end(&ch, err);
 	return err ? err : method;
 }

@@ -179,7 +179,7 @@ static bool aliased(int udir, const char *name, nlink_t min)
  * when the changed file has other names. */
 static void drop_changed(struct ovl_stack *s, struct ovl_dir *changed, bool all)
 {
-	ovl_drop_changed(s, changed);
+	ovl_cache_drop_dir(s, changed);
 	if (all)
 		ovl_cache_flush(s);
 }
@@ -429,7 +429,7 @@ static int remove_common(struct ovl_stack *s, const struct ovl_cred *cred, const
 	in_upper = t.dir->stack[t.ent->top].layer == 0;
 	udir = upper_parent(&t);
 	if (udir < 0) {
-		ovl_drop_changed(s, t.changed);
+		ovl_cache_drop_dir(s, t.changed);
 		return udir;
 	}
 	/* Whiteouts in the upper dir are cleaned only when a lower copy of
@@ -578,7 +578,7 @@ static int create_common(struct ovl_stack *s, const struct ovl_cred *cred, const
 	merged_parent = merged_or_lower(t.dir);
 	udir = upper_parent(&t);
 	if (udir < 0) {
-		ovl_drop_changed(s, t.changed);
+		ovl_cache_drop_dir(s, t.changed);
 		return udir;
 	}
 	wh = upper_whiteout(s, udir, t.name, &present);
@@ -625,7 +625,7 @@ static int create_common(struct ovl_stack *s, const struct ovl_cred *cred, const
 		c->fd = -1;
 	}
 	close(udir);
-	ovl_drop_changed(s, t.changed);
+	ovl_cache_drop_dir(s, t.changed);
 	return err;
 }
 
@@ -1162,8 +1162,8 @@ static void drop_both(struct ovl_stack *s, struct ovl_dir *a, struct ovl_dir *b)
 		b = NULL;
 	else if (a && b && is_under(a, b))
 		a = NULL;
-	ovl_drop_changed(s, b);
-	ovl_drop_changed(s, a);
+	ovl_cache_drop_dir(s, b);
+	ovl_cache_drop_dir(s, a);
 }
 
 /* The redirect the kernel keeps for the upper directory at union path

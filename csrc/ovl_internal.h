@@ -75,7 +75,7 @@ enum ovl_occ_kind {
 #define OVL_OCC(si, bits) (((uint32_t)(si) << 4) | (uint32_t)(bits))
 #define OVL_OCC_SI(o) ((o) >> 4)
 
-/* The metadata of a looked-up name, compactly encoded (inode.c:
+/* The metadata of a looked-up name, compactly encoded (fill.c:
  * typically 25-35 bytes instead of a 144-byte struct stat), followed, at
  * the next 8-byte boundary, by a symlink's target or a metacopy file's
  * struct ovl_mcdata. */
@@ -262,7 +262,13 @@ static inline uint64_t ovl_atomic_get(const uint64_t *p)
 	return __atomic_load_n(p, __ATOMIC_RELAXED);
 }
 
+/* Prototypes by the file that defines them, in the order of OVL_SOURCES
+ * (CMakeLists.txt): a file calls only the files above it (ctest layering). */
+
 /* layers.c */
+/* How anything inside a layer is opened: never outside it (openat2). */
+#define OVL_RESOLVE (RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS | RESOLVE_NO_MAGICLINKS | \
+		     RESOLVE_NO_XDEV)
 int ovl_layer_open(const struct ovl_stack *s, int layer, const char *relpath,
 		   int oflags);
 int ovl_layer_open_dir(const struct ovl_stack *s, int layer, const char *relpath);
@@ -276,61 +282,6 @@ long ovl_at_listxattr(const struct ovl_stack *s, int dfd, const char *name,
 long ovl_at_getxattr(const struct ovl_stack *s, int dfd, const char *name,
 		     const char *xname, void *buf, size_t size);
 char *ovl_path_join(const char *a, size_t alen, const char *b, size_t blen);
-
-/* cache.c */
-void *ovl_arena_alloc(struct ovl_arena *a, size_t size);
-int ovl_arena_reserve(struct ovl_arena *a, size_t size);
-bool ovl_arena_room(const struct ovl_arena *a, size_t size);
-void ovl_arena_free(struct ovl_arena *a);
-uint32_t ovl_name_hash(const char *name, size_t len);
-struct ovl_ent *ovl_dir_find(const struct ovl_dir *d, const char *name,
-			     size_t len, uint32_t hash);
-struct ovl_ent *ovl_dir_insert(struct ovl_dir *d, const char *name, size_t len,
-			       uint32_t hash);
-int ovl_occ_bits(const struct ovl_dir *d, const struct ovl_ent *e, uint32_t si);
-struct ovl_dir *ovl_dir_new(struct ovl_stack *s, struct ovl_dir *parent,
-			    struct ovl_ent *ent);
-void ovl_dir_free(struct ovl_stack *s, struct ovl_dir *d);
-void ovl_dir_account(struct ovl_stack *s, struct ovl_dir *d);
-void ovl_cache_flush(struct ovl_stack *s);
-void ovl_cache_trim(struct ovl_stack *s);
-int ovl_fdcache_get(struct ovl_stack *s, const struct ovl_dir *d, uint32_t si);
-void ovl_fdcache_drop(struct ovl_stack *s, const struct ovl_dir *d);
-
-/* whiteout.c */
-int ovl_classify_chr(const struct ovl_stack *s, int dfd, const char *name);
-int ovl_is_xwhiteout_at(const struct ovl_stack *s, int dfd, const char *name);
-int ovl_dir_xattrs(const struct ovl_stack *s, int fd, char *opaque,
-		   bool *has_redirect);
-int ovl_fd_redirect(const struct ovl_stack *s, int fd, char **out);
-int ovl_parse_redirect(const char *buf, long len, char **out);
-bool ovl_xattr_is_private(const struct ovl_stack *s, const char *name);
-
-/* readdir.c */
-int ovl_index_layer(struct ovl_stack *s, struct ovl_dir *d, uint32_t si,
-		    int fd, bool *oci_opaque);
-int ovl_index_finish(struct ovl_dir *d);
-int ovl_build_begin(struct ovl_dir *d);
-void ovl_build_end(struct ovl_dir *d);
-
-/* copy_data.c */
-#define OVL_COPY_SET_SIZE 0x1	/* ovl_copy_data: give out the size at the end */
-#define OVL_COPY_SPARSE 0x2	/* ovl_copy_data: in may have holes: keep them */
-int ovl_copy_data(int in, int out, off_t size, unsigned flags);
-
-/* copy_up.c */
-int ovl_work_cleanup(int work_fd);
-int ovl_renameat2(int olddfd, const char *old, int newdfd, const char *new_,
-		  unsigned flags);
-void ovl_temp_name(char *buf, size_t size);
-int ovl_open_upper_dir(struct ovl_stack *s, const char *dpath, struct stat *st);
-int ovl_copy_up_dir(struct ovl_stack *s, struct ovl_dir *d, struct ovl_dir **top);
-/* ovl_copy_up_ent flags: open(2) flags of the change (data is copied up
- * for O_WRONLY, O_RDWR, O_TRUNC), and: */
-#define OVL_COPY_UP_QUIET 0x40000000	/* data up, but keep the file's times */
-int ovl_copy_up_ent(struct ovl_walk *w, struct ovl_dir *p, struct ovl_ent *e, int flags,
-		    struct ovl_dir **changed, int *method);
-void ovl_drop_changed(struct ovl_stack *s, struct ovl_dir *d);
 
 /* cred.c */
 int ovl_cred_current(struct ovl_cred *c);
@@ -350,8 +301,72 @@ mode_t ovl_strip_sgid(const struct ovl_cred *c, const struct stat *dir, mode_t m
 mode_t ovl_kill_suid(const struct ovl_cred *c, mode_t mode);
 int ovl_may_link(const struct ovl_stack *s, const struct ovl_cred *c, const struct stat *st);
 int ovl_read_protected_hardlinks(void);
-int ovl_may_search(const struct ovl_cred *c, const struct ovl_dir *d);
+
+/* copy_data.c */
+#define OVL_COPY_SET_SIZE 0x1	/* ovl_copy_data: give out the size at the end */
+#define OVL_COPY_SPARSE 0x2	/* ovl_copy_data: in may have holes: keep them */
+int ovl_copy_data(int in, int out, off_t size, unsigned flags);
+
+/* whiteout.c */
+int ovl_classify_chr(const struct ovl_stack *s, int dfd, const char *name);
+int ovl_is_xwhiteout_at(const struct ovl_stack *s, int dfd, const char *name);
+int ovl_dir_xattrs(const struct ovl_stack *s, int fd, char *opaque,
+		   bool *has_redirect);
+int ovl_fd_redirect(const struct ovl_stack *s, int fd, char **out);
+int ovl_parse_redirect(const char *buf, long len, char **out);
+bool ovl_xattr_is_private(const struct ovl_stack *s, const char *name);
+
+/* cache.c */
+void *ovl_arena_alloc(struct ovl_arena *a, size_t size);
+int ovl_arena_reserve(struct ovl_arena *a, size_t size);
+bool ovl_arena_room(const struct ovl_arena *a, size_t size);
+void ovl_arena_free(struct ovl_arena *a);
+uint32_t ovl_name_hash(const char *name, size_t len);
+struct ovl_ent *ovl_dir_find(const struct ovl_dir *d, const char *name,
+			     size_t len, uint32_t hash);
+struct ovl_ent *ovl_dir_insert(struct ovl_dir *d, const char *name, size_t len,
+			       uint32_t hash);
+int ovl_occ_bits(const struct ovl_dir *d, const struct ovl_ent *e, uint32_t si);
+struct ovl_dir *ovl_dir_new(struct ovl_stack *s, struct ovl_dir *parent,
+			    struct ovl_ent *ent);
+void ovl_dir_free(struct ovl_stack *s, struct ovl_dir *d);
+void ovl_dir_account(struct ovl_stack *s, struct ovl_dir *d);
+void ovl_cache_flush(struct ovl_stack *s);
+void ovl_cache_drop_dir(struct ovl_stack *s, struct ovl_dir *d);
+void ovl_cache_changed(struct ovl_stack *s);
+void ovl_cache_flush_if_over(struct ovl_stack *s);
+int ovl_fdcache_get(struct ovl_stack *s, const struct ovl_dir *d, uint32_t si);
+void ovl_fdcache_drop(struct ovl_stack *s, const struct ovl_dir *d);
+
+/* fill.c */
+size_t ovl_fill_size(const struct stat *st, size_t extra);
+struct ovl_fill *ovl_fill_new(struct ovl_arena *a, const struct stat *st, size_t extra);
+void ovl_fill_stat(const struct ovl_fill *f, struct stat *st);
+const char *ovl_ent_target(const struct ovl_ent *e);
 void ovl_ent_attr(const struct ovl_dir *node, const struct ovl_ent *e, struct stat *st);
+
+/* readdir.c */
+int ovl_index_layer(struct ovl_stack *s, struct ovl_dir *d, uint32_t si,
+		    int fd, bool *oci_opaque);
+int ovl_index_finish(struct ovl_dir *d);
+int ovl_build_begin(struct ovl_dir *d);
+void ovl_build_end(struct ovl_dir *d);
+
+/* namei.c */
+int ovl_ent_dir(struct ovl_walk *w, struct ovl_dir *parent, struct ovl_ent *e,
+		struct ovl_dir **out);
+int ovl_resolve_ent(struct ovl_walk *w, struct ovl_dir *p, struct ovl_ent *e);
+int ovl_fill_plain(struct ovl_stack *s, struct ovl_dir *p, struct ovl_ent *e,
+		   const struct stat *st, const char *target);
+
+/* walk.c */
+int ovl_may_search(const struct ovl_cred *c, const struct ovl_dir *d);
+int ovl_walk_path(struct ovl_walk *w, const char *path, unsigned flags);
+
+#define OVL_RUN_CHECKED 0x100	/* ovl_run: fn does I/O; check the caller */
+typedef int (*ovl_op_fn)(struct ovl_walk *w, void *arg);
+int ovl_run(struct ovl_stack *s, const char *path, unsigned flags,
+	    ovl_op_fn fn, void *arg);
 
 /* One change (dir.c, copy_up.c): the caller's credentials for the checks,
  * the opener's entered for the work, the stack's write lock held. */
@@ -363,25 +378,23 @@ struct ovl_change {
 int ovl_change_begin(struct ovl_stack *s, struct ovl_change *c);
 int ovl_change_end(struct ovl_change *c, int err);
 
-/* namei.c */
-int ovl_walk_path(struct ovl_walk *w, const char *path, unsigned flags);
-int ovl_ent_dir(struct ovl_walk *w, struct ovl_dir *parent, struct ovl_ent *e,
-		struct ovl_dir **out);
-int ovl_resolve_ent(struct ovl_walk *w, struct ovl_dir *p, struct ovl_ent *e);
-int ovl_fill_plain(struct ovl_stack *s, struct ovl_dir *p, struct ovl_ent *e,
-		   const struct stat *st, const char *target);
-
-#define OVL_RUN_CHECKED 0x100	/* ovl_run: fn does I/O; check the caller */
-typedef int (*ovl_op_fn)(struct ovl_walk *w, void *arg);
-int ovl_run(struct ovl_stack *s, const char *path, unsigned flags,
-	    ovl_op_fn fn, void *arg);
-
 /* inode.c */
-struct ovl_fill *ovl_fill_new(struct ovl_arena *a, const struct stat *st, size_t extra);
-size_t ovl_fill_size(const struct stat *st, size_t extra);
-void ovl_fill_stat(const struct ovl_fill *f, struct stat *st);
-const char *ovl_ent_target(const struct ovl_ent *e);
 int ovl_ent_relpath(const struct ovl_stack *s, const struct ovl_dir *d,
 		    const struct ovl_ent *e, int *layer, char **out);
+
+/* copy_up.c */
+int ovl_work_cleanup(int work_fd);
+int ovl_renameat2(int olddfd, const char *old, int newdfd, const char *new_,
+		  unsigned flags);
+void ovl_temp_name(char *buf, size_t size);
+int ovl_open_upper_dir(struct ovl_stack *s, const char *dpath, struct stat *st);
+int ovl_copy_up_dir(struct ovl_stack *s, struct ovl_dir *d, struct ovl_dir **top);
+/* ovl_copy_up_ent flags: open(2) flags of the change (data is copied up
+ * for O_WRONLY, O_RDWR, O_TRUNC), and: */
+#define OVL_COPY_UP_QUIET 0x40000000	/* data up, but keep the file's times */
+int ovl_copy_up_ent(struct ovl_walk *w, struct ovl_dir *p, struct ovl_ent *e, int flags,
+		    struct ovl_dir **changed, int *method);
+
+/* dir.c, super.c: only the functions of ovl.h */
 
 #endif /* OVL_INTERNAL_H */

@@ -1,4 +1,5 @@
-/* readdir.c - building a directory's merged index, and merged listings.
+/* readdir.c - building a directory's merged index (the listings that
+ * ovl_listdir hands out, inode.c, are read from it).
  *
  * Each layer of a directory's merge stack is read once with getdents64.
  * Names are deduplicated top-most first: the first occurrence supplies the
@@ -355,61 +356,4 @@ int ovl_index_finish(struct ovl_dir *d)
 	d->bytes += (size_t)n * sizeof(*order);
 	d->built = true;
 	return 0;
-}
-
-struct listdir_arg {
-	struct ovl_dirlist *list;
-};
-
-static int listdir_op(struct ovl_walk *w, void *arg)
-{
-	struct listdir_arg *a = arg;
-	struct ovl_dir *d;
-	struct ovl_dirlist *l;
-	size_t names = 0;
-	char *p;
-	int err;
-
-	err = ovl_ent_dir(w, w->dir, w->ent, &d);
-	if (err)
-		return err;
-	for (uint32_t i = 0; i < d->norder; i++)
-		names += d->order[i]->namelen + 1u;
-	l = malloc(sizeof(*l) + d->norder * sizeof(struct ovl_dirent) + names);
-	if (!l)
-		return -ENOMEM;
-	l->n = d->norder;
-	l->generation = ovl_cache_generation(w->s);
-	l->ents = (struct ovl_dirent *)(l + 1);
-	p = (char *)(l->ents + d->norder);
-	for (uint32_t i = 0; i < d->norder; i++) {
-		const struct ovl_ent *e = d->order[i];
-		struct ovl_dirent *o = &l->ents[i];
-
-		memcpy(p, e->name, e->namelen + 1u);
-		o->name = p;
-		o->namelen = e->namelen;
-		o->ino = e->ino;
-		o->d_type = e->dtype;
-		o->layer = d->stack[e->top].layer;
-		p += e->namelen + 1u;
-	}
-	a->list = l;
-	return 0;
-}
-
-int ovl_listdir(struct ovl_stack *s, const char *path, unsigned flags,
-		struct ovl_dirlist **out)
-{
-	struct listdir_arg a = { NULL };
-	int err = ovl_run(s, path, (flags & OVL_LOOKUP_CACHED) | OVL_LOOKUP_FOLLOW,
-			  listdir_op, &a);
-
-	*out = a.list;
-	return err;
-}
-
-void ovl_dirlist_free(struct ovl_dirlist *list)
-{
-	free(list);
 }
