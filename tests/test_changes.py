@@ -479,7 +479,8 @@ def test_stack_diff_needs_an_upper_and_an_open_stack(tmp_path):
     with overlayfs.Stack(lowers) as st:
         with pytest.raises(ValueError, match="needs an upper layer"):
             st.diff()
-    st = overlayfs.Stack(lowers, layer, str(tmp_path / "layer"))
+    os.mkdir(tmp_path / "work")
+    st = overlayfs.Stack(lowers, layer, str(tmp_path / "work"))
     st.close()
     with pytest.raises(ValueError, match="closed"):
         st.diff()
@@ -488,8 +489,8 @@ def test_stack_diff_needs_an_upper_and_an_open_stack(tmp_path):
 def test_stack_diff_reads_the_upper_in_the_stacks_whiteout_form(tmp_path):
     """Stack.diff reads the upper as the Stack does: with whiteouts="oci" the .wh.NAME
     and .wh..wh..opq files its changes left are the deletions and the opaque dir the
-    kernel form of the same changes gives; with "auto" (the default) a plain file
-    named .wh.victim hides victim, as in the Stack's view; with "kernel" it is a file."""
+    kernel form of the same changes gives; with "auto" a plain file named .wh.victim
+    hides victim, as in the Stack's view; with "kernel" (the default) it is a file."""
     spec = {"l1": [("a", "file"), ("d/x", "file"), ("d/y", "file"), ("e/z", "file")]}
     ops = [O("unlink", path=b"a"), O("unlink", path=b"d/x"), O("unlink", path=b"e/z"), O("rmdir", path=b"e"),
            O("mkdir", path=b"e"), O("symlink", target=b"t", path=b"e/new")]
