@@ -33,6 +33,7 @@ struct ovl_layer {
 	char *path;		/* host path as given */
 	size_t pathlen;
 	dev_t dev;
+	ino_t ino;		/* of the root */
 	bool greedy_getdents;	/* a short getdents64 means the end (local fs) */
 	bool nodev;		/* fd is a nodev clone: devices do not open */
 };

@@ -128,17 +128,15 @@ static void anc_free(struct ovl_anc *a)
 
 /* Record the root of layer (fd, an O_PATH directory on the host, not a
  * detached clone, whose ".." would be itself) and the directories above
- * it; the first root that is an earlier one is noted in a->dup.  Return 0
- * or -errno. */
-static int anc_root(struct ovl_anc *a, int fd, int layer)
+ * it (root is its stat); the first root that is an earlier one is noted in
+ * a->dup.  Return 0 or -errno. */
+static int anc_root(struct ovl_anc *a, int fd, const struct stat *root, int layer)
 {
 	char up[PATH_MAX];
-	struct stat st;
+	struct stat st = *root;
 	size_t n = 0;
 	int k, child;
 
-	if (fstat(fd, &st) < 0)
-		return -errno;
 	k = anc_find(a, st.st_dev, st.st_ino);
 	if (k >= 0) {
 		if (a->n[k].layer != OVL_NO_LAYER) {
@@ -196,9 +194,11 @@ static int open_root(struct ovl_layer *l, const char *path, bool clone_mount, bo
 	int clone, err;
 
 	l->fd = open(path, O_PATH | O_DIRECTORY | O_CLOEXEC);
-	if (l->fd < 0)
+	if (l->fd < 0 || fstat(l->fd, &st) < 0)
 		return -errno;
-	err = anc_root(anc, l->fd, layer);
+	l->dev = st.st_dev;	/* a clone's too: it is the same superblock */
+	l->ino = st.st_ino;
+	err = anc_root(anc, l->fd, &st, layer);
 	if (err)
 		return err;
 	/* Like the kernel (super.c:ovl_setup_trap, clone_private_mount), see
@@ -217,9 +217,6 @@ static int open_root(struct ovl_layer *l, const char *path, bool clone_mount, bo
 		 * stack opens devices.  Best effort. */
 		l->nodev = ovl_sys_mount_lower(clone, nodev) == 0 && nodev;
 	}
-	if (fstat(l->fd, &st) < 0)
-		return -errno;
-	l->dev = st.st_dev;
 	/* These fill a getdents64 buffer as far as entries go, so a reply
 	 * with room to spare for another entry is the last one. */
 	struct statfs sfs;
@@ -245,7 +242,9 @@ static int open_work(struct ovl_stack *s, const char *work, struct ovl_anc *anc)
 		return -errno;
 	if (fstat(s->work_fd, &st) < 0 || st.st_dev != s->layers[0].dev)
 		return -EXDEV;	/* "workdir and upperdir must be on the same fs" */
-	return anc_root(anc, s->work_fd, OVL_LAYER_WORK);
+	s->trap[1].dev = st.st_dev;
+	s->trap[1].ino = st.st_ino;
+	return anc_root(anc, s->work_fd, &st, OVL_LAYER_WORK);
 }
 
 /* Copies are built in <work>/work (the kernel's own scratch dir under a
@@ -284,20 +283,12 @@ static void set_xnames(struct ovl_stack *s, int ns)
  * upper or work dir inside a lower makes them traps. */
 static int check_overlaps(struct ovl_stack *s, struct ovl_anc *anc, int *bad, int *other)
 {
-	struct stat st;
-
 	if (s->layers[0].fd >= 0) {
-		if (fstat(s->layers[0].fd, &st) < 0)
-			return -errno;
-		s->trap[0].dev = st.st_dev;
-		s->trap[0].ino = st.st_ino;
-		if (fstat(s->work_fd, &st) < 0)
-			return -errno;
-		s->trap[1].dev = st.st_dev;
-		s->trap[1].ino = st.st_ino;
+		s->trap[0].dev = s->layers[0].dev;
+		s->trap[0].ino = s->layers[0].ino;
 		/* "workdir and upperdir must be separate subtrees" */
 		if (anc->dup == OVL_LAYER_WORK ||
-		    anc_container(anc, st.st_dev, st.st_ino, false) == 0 ||
+		    anc_container(anc, s->trap[1].dev, s->trap[1].ino, false) == 0 ||
 		    anc_container(anc, s->trap[0].dev, s->trap[0].ino, false) == OVL_LAYER_WORK) {
 			*bad = OVL_LAYER_WORK;
 			*other = 0;
@@ -310,13 +301,8 @@ static int check_overlaps(struct ovl_stack *s, struct ovl_anc *anc, int *bad, in
 		return -ELOOP;
 	}
 	for (int i = 1; i < s->nlayers; i++) {	/* "overlapping lowerdir path" */
-		int in;
+		int in = anc_container(anc, s->layers[i].dev, s->layers[i].ino, false);
 
-		if (fstat(s->layers[i].fd, &st) < 0) {
-			*bad = i;
-			return -errno;
-		}
-		in = anc_container(anc, st.st_dev, st.st_ino, false);
 		if (in != OVL_NO_LAYER) {
 			*bad = i;
 			*other = in;
