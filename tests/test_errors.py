@@ -258,12 +258,12 @@ def test_c_fds_released_on_close(L):
 
 
 @pytest.mark.parametrize("length", [4095, 4096, 200_000])
-def test_path_max_is_checked_before_the_walk(impl, L, tmp_path, length):
+def test_path_max_is_checked_before_the_walk(impl, L, tmp_path, monkeypatch, length):
     """A path that does not fit in PATH_MAX (4096 bytes with its NUL) is
     ENAMETOOLONG at once, as the kernel's getname() gives it before walking:
     the same answers os.lstat gives for the same relative path on disk."""
     path = ("a/" * length)[:length]
-    os.chdir(tmp_path)
+    monkeypatch.chdir(tmp_path)
     try:
         want = os.lstat(path)
     except OSError as exc:
