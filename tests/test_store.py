@@ -457,19 +457,22 @@ def test_mount_is_reference_counted_and_writes_to_the_layer(mountable: None,
         assert fh.read() == "through"
 
 
+def _mounted_tree(root: str, layer_id: str) -> dict[str, str]:
+    """The tree of a store layer's own mount (run in a private namespace)."""
+    store = LayerStore(root, durable=False)
+    point = store.mount(layer_id)
+    try:
+        return tree(point)
+    finally:
+        store.unmount(layer_id)
+
+
 def test_mounted_view_matches_store_stack(mountable: None,
                                           tmp_path: Any) -> None:
     store = three_layers(str(tmp_path))
 
-    def body() -> dict[str, str]:
-        point = LayerStore(str(tmp_path), durable=False).mount("top")
-        try:
-            return tree(point)
-        finally:
-            LayerStore(str(tmp_path), durable=False).unmount("top")
-
     with store.stack("top") as stack:
-        assert in_ns(body) == stack_tree(stack) == TOP_VIEW
+        assert in_ns(_mounted_tree, str(tmp_path), "top") == stack_tree(stack) == TOP_VIEW
 
 
 def test_store_views_read_the_layers_as_the_kernel_does(mountable: None, tmp_path: Any) -> None:
@@ -478,14 +481,7 @@ def test_store_views_read_the_layers_as_the_kernel_does(mountable: None, tmp_pat
     store = three_layers(str(tmp_path))
     write(f"{store.get('mid').diff}/bin/.wh.sh", "not a whiteout")
 
-    def body() -> dict[str, str]:
-        point = LayerStore(str(tmp_path), durable=False).mount("top")
-        try:
-            return tree(point)
-        finally:
-            LayerStore(str(tmp_path), durable=False).unmount("top")
-
-    mounted = in_ns(body)
+    mounted = in_ns(_mounted_tree, str(tmp_path), "top")
     assert mounted == {**TOP_VIEW, "bin/.wh.sh": "not a whiteout"}
     with store.stack("top") as stack, stack_from_layer_dir(tmp_path / "top") as from_dir:
         assert stack_tree(stack) == stack_tree(from_dir) == mounted

@@ -85,19 +85,28 @@ static void test_changes(void)
 	ovl_stack_close(s);
 }
 
-/* One lower "rl", upper "ru", work "rw" with the given flags. */
-static int open_redirect(unsigned flags, int whiteouts, int xattr_ns, struct ovl_stack **s)
+/* One lower "<p>l", upper "<p>u", work "<p>w" with the given options. */
+static int open_one(const char *p, unsigned flags, int whiteouts, int xattr_ns,
+		    struct ovl_stack **s)
 {
-	char l1[4096], up[4096], wk[4096];
+	char l1[4096], up[4096], wk[4096], rel[64];
 	const char *lw[1] = { l1 };
 	struct ovl_config cfg = { .lowers = lw, .nlowers = 1, .upper = up, .work = wk,
 				  .whiteouts = whiteouts, .xattr_ns = xattr_ns, .flags = flags };
 
-	snprintf(l1, sizeof(l1), "%s", t_path("rl"));
-	snprintf(up, sizeof(up), "%s", t_path("ru"));
-	snprintf(wk, sizeof(wk), "%s", t_path("rw"));
+	snprintf(rel, sizeof(rel), "%sl", p);
+	snprintf(l1, sizeof(l1), "%s", t_path(rel));
+	snprintf(rel, sizeof(rel), "%su", p);
+	snprintf(up, sizeof(up), "%s", t_path(rel));
+	snprintf(rel, sizeof(rel), "%sw", p);
+	snprintf(wk, sizeof(wk), "%s", t_path(rel));
 	*s = NULL;
 	return ovl_stack_open(&cfg, s, NULL);
+}
+
+static int open_redirect(unsigned flags, int whiteouts, int xattr_ns, struct ovl_stack **s)
+{
+	return open_one("r", flags, whiteouts, xattr_ns, s);
 }
 
 static int redirect_is(const char *rel, const char *want)
@@ -190,11 +199,7 @@ static bool is_metacopy(const char *name)
  * (copy_up.c:ovl_copy_up_meta_inode_data); a metadata change does not. */
 static void test_metacopy_data(void)
 {
-	char l1[4096], up[4096], wk[4096], buf[16];
-	const char *lw[1] = { l1 };
-	struct ovl_config cfg = { .lowers = lw, .nlowers = 1, .upper = up, .work = wk,
-				  .whiteouts = OVL_WHITEOUT_KERNEL,
-				  .flags = OVL_CFG_METACOPY | OVL_CFG_REDIRECT_DIR };
+	char buf[16];
 	struct ovl_stack *s = NULL;
 	struct ovl_info info;
 	struct stat st;
@@ -206,10 +211,8 @@ static void test_metacopy_data(void)
 	t_metacopy("h", "hello");
 	t_metacopy("k", "hello");
 	t_metacopy("none", NULL);
-	snprintf(l1, sizeof(l1), "%s", t_path("ml"));
-	snprintf(up, sizeof(up), "%s", t_path("mu"));
-	snprintf(wk, sizeof(wk), "%s", t_path("mw"));
-	CHECK_EQ(ovl_stack_open(&cfg, &s, NULL), 0);
+	CHECK_EQ(open_one("m", OVL_CFG_METACOPY | OVL_CFG_REDIRECT_DIR, OVL_WHITEOUT_KERNEL,
+			  OVL_XATTR_TRUSTED, &s), 0);
 	if (!s)
 		return;
 
@@ -258,10 +261,7 @@ static bool zeros(int fd)
  * opening them, and a copy-up copies the node. */
 static void test_devices(void)
 {
-	char l1[4096], up[4096], wk[4096], v[8];
-	const char *lw[1] = { l1 };
-	struct ovl_config cfg = { .lowers = lw, .nlowers = 1, .upper = up, .work = wk,
-				  .whiteouts = OVL_WHITEOUT_KERNEL };
+	char v[8];
 	struct ovl_stack *s = NULL;
 	struct ovl_info info;
 	struct stat st;
@@ -278,10 +278,7 @@ static void test_devices(void)
 		return;
 	}
 	t_xattr("dl/zero", "trusted.k", "v");
-	snprintf(l1, sizeof(l1), "%s", t_path("dl"));
-	snprintf(up, sizeof(up), "%s", t_path("du"));
-	snprintf(wk, sizeof(wk), "%s", t_path("dw"));
-	CHECK_EQ(ovl_stack_open(&cfg, &s, NULL), 0);
+	CHECK_EQ(open_one("d", 0, OVL_WHITEOUT_KERNEL, OVL_XATTR_TRUSTED, &s), 0);
 	if (!s)
 		return;
 	CHECK_EQ(ovl_open(s, "zero", O_RDONLY), -EACCES);
@@ -315,8 +312,7 @@ static void test_devices(void)
 	      st.st_rdev == makedev(1, 5) && (st.st_mode & 07777) == 0600);
 	ovl_stack_close(s);
 
-	cfg.flags = OVL_CFG_DEVICES;
-	CHECK_EQ(ovl_stack_open(&cfg, &s, NULL), 0);
+	CHECK_EQ(open_one("d", OVL_CFG_DEVICES, OVL_WHITEOUT_KERNEL, OVL_XATTR_TRUSTED, &s), 0);
 	if (!s)
 		return;
 	CHECK(!s->layers[1].nodev);
