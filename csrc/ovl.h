@@ -25,6 +25,7 @@
 #ifndef OVL_H
 #define OVL_H
 
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 #include <sys/stat.h>
@@ -97,6 +98,8 @@ struct ovl_config {
 struct ovl_open_error {
 	int layer;			/* the layer refused */
 	int other;			/* the layer it conflicts with */
+	bool inside;			/* one lies inside the other (else they are
+					   the same directory) */
 };
 
 /* Open a stack.  Every layer root is opened once (O_PATH|O_DIRECTORY).

@@ -281,7 +281,7 @@ static void set_xnames(struct ovl_stack *s, int ns)
  * any), in the kernel's order: the work dir against the upper, a lower or
  * data layer that is an earlier layer, one that lies inside any layer.  An
  * upper or work dir inside a lower makes them traps. */
-static int check_overlaps(struct ovl_stack *s, struct ovl_anc *anc, int *bad, int *other)
+static int check_overlaps(struct ovl_stack *s, struct ovl_anc *anc, struct ovl_open_error *e)
 {
 	if (s->layers[0].fd >= 0) {
 		s->trap[0].dev = s->layers[0].dev;
@@ -290,22 +290,19 @@ static int check_overlaps(struct ovl_stack *s, struct ovl_anc *anc, int *bad, in
 		if (anc->dup == OVL_LAYER_WORK ||
 		    anc_container(anc, s->trap[1].dev, s->trap[1].ino, false) == 0 ||
 		    anc_container(anc, s->trap[0].dev, s->trap[0].ino, false) == OVL_LAYER_WORK) {
-			*bad = OVL_LAYER_WORK;
-			*other = 0;
+			*e = (struct ovl_open_error){ OVL_LAYER_WORK, 0, anc->dup != OVL_LAYER_WORK };
 			return -EINVAL;
 		}
 	}
 	if (anc->dup != OVL_NO_LAYER) {		/* "conflicting lowerdir path" */
-		*bad = anc->dup;
-		*other = anc->dup_of;
+		*e = (struct ovl_open_error){ anc->dup, anc->dup_of, false };
 		return -ELOOP;
 	}
 	for (int i = 1; i < s->nlayers; i++) {	/* "overlapping lowerdir path" */
 		int in = anc_container(anc, s->layers[i].dev, s->layers[i].ino, false);
 
 		if (in != OVL_NO_LAYER) {
-			*bad = i;
-			*other = in;
+			*e = (struct ovl_open_error){ i, in, true };
 			return -ELOOP;
 		}
 	}
@@ -321,11 +318,12 @@ int ovl_stack_open(const struct ovl_config *cfg, struct ovl_stack **out,
 	struct ovl_anc anc = { .dup = OVL_NO_LAYER, .dup_of = OVL_NO_LAYER };
 	struct ovl_stack *s;
 	size_t total;
-	int err = 0, bad = OVL_LAYER_NONE, other = OVL_LAYER_NONE;
+	struct ovl_open_error e = { OVL_LAYER_NONE, OVL_LAYER_NONE, false };
+	int err = 0;
 
 	*out = NULL;
 	if (error)
-		*error = (struct ovl_open_error){ OVL_LAYER_NONE, OVL_LAYER_NONE };
+		*error = e;
 	if (!cfg || !cfg->lowers || cfg->nlowers == 0 || (cfg->ndata && !cfg->data_layers))
 		return -EINVAL;
 	if (cfg->upper && !cfg->work)
@@ -391,12 +389,12 @@ int ovl_stack_open(const struct ovl_config *cfg, struct ovl_stack **out,
 	if (cfg->upper) {
 		err = open_root(&s->layers[0], cfg->upper, false, false, &anc, 0);
 		if (err) {
-			bad = 0;
+			e.layer = 0;
 			goto fail;
 		}
 		err = open_work(s, cfg->work, &anc);
 		if (err) {
-			bad = OVL_LAYER_WORK;
+			e.layer = OVL_LAYER_WORK;
 			goto fail;
 		}
 		/* Symlink targets in the upper are read through a quiet clone:
@@ -414,23 +412,23 @@ int ovl_stack_open(const struct ovl_config *cfg, struct ovl_stack **out,
 
 		if (!p) {
 			err = -EINVAL;
-			bad = (int)i + 1;
+			e.layer = (int)i + 1;
 			goto fail;
 		}
 		err = open_root(&s->layers[i + 1], p, true, !(cfg->flags & OVL_CFG_DEVICES),
 				&anc, (int)i + 1);
 		if (err) {
-			bad = (int)i + 1;
+			e.layer = (int)i + 1;
 			goto fail;
 		}
 	}
-	err = check_overlaps(s, &anc, &bad, &other);
+	err = check_overlaps(s, &anc, &e);
 	if (err)
 		goto fail;
 	if (s->work_fd >= 0) {
 		err = setup_work(s);
 		if (err) {
-			bad = OVL_LAYER_WORK;
+			e.layer = OVL_LAYER_WORK;
 			goto fail;
 		}
 	}
@@ -445,8 +443,7 @@ int ovl_stack_open(const struct ovl_config *cfg, struct ovl_stack **out,
 	return 0;
 fail:
 	if (error)
-		*error = (struct ovl_open_error){ bad, err == -ELOOP || err == -EINVAL ?
-						  other : OVL_LAYER_NONE };
+		*error = e;
 	anc_free(&anc);
 	ovl_stack_close(s);
 	return err;

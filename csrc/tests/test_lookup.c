@@ -177,10 +177,12 @@ static void test_overlaps(void)
 	CHECK_EQ(ovl_stack_open(&cfg, &s, &bad), -ELOOP);
 	CHECK_EQ(bad.layer, 2);
 	CHECK_EQ(bad.other, 1);
+	CHECK(bad.inside);
 	snprintf(l2, sizeof(l2), "%s", t_path("l"));
 	CHECK_EQ(ovl_stack_open(&cfg, &s, &bad), -ELOOP);	/* given twice */
 	CHECK_EQ(bad.layer, 2);
 	CHECK_EQ(bad.other, 1);
+	CHECK(!bad.inside);
 	/* An upper inside a lower mounts; reaching it through the lower is
 	 * a trap. */
 	snprintf(u, sizeof(u), "%s", t_path("l/in"));

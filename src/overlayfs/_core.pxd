@@ -49,6 +49,7 @@ cdef extern from "ovl.h" nogil:
     struct ovl_open_error:
         int layer
         int other
+        bint inside
 
     struct ovl_info:
         struct_stat st

@@ -218,14 +218,10 @@ cdef int _raise_open_error(int rc, ovl_open_error bad, object upper, object work
         raise OSError(err, "workdir and upperdir must be separate subtrees (one is "
                       "the other or contains it)", path, None, other_path)
     if err == ELOOP and other is not None:
-        try:
-            same = os.path.samestat(os.stat(path), os.stat(other_path))
-        except OSError:
-            same = False
-        if same:
-            why = f"conflicting lowerdir path: {what} is also the {other}"
-        else:
+        if bad.inside:
             why = f"overlapping lowerdir path: {what} lies inside the {other}"
+        else:
+            why = f"conflicting lowerdir path: {what} is also the {other}"
         raise OSError(err, why, path, None, other_path)
     raise OSError(err, f"{what}: {os.strerror(err)}" if what else os.strerror(err), path)
 
