@@ -26,19 +26,16 @@ from __future__ import annotations
 
 import os
 import random
-import sys
 
 import pytest
 
-if os.path.dirname(os.path.abspath(__file__)) not in sys.path:  # conftest does this too
-    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import kernel  # noqa: E402
-import stackgen  # noqa: E402
-import write_ops  # noqa: E402
+import kernel
+import stackgen
+import write_ops
 
-import overlayfs  # noqa: E402
-from overlayfs.changes import Change, changes  # noqa: E402
-from overlayfs.store import LayerStore  # noqa: E402
+import overlayfs
+from overlayfs.changes import Change, changes
+from overlayfs.store import LayerStore
 
 
 # ---------------------------------------------------------------------------

@@ -47,11 +47,9 @@ import time
 
 import pytest
 
-if os.path.dirname(os.path.abspath(__file__)) not in sys.path:  # conftest does this too
-    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import copyup_helpers as H  # noqa: E402
-import kernel  # noqa: E402
-import overlayfs  # noqa: E402
+import copyup_helpers as H
+import kernel
+import overlayfs
 
 MiB = H.MiB
 skip_or_fail = kernel.skip_or_fail

@@ -5,15 +5,12 @@ sure no public method of Stack/Entry/ScandirIterator is left out."""
 
 import gc
 import os
-import sys
 import warnings
 
 import pytest
 
-if os.path.dirname(os.path.abspath(__file__)) not in sys.path:  # conftest does this too
-    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import util  # noqa: E402
-import overlayfs  # noqa: E402
+import util
+import overlayfs
 
 Stack = overlayfs.Stack
 LOOPS = 4000

@@ -5,15 +5,12 @@ os.lstat of the host file the layer rules say must win."""
 import errno
 import os
 import stat
-import sys
 
 import pytest
 
-if os.path.dirname(os.path.abspath(__file__)) not in sys.path:  # conftest does this too
-    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import kernel  # noqa: E402
-import util  # noqa: E402
-import overlayfs  # noqa: E402
+import kernel
+import util
+import overlayfs
 
 
 @pytest.fixture

@@ -2,15 +2,11 @@
 500 only limits mounts), and the layer rules hold at any depth."""
 
 import errno
-import os
-import sys
 
 import pytest
 
-if os.path.dirname(os.path.abspath(__file__)) not in sys.path:  # conftest does this too
-    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import util  # noqa: E402
-import overlayfs  # noqa: E402
+import util
+import overlayfs
 
 
 def build(root, n):

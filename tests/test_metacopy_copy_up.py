@@ -35,14 +35,12 @@ import threading
 
 import pytest
 
-if os.path.dirname(os.path.abspath(__file__)) not in sys.path:  # conftest does this too
-    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import copyup_helpers as H  # noqa: E402
-import kernel  # noqa: E402
-import util  # noqa: E402
-import write_ops  # noqa: E402
+import copyup_helpers as H
+import kernel
+import util
+import write_ops
 
-import overlayfs  # noqa: E402
+import overlayfs
 
 MC_OPTIONS = ("metacopy=on", "redirect_dir=on")
 MC_KWARGS = {"metacopy": True, "redirect_dir": True}

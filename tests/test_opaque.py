@@ -2,14 +2,10 @@
 trap 4)."""
 
 import errno
-import os
-import sys
 
 import pytest
 
-if os.path.dirname(os.path.abspath(__file__)) not in sys.path:  # conftest does this too
-    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import util  # noqa: E402
+import util
 
 
 def test_opaque_lower_dir_hides_layers_beneath(impl, tmp_path):

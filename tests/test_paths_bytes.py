@@ -4,14 +4,11 @@ PATH_MAX-deep tree."""
 
 import errno
 import os
-import sys
 
 import pytest
 
-if os.path.dirname(os.path.abspath(__file__)) not in sys.path:  # conftest does this too
-    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import util  # noqa: E402
-import overlayfs  # noqa: E402
+import util
+import overlayfs
 
 ODD = [
     b"with space", b" leading", b"trailing ", b"a:b", b"a,b", b"new\nline", b"tab\there",

@@ -4,13 +4,10 @@ style: each entry checked against os.lstat of the winning host file), walk."""
 import errno
 import os
 import stat
-import sys
 
 import pytest
 
-if os.path.dirname(os.path.abspath(__file__)) not in sys.path:  # conftest does this too
-    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import util  # noqa: E402
+import util
 
 
 def test_order_bottom_first_then_top_down(impl, tmp_path):

@@ -15,16 +15,13 @@ Needs root and overlayfs (fails instead of skipping under
 from __future__ import annotations
 
 import os
-import sys
 
 import pytest
 
-if os.path.dirname(os.path.abspath(__file__)) not in sys.path:  # conftest does this too
-    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import kernel  # noqa: E402
-import write_ops  # noqa: E402
+import kernel
+import write_ops
 
-import overlayfs  # noqa: E402
+import overlayfs
 
 OPTIONS = ("redirect_dir=on",)
 STACK_KWARGS = {"redirect_dir": True}

@@ -6,14 +6,11 @@ contract differ)."""
 
 import errno
 import os
-import sys
 
 import pytest
 
-if os.path.dirname(os.path.abspath(__file__)) not in sys.path:  # conftest does this too
-    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import util  # noqa: E402
-import overlayfs  # noqa: E402
+import util
+import overlayfs
 
 
 # -- directory redirects ------------------------------------------------------------

@@ -3,17 +3,14 @@ give the single-threaded answers, also while other threads invalidate the
 cache, while a tiny cache_max_bytes forces flushes, and while it is closed."""
 
 import errno
-import os
 import random
 import sys
 import threading
 
 import pytest
 
-if os.path.dirname(os.path.abspath(__file__)) not in sys.path:  # conftest does this too
-    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import util  # noqa: E402
-import overlayfs  # noqa: E402
+import util
+import overlayfs
 
 Stack = overlayfs.Stack
 NTHREADS = 8

@@ -4,13 +4,10 @@ and the whiteouts= switch.  semantics sections 2 and 8 (traps 3, 5)."""
 import errno
 import os
 import stat
-import sys
 
 import pytest
 
-if os.path.dirname(os.path.abspath(__file__)) not in sys.path:  # conftest does this too
-    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import util  # noqa: E402
+import util
 
 
 def gone(st, path):

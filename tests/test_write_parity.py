@@ -26,14 +26,11 @@ import collections
 import os
 import signal
 import stat
-import sys
 
 import pytest
 
-if os.path.dirname(os.path.abspath(__file__)) not in sys.path:  # conftest does this too
-    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import kernel  # noqa: E402
-import write_ops  # noqa: E402
+import kernel
+import write_ops
 
 #: Random sequences run in CI.
 N_RANDOM = 120

@@ -18,7 +18,7 @@ answers with ``os.lstat`` of the host file the layer rules say must win
 (CPython ``test_scandir.check_entry`` style).
 
 ``--import-mode=importlib`` does not put ``tests/`` on ``sys.path``; conftest
-(and each test module, defensively) adds it before ``import util``.
+adds it before any test module does ``import util``.
 """
 
 from __future__ import annotations

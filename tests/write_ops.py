@@ -65,6 +65,8 @@ import sys
 import tempfile
 import time
 
+# Needed here although conftest adds tests/ too: the namespace child loads this
+# file by its path in a fresh interpreter (_CHILD_CODE), with no conftest.
 _HERE = os.path.dirname(os.path.abspath(__file__))
 if _HERE not in sys.path:
     sys.path.insert(0, _HERE)
