@@ -97,7 +97,7 @@ def test_dir_over_file_is_plain_dir(impl, tmp_path):
 
 
 def test_non_dir_below_dir_cuts_deeper_layers(impl, tmp_path):
-    # semantics 1.2: l1:s/, l2:s (a file), l3:s/deep -> only l1's entries.
+    # docs/overlay-semantics.md §1.2: l1:s/, l2:s (a file), l3:s/deep -> only l1's entries.
     L = util.Layers(tmp_path, nlowers=3)
     util.mkfile(L.p(1, "s/top"))
     util.mkfile(L.p(2, "s"), "file")
@@ -387,7 +387,7 @@ def test_c_os_open_and_read_only(three):
 
 
 def test_merged_dir_ino_is_origin(impl, three):
-    """semantics 4: on one fs a merged upper dir reports its lower origin's
+    """docs/overlay-semantics.md §4.4: on one fs a merged upper dir reports its lower origin's
     st_ino (the kernel writes the origin at lookup, then maps to it)."""
     L = three
     with L.stack(impl) as st:

@@ -1,5 +1,5 @@
-"""Opaque directories: <ns>.overlay.opaque = exactly b"y" (semantics 0, 3;
-trap 4)."""
+"""Opaque directories: <ns>.overlay.opaque = exactly b"y" (docs/overlay-semantics.md
+§0.1, §3; trap 4 in §8)."""
 
 import errno
 
@@ -39,8 +39,9 @@ def test_opaque_upper_dir_hides_all_lowers(impl, tmp_path):
 
 def test_opaque_dir_whiteouts_not_listed(impl, tmp_path):
     """An opaque upper dir holding whiteouts (what rm -rf d; mkdir d leaves
-    plus later deletes).  The kernel lists these raw (trap 9); the Stack
-    contract is 'listdir has no whiteouts', and lookup gives ENOENT."""
+    plus later deletes).  The kernel lists these raw (docs/overlay-semantics.md
+    §3.3, trap 9); the Stack contract is 'listdir has no whiteouts', and
+    lookup gives ENOENT."""
     L = util.Layers(tmp_path, nlowers=1, upper=True)
     util.opaque(L.p(0, "d"))
     util.whiteout(L.p(0, "d/gone"))

@@ -1,4 +1,5 @@
-"""Directory redirects, metacopy files and data-only layers (semantics 1.7-1.9).
+"""Directory redirects, metacopy files and data-only layers
+(docs/overlay-semantics.md §1.7-§1.9).
 
 Expected answers were cross-checked with a kernel mount on 6.18 (see the
 report of this test file's author for the cases where the kernel and the
@@ -241,7 +242,7 @@ def test_redirect_nofollow_eperm(impl, renamed):
 
 
 def test_redirect_nofollow_ignored_without_lower_stack(impl, request, tmp_path):
-    """semantics 1.7: with nofollow the redirect is silently ignored when
+    """docs/overlay-semantics.md §1.7: with nofollow the redirect is silently ignored when
     the parent has no lower stack (verified on 6.18)."""
     L = util.Layers(tmp_path, nlowers=1, upper=True)
     util.mkfile(L.p(1, "old/x"))
@@ -406,7 +407,7 @@ def test_c_data_layer_indices(data):
 
 
 def test_data_layer_lookup_is_lazy(impl, request, data):
-    """semantics 1.9: the data-layer lookup happens at the first data access,
+    """docs/overlay-semantics.md §1.9: the data-layer lookup happens at the first data access,
     so stat works and open fails (kernel 6.18: lstat ok, open ENOENT)."""
     L = data
     with L.stack(impl) as st:

@@ -1,5 +1,5 @@
 """Whiteouts: char 0:0 (any mode), xattr whiteouts, the OCI/AUFS ".wh." forms,
-and the whiteouts= switch.  semantics sections 2 and 8 (traps 3, 5)."""
+and the whiteouts= switch.  docs/overlay-semantics.md §2 and §8 (traps 3, 5)."""
 
 import errno
 import os
@@ -75,7 +75,8 @@ def test_whiteout_only_affects_layers_below(impl, tmp_path):
 
 
 def test_whiteout_below_dir_keeps_only_layers_above(impl, tmp_path):
-    # semantics 1.3: upper dir d, l2 whiteout, l3 dir d -> only upper (+l1) entries.
+    # docs/overlay-semantics.md §1.3: upper dir d, l2 whiteout, l3 dir d
+    # -> only upper (+l1) entries.
     L = util.Layers(tmp_path, nlowers=3, upper=True)
     util.mkfile(L.p(0, "d/u"))
     util.mkfile(L.p(1, "d/one"))
@@ -99,8 +100,8 @@ def test_whiteout_in_bottom_layer_with_nothing_below(impl, tmp_path):
 
 def test_whiteouts_never_listed_even_in_plain_dir(impl, tmp_path):
     """API contract: listdir has no whiteouts.  (The kernel lists a plain
-    single-layer dir raw, char devices included -- trap 9; the Stack hides
-    them since the names cannot be looked up.)"""
+    single-layer dir raw, char devices included -- docs/overlay-semantics.md
+    trap 9; the Stack hides them since the names cannot be looked up.)"""
     L = util.Layers(tmp_path, nlowers=2)
     util.mkfile(L.p(1, "plain/x"))
     util.whiteout(L.p(1, "plain/w"))
@@ -112,7 +113,7 @@ def test_whiteouts_never_listed_even_in_plain_dir(impl, tmp_path):
 
 def test_listing_order_with_whiteouts(impl, tmp_path):
     """Bottom layer's names in its getdents order, then the others by first
-    appearance top-down; whited-out names are dropped (semantics 4)."""
+    appearance top-down; whited-out names are dropped (docs/overlay-semantics.md §4.2)."""
     L = util.Layers(tmp_path, nlowers=3)
     names3 = [f"n{i:02d}" for i in range(40)]
     for n in names3:
@@ -208,9 +209,9 @@ def test_xwhiteout_listed_but_enoent_without_marker(impl, tmp_path):
 
 @pytest.mark.parametrize("where", ["upper", "bottom"])
 def test_xwhiteout_marker_ignored_in_upper_and_bottom(impl, request, tmp_path, where):
-    """semantics 2: readdir hides xwhiteouts only in a dir marked opaque=x in
-    a non-upper, non-bottom layer (namei.c ignores 'x' for the upper and the
-    last layer).  Verified on 6.18: the kernel lists 'f' in both cases."""
+    """docs/overlay-semantics.md §2.2: readdir hides xwhiteouts only in a dir
+    marked opaque=x in a non-upper, non-bottom layer (namei.c ignores 'x' for
+    the upper and the last layer).  Verified on 6.18: the kernel lists 'f' in both cases."""
     L = util.Layers(tmp_path, nlowers=2, upper=True)
     util.mkfile(L.p(2, "d/keep"))
     if where == "upper":

@@ -9,7 +9,7 @@ normalized dump of both upper directories, and the merged views afterwards
 * ``test_random_sequence``: seeded random sequences over small random stacks
   (every operation in ``write_ops.ALL_OPS``); ``..._unprivileged`` the same
   run by a caller without privileges.
-* targeted tests, one rule each (semantics doc sections 2, 3, 5, 6): the
+* targeted tests, one rule each (docs/overlay-semantics.md §2, §3, §5, §6): the
   kernel's result is pinned by explicit expectations first (so a rule both
   sides got wrong still fails), then the Stack must match it.
 * ``test_harness_*``: self-tests of the harness, with the kernel on both sides
@@ -191,8 +191,8 @@ def test_rmdir_merged_dir_whose_upper_holds_whiteouts(tmp_path):
 
 
 def test_rmdir_pure_upper_dir_holding_whiteouts_is_not_empty(tmp_path):
-    """Not in the semantics doc: with nothing below, the kernel removes the upper dir
-    with a plain rmdir, and the real fs refuses because of the whiteouts."""
+    """docs/overlay-semantics.md §6.1 (trap 28): with nothing below, the kernel removes
+    the upper dir with a plain rmdir, and the real fs refuses because of the whiteouts."""
 
     def rule(up):
         assert is_whiteout(up["pu/w"]) and is_whiteout(up["po/w"])
@@ -354,9 +354,9 @@ def test_chown_clears_setuid_on_copy_up(tmp_path):
 
 
 def test_failed_setxattr_still_copies_up(tmp_path):
-    """Not in the semantics doc: setxattr copies up before the flags are checked, so a
-    XATTR_REPLACE of a missing name or a XATTR_CREATE of an existing one fails
-    (ENODATA / EEXIST) after the copy-up."""
+    """docs/overlay-semantics.md §5.1 (trap 29): setxattr copies up before the
+    flags are checked, so a XATTR_REPLACE of a missing name or a XATTR_CREATE of
+    an existing one fails (ENODATA / EEXIST) after the copy-up."""
 
     def rule(up):
         assert up["f0"]["type"] == "reg" and up["f1"]["type"] == "reg"
@@ -428,8 +428,8 @@ def test_trusted_xattrs_on_special_files(tmp_path, target):
 
 
 def test_kernel_copy_up_skips_holes_per_1mib_chunk(tmp_path):
-    """Kernel-only pin of a copy-up detail the semantics doc leaves out: holes are
-    skipped only at 1 MiB chunk boundaries (why write_ops.DUMP_IGNORE has data_map)."""
+    """Kernel-only pin of docs/overlay-semantics.md §5.3 (trap 30): holes are skipped
+    only at 1 MiB chunk boundaries (why write_ops.DUMP_IGNORE has data_map)."""
     layout = write_ops.make_layout(tmp_path, {"l1": [("keep", "file")]})
     mib = 1 << 20
     with open(os.path.join(layout.lowers[0], b"sp"), "wb") as f:
@@ -656,9 +656,10 @@ def test_rename_dirs(tmp_path):
 
 
 def test_rename_over_a_whiteout_switches_whiteouts(tmp_path):
-    """Not in the semantics doc: renaming an object that exists below onto an upper
-    whiteout exchanges the two (dir.c:ovl_rename "Switch whiteouts"), so the old
-    whiteout inode -- its mode, owner and mtime -- ends up at the source name."""
+    """docs/overlay-semantics.md §6.4 (trap 27): renaming an object that exists
+    below onto an upper whiteout exchanges the two (dir.c:ovl_rename "Switch
+    whiteouts"), so the old whiteout inode -- its mode, owner and mtime -- ends
+    up at the source name."""
 
     def rule(up, layout):
         old = os.lstat(os.path.join(layout.upper, b"wo"))
@@ -681,7 +682,7 @@ def test_rename_pure_upper_dir_over_a_whiteout_is_opaque(tmp_path):
 
 
 def test_rename_dir_error_order(tmp_path):
-    """Not in the semantics doc (dir.c:ovl_rename_start, ovl_rename_upper): EXDEV for a
+    """docs/overlay-semantics.md §6.5 (dir.c:ovl_rename_start, ovl_rename_upper): EXDEV for a
     merged or lower dir comes before ENOTEMPTY of the target; a non-empty merged target
     is ENOTEMPTY before anything is changed, while a pure-upper one is judged by the
     upper rename itself, after a pure-upper source moved into a merged parent was

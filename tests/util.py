@@ -1,8 +1,8 @@
 """Small helpers to build OverlayFS layer trees on disk, and test oracles.
 
 Every builder takes a host path and creates missing parent directories.  The
-on-disk forms are the ones the kernel reads (see
-/work/shared/docs/overlay-semantics.md):
+on-disk forms are the ones the kernel reads (see docs/overlay-semantics.md
+§0-§3):
 
 * :func:`whiteout` -- a char device 0:0 (any mode bits);
 * :func:`xwhiteout` -- a zero-size regular file with ``<ns>.overlay.whiteout``;

@@ -1,7 +1,7 @@
 """Mount real kernel overlays from Python: :func:`mount`, :func:`unmount` and :class:`Mount`,
 the checks on disk before mounting, the two mount strategies, and the errors they raise.
 
-Strategy (see section 7 of ``docs/overlay-semantics.md``):
+Strategy (see ``docs/overlay-semantics.md`` §7):
 
 1. **New mount API** (Linux 6.8+): ``fsopen("overlay")``, one ``fsconfig`` ``lowerdir+`` per
    layer (``datadir+`` per data-only layer), ``upperdir``/``workdir``, the options,
