@@ -11,7 +11,7 @@
 - ``Stack.diff``/``LayerStore.diff`` (``overlayfs.changes``): what an upper
   layer changes in the view of its lowers, as ``Change`` tuples.
 """
-from ._core import CacheInfo, Entry, Stack
+from ._core import CacheInfo, CopyUp, Entry, Stack
 from ._check import CheckReport, check
 from ._mount import Mount, mount, unmount
 from ._mountinfo import MountInfo, mounts
@@ -25,6 +25,7 @@ __all__ = [
     "CacheInfo",
     "Change",
     "CheckReport",
+    "CopyUp",
     "Entry",
     "Layer",
     "LayerStore",

@@ -1,7 +1,7 @@
 """Type stubs for the compiled extension overlayfs._core."""
 import io
 import os
-from typing import Any, AnyStr, Callable, Generic, Iterator, NamedTuple, Sequence, overload
+from typing import Any, AnyStr, Callable, Generic, Iterator, Literal, NamedTuple, Sequence, overload
 
 from .changes import Change
 
@@ -16,6 +16,10 @@ class CacheInfo(NamedTuple):
     max_bytes: int
     generation: int
     flushes: int
+
+class CopyUp(NamedTuple, Generic[AnyStr]):
+    path: AnyStr
+    method: Literal["clone", "copy_file_range", "sendfile", "read_write", "none"]
 
 class Entry(Generic[AnyStr]):
     @property
@@ -133,10 +137,10 @@ class Stack:
     def listxattr(self, path: _Path = "", *, follow_symlinks: bool = True) -> list[str]: ...
     def invalidate(self, path: _Path | None = None) -> None: ...
     @overload
-    def copy_up(self, path: str | os.PathLike[str], *, follow_symlinks: bool = False) -> str: ...
+    def copy_up(self, path: str | os.PathLike[str], *,
+                follow_symlinks: bool = False) -> CopyUp[str]: ...
     @overload
-    def copy_up(self, path: bytes | os.PathLike[bytes], *, follow_symlinks: bool = False) -> bytes: ...
-    @property
-    def last_copy_method(self) -> str: ...
+    def copy_up(self, path: bytes | os.PathLike[bytes], *,
+                follow_symlinks: bool = False) -> CopyUp[bytes]: ...
     def diff(self) -> list[Change]: ...
     def cache_info(self) -> CacheInfo: ...

@@ -56,7 +56,7 @@ cdef extern from "<sys/stat.h>":
     enum:
         UTIME_NOW
 
-__all__ = ["Stack", "Entry", "CacheInfo"]
+__all__ = ["Stack", "Entry", "CacheInfo", "CopyUp"]
 
 CacheInfo = namedtuple(
     "CacheInfo", "hits misses entries dirs bytes max_bytes generation flushes")
@@ -66,6 +66,17 @@ hits: lookups answered without reading a layer; misses: lookups that read
 one; entries: cached names; dirs: cached directories; bytes: memory held by
 the C cache; max_bytes: the cap (past it the cache is emptied, counted in
 flushes); generation: bumped by every invalidation."""
+
+CopyUp = namedtuple("CopyUp", "path method")
+CopyUp.__doc__ = """What Stack.copy_up() did.
+
+path: the host path of the copy in the upper layer (str or bytes, as the
+union path given); method: how this call moved the file's data, "clone"
+(reflink), "copy_file_range", "sendfile", "read_write", or "none" (no data
+to copy: not a regular file, empty, or up already with its data)."""
+CopyUp.path.__doc__ = "Host path of the copy in the upper layer."
+CopyUp.method.__doc__ = ('How the data moved: "clone", "copy_file_range", "sendfile", '
+                         '"read_write" or "none".')
 
 _WHITEOUTS = {"kernel": OVL_WHITEOUT_KERNEL, "oci": OVL_WHITEOUT_OCI,
               "auto": OVL_WHITEOUT_AUTO}
@@ -290,7 +301,6 @@ cdef class Stack:
     cdef bint _cache
     cdef dict _listings
     cdef uint64_t _listings_gen
-    cdef int _last_copy_method
 
     def __cinit__(self):
         self._s = NULL
@@ -1086,10 +1096,13 @@ cdef class Stack:
 
     def copy_up(self, path, *, follow_symlinks=False):
         """Copy path up to the upper layer, its ancestors first, the way the
-        kernel does before a change, and return the host path of the upper
-        copy.  A no-op for what is already in the upper layer, but for an
-        upper metacopy file (metacopy=True), whose data is copied into it
-        from below, as before a write.
+        kernel does before a change, and return CopyUp(path, method): the
+        host path of the upper copy and how this call moved the data:
+        "clone" (reflink), "copy_file_range", "sendfile", "read_write", or
+        "none" (no data to copy, or up already with its data).  A no-op for
+        what is already in the upper layer, but for an upper metacopy file
+        (metacopy=True), whose data is copied into it from below, as before
+        a write.
 
         The copy is built in the work dir and installed with a no-replace
         link or rename: a crash leaves no partial file, and of concurrent
@@ -1097,10 +1110,9 @@ cdef class Stack:
         where the filesystem shares extents, else copy_file_range over the
         data extents (holes stay holes), else sendfile, else read/write; it
         is fsynced unless the Stack is volatile or the data was cloned (as
-        the kernel does).  xattrs (but the stack's
-        private ones), owner, mode and times are kept.  Cost: one directory
-        per missing ancestor, then the data.  OSError(EROFS) without an
-        upper layer."""
+        the kernel does).  xattrs (but the stack's private ones), owner,
+        mode and times are kept.  Cost: one directory per missing ancestor,
+        then the data.  OSError(EROFS) without an upper layer."""
         cdef _CPath h = _CPath.__new__(_CPath)
         cdef const char *p = _cpath(path, h)
         cdef ovl_stack *s = self._get()
@@ -1114,16 +1126,8 @@ cdef class Stack:
         self._leave()
         if rc < 0:
             raise _oserror(rc, path)
-        self._last_copy_method = rc
         self._listings = {}
-        return self.resolve(path, follow_symlinks=follow_symlinks)
-
-    @property
-    def last_copy_method(self):
-        """How the last copy_up() moved data: "none" (nothing to copy or
-        already up), "clone" (reflink), "copy_file_range", "sendfile" or
-        "read_write"."""
-        return _COPY_METHODS[self._last_copy_method]
+        return CopyUp(self.resolve(path, follow_symlinks=follow_symlinks), _COPY_METHODS[rc])
 
     def diff(self):
         """The changes the upper layer makes to the view of the lowers, as
