@@ -313,14 +313,13 @@ def kernel_copy_up(lowers, upper, work, paths, options=()):
 
 
 def stack_copy_up(lowers, upper, work, paths, ns="trusted", **kw):
-    """Copy *paths* up with Stack.copy_up; returns {path: last_copy_method}."""
+    """Copy *paths* up with Stack.copy_up; returns {path: CopyUp.method}."""
     import overlayfs
 
     methods = {}
     with overlayfs.Stack(lowers, upper, work, xattr_namespace=ns, **kw) as st:
         for p in paths:
-            st.copy_up(p)
-            methods[p] = st.last_copy_method
+            methods[p] = st.copy_up(p).method
     return methods
 
 

@@ -9,6 +9,7 @@ import io
 import os
 import pathlib
 import pickle
+import re
 import subprocess
 import sys
 
@@ -20,6 +21,23 @@ import overlayfs
 Stack = overlayfs.Stack
 REPO = pathlib.Path(__file__).resolve().parent.parent
 STUB = REPO / "src" / "overlayfs" / "_core.pyi"
+STACK_PY = REPO / "src" / "overlayfs" / "stack.py"
+#: Stack(...)'s parameters, in order: (name, kind, default)
+STACK_PARAMS = [
+    ("lowers", "POSITIONAL_OR_KEYWORD", inspect.Parameter.empty),
+    ("upper", "POSITIONAL_OR_KEYWORD", None),
+    ("work", "POSITIONAL_OR_KEYWORD", None),
+    ("xattr_namespace", "KEYWORD_ONLY", "trusted"),
+    ("whiteouts", "KEYWORD_ONLY", "kernel"),
+    ("cache", "KEYWORD_ONLY", True),
+    ("data_layers", "KEYWORD_ONLY", ()),
+    ("metacopy", "KEYWORD_ONLY", False),
+    ("redirect_follow", "KEYWORD_ONLY", True),
+    ("redirect_dir", "KEYWORD_ONLY", False),
+    ("cache_max_bytes", "KEYWORD_ONLY", None),
+    ("volatile", "KEYWORD_ONLY", False),
+    ("devices", "KEYWORD_ONLY", False),
+]
 
 
 @pytest.fixture
@@ -34,7 +52,7 @@ def st(tmp_path):
 
 
 def test_all():
-    assert set(overlayfs.__all__) >= {"Stack", "Entry", "CacheInfo"}
+    assert set(overlayfs.__all__) >= {"Stack", "Entry", "CacheInfo", "CopyUp"}
     for name in overlayfs.__all__:
         assert getattr(overlayfs, name) is not None
     ns = {}
@@ -164,12 +182,16 @@ def test_uninitialized_objects_say_so():
 
 
 def test_methods_check_their_self():
-    """An unbound method called with the wrong self is a TypeError, as for any
-    Python method, never a crash (run in a child: a crash would kill pytest)."""
+    """An unbound method of a compiled type called with the wrong self is a
+    TypeError, as for any Python method, never a crash; the Python methods of
+    overlayfs.Stack fail with an exception too (they reach self through its
+    methods).  Run in a child: a crash would kill pytest."""
     code = """if True:
         import overlayfs, inspect
+        from overlayfs import _core
         checked = 0
-        for cls in (overlayfs.Stack, overlayfs.Entry, overlayfs._core.ScandirIterator):
+        for cls in (overlayfs.Stack, _core._Stack, overlayfs.Entry, _core.ScandirIterator):
+            compiled = cls is not overlayfs.Stack
             for name, fn in vars(cls).items():
                 if not callable(fn) or name in ("__new__", "__init_subclass__",
                                                 "__subclasshook__", "__class_getitem__"):
@@ -179,9 +201,14 @@ def test_methods_check_their_self():
                 for bad in (None, 0, "f", object()):
                     for args in ((), ("f",), ("f", "g"), ("f", 0, 0)):
                         try:
-                            fn(bad, *args)
+                            r = fn(bad, *args)
+                            if inspect.isgenerator(r):
+                                next(r)
                         except TypeError:
                             checked += 1
+                        except Exception as e:
+                            if compiled:
+                                raise SystemExit(f"{cls.__name__}.{name}({bad!r}, ...): {e!r}")
                         else:
                             raise SystemExit(f"{cls.__name__}.{name}({bad!r}, ...) ran")
         print(checked)
@@ -191,11 +218,38 @@ def test_methods_check_their_self():
     assert int(res.stdout) > 400
 
 
+def test_stack_is_the_python_subclass():
+    """overlayfs.Stack is a plain Python class over the binding's _Stack: it
+    adds no per-instance state (no __dict__, as before) and every Stack the
+    package hands out is one."""
+    from overlayfs import _core
+    assert Stack.__mro__[1] is _core._Stack
+    assert Stack.__module__ == "overlayfs.stack"
+    assert Stack.__slots__ == ()
+    assert not hasattr(_core, "Stack")
+    assert all(not hasattr(_core._Stack, n) for n in vars(Stack) if not n.startswith("__"))
+    # the warm calls are the compiled ones, inherited unchanged
+    for name in ("lstat", "stat", "resolve", "listdir", "scandir", "open", "exists", "copy_up"):
+        assert getattr(Stack, name) is getattr(_core._Stack, name), name
+
+
+def test_signature():
+    """help(overlayfs.Stack) and inspect.signature show Stack's parameters."""
+    sig = inspect.signature(Stack)
+    got = [(p.name, p.kind.name, p.default) for p in sig.parameters.values()]
+    assert got == STACK_PARAMS
+    import pydoc
+    text = pydoc.render_doc(Stack, renderer=pydoc.plaintext)
+    line = next(x for x in text.splitlines() if x.startswith(" |  Stack("))
+    assert re.findall(r"(?:\(|, )(?:\*, )?(\w+):", line) == [n for n, _, _ in STACK_PARAMS]
+    assert "An OverlayFS view" in text and "copy_up" in text and "walk" in text
+
+
 # -- the stub --------------------------------------------------------------------------
 
 
-def _stub_classes():
-    tree = ast.parse(STUB.read_text())
+def _stub_classes(path=STUB):
+    tree = ast.parse(path.read_text())
     classes = {}
     for node in tree.body:
         if isinstance(node, ast.ClassDef):
@@ -225,22 +279,16 @@ def test_stub_exists_and_is_shipped():
         assert (installed / "py.typed").exists()
 
 
-@pytest.mark.parametrize("cls", ["Stack", "Entry", "CacheInfo"])
-def test_stub_matches_runtime(cls):
-    classes = _stub_classes()
-    assert cls in classes, f"{cls} missing from the stub"
-    stub = classes[cls]
-    runtime = getattr(overlayfs, cls)
-    public = {n for n in dir(runtime) if not n.startswith("_")}
-    if cls == "CacheInfo":
-        assert set(runtime._fields) == set(stub)
-        return
+def _check_members(cls, stub, runtime, public):
+    """Every public name of runtime is in stub and the reverse; each method's
+    parameters (positional and keyword-only names) match."""
     missing = public - set(stub)
     assert not missing, f"in {cls} but not in the stub: {sorted(missing)}"
     extra = {n for n in stub if not n.startswith("_")} - public
     assert not extra, f"in the stub but not in {cls}: {sorted(extra)}"
+    checked = 0
     for name, defs in stub.items():
-        if name.startswith("_") or not isinstance(defs[0], ast.FunctionDef):
+        if (name.startswith("_") and name != "__init__") or not isinstance(defs[0], ast.FunctionDef):
             continue
         fn = getattr(runtime, name)
         if isinstance(fn, property) or type(fn).__name__ == "getset_descriptor":
@@ -252,6 +300,8 @@ def test_stub_matches_runtime(cls):
         rt_pos = [p.name for p in sig.parameters.values()
                   if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
         rt_kw = [p.name for p in sig.parameters.values() if p.kind == p.KEYWORD_ONLY]
+        if name == "__init__" and any(p.kind == p.VAR_POSITIONAL for p in sig.parameters.values()):
+            continue   # a compiled __init__ shows (self, /, *args, **kwargs)
         for d in defs:
             if any(isinstance(x, ast.Name) and x.id == "property" for x in d.decorator_list):
                 break
@@ -263,15 +313,60 @@ def test_stub_matches_runtime(cls):
                 pos = pos[1:]
             assert pos == rt_pos, f"{cls}.{name}: stub {pos} vs runtime {rt_pos}"
             assert kw == rt_kw, f"{cls}.{name}: stub {kw} vs runtime {rt_kw}"
+            checked += 1
+    return checked
+
+
+@pytest.mark.parametrize("cls", ["_Stack", "Entry", "CacheInfo", "CopyUp"])
+def test_stub_matches_runtime(cls):
+    """_core.pyi describes the compiled module _core."""
+    from overlayfs import _core
+    classes = _stub_classes()
+    assert cls in classes, f"{cls} missing from the stub"
+    stub = classes[cls]
+    runtime = getattr(_core, cls)
+    public = {n for n in dir(runtime) if not n.startswith("_")}
+    if cls in ("CacheInfo", "CopyUp"):
+        assert list(runtime._fields) == list(stub)
+        assert getattr(overlayfs, cls) is runtime
+        return
+    assert _check_members(cls, stub, runtime, public) > 0
+
+
+def test_stub_has_no_stack():
+    """The public Stack is not in the binding's stub: overlayfs.stack is
+    annotated inline (py.typed), and describing it twice would let the two
+    drift."""
+    assert "Stack" not in _stub_classes()
+
+
+def test_public_stack_matches_stub_and_module():
+    """overlayfs.Stack is exactly _core.pyi's _Stack plus what stack.py
+    defines: every public name is declared in one of them (not both), and
+    the signatures match the runtime."""
+    from overlayfs import _core
+    base = _stub_classes()["_Stack"]
+    sub = _stub_classes(STACK_PY)["Stack"]
+    both = {n for n in set(base) & set(sub) if not n.startswith("_")}
+    assert not both, f"declared in both _core.pyi and stack.py: {sorted(both)}"
+    public = {n for n in dir(Stack) if not n.startswith("_")}
+    base_public = {n for n in dir(_core._Stack) if not n.startswith("_")}
+    assert _check_members("_Stack", base, _core._Stack, base_public) > 0
+    assert _check_members("Stack", sub, Stack, public - base_public) > 0
+    assert public == base_public | {n for n in sub if not n.startswith("_")}
 
 
 def test_stub_init_signature():
-    classes = _stub_classes()
-    (init,) = classes["Stack"]["__init__"]
+    """The base's __init__ in the stub takes what Stack.__init__ passes on."""
+    (init,) = _stub_classes()["_Stack"]["__init__"]
     pos, kw = _params(init)
     assert pos == ["self", "lowers", "upper", "work"]
-    assert kw == ["xattr_namespace", "whiteouts", "cache", "data_layers", "metacopy",
-                  "redirect_follow", "redirect_dir", "cache_max_bytes", "volatile", "devices"]
+    assert [(a.arg, "POSITIONAL_OR_KEYWORD") for a in init.args.args[1:]] + \
+        [(a.arg, "KEYWORD_ONLY") for a in init.args.kwonlyargs] == \
+        [(n, k) for n, k, _ in STACK_PARAMS]
+    defaults = [ast.literal_eval(d) for d in init.args.defaults] + \
+        [ast.literal_eval(d) for d in init.args.kw_defaults]
+    assert defaults == [d for _, _, d in STACK_PARAMS if d is not inspect.Parameter.empty]
 
 
 def test_unknown_keyword_rejected(tmp_path):

@@ -25,7 +25,7 @@
 * **Races.**  8 threads on one Stack and 4 processes with their own Stacks
   copy the same files at once: one complete copy each, no temps left.
 * **Reflink.**  XFS (``reflink=1``) and btrfs loop images: copy-up clones
-  (``last_copy_method == "clone"``, shared extents per ``filefrag -v``); the
+  (``copy_up(p).method == "clone"``, shared extents per ``filefrag -v``); the
   times for 16 MiB and 1 GiB are printed.
 
 Needs root; the kernel and loop-device tests skip without them (and fail
@@ -34,6 +34,7 @@ under ``OVERLAYFS_REQUIRE_KERNEL=1``).
 
 from __future__ import annotations
 
+import collections
 import errno
 import os
 import random
@@ -92,8 +93,7 @@ class Parity:
         self.methods = {}
         with overlayfs.Stack(self.s["lowers"], self.s["upper"], self.s["work"], xattr_namespace=ns) as st:
             for p in self.s["targets"]:
-                self.returned[p] = st.copy_up(p)
-                self.methods[p] = st.last_copy_method
+                self.returned[p], self.methods[p] = st.copy_up(p)
         self.kdump = H.dump_tree(self.k["upper"])
         self.sdump = H.dump_tree(self.s["upper"])
         self.k_lowers_after = [H.dump_tree(lw) for lw in self.k["lowers"]]
@@ -210,7 +210,7 @@ def test_set_id_bits_and_private_xattrs(parity):
     assert up[b"a"]["xattrs"][ns + ".overlay.overlay.esc"] == b"escaped-dir"
 
 
-def test_last_copy_method(parity):
+def test_copy_up_method(parity):
     for p, method in parity.methods.items():
         rec = parity.s_lowers_before[0].get(p) or parity.s_lowers_before[1].get(p)
         if rec["type"] == "reg" and rec["size"] > 0:
@@ -220,8 +220,10 @@ def test_last_copy_method(parity):
     with overlayfs.Stack(parity.s["lowers"], parity.s["upper"], parity.s["work"],
                          xattr_namespace=parity.ns) as st:
         before = os.lstat(os.path.join(parity.s["upper"], b"data/dense")).st_mtime_ns
-        assert os.fsencode(st.copy_up("data/dense")) == os.path.join(parity.s["upper"], b"data/dense")
-        assert st.last_copy_method == "none"  # already up: nothing happens
+        res = st.copy_up("data/dense")
+        assert type(res) is overlayfs.CopyUp
+        assert os.fsencode(res.path) == os.path.join(parity.s["upper"], b"data/dense")
+        assert res.method == "none"  # already up: nothing happens
         assert os.lstat(os.path.join(parity.s["upper"], b"data/dense")).st_mtime_ns == before
 
 
@@ -249,7 +251,7 @@ def mini(tmp_path):
 def test_file_capabilities_survive(mini):
     H.write_file(os.path.join(mini.l1, b"ping"), b"x", 0o755, 0, 0, {"security.capability": H.CAP_NET_RAW_V2})
     with mini.stack() as st:
-        up = st.copy_up("ping")
+        up = st.copy_up("ping").path
     assert os.getxattr(up, "security.capability") == H.CAP_NET_RAW_V2
 
 
@@ -259,7 +261,7 @@ def test_xattrs_of_symlinks_fifos_devices_are_copied(mini):
     H.mknod(os.path.join(mini.l1, b"f"), stat.S_IFIFO, 0o644, xattrs={"trusted.k": b"f"})
     H.mknod(os.path.join(mini.l1, b"c"), stat.S_IFCHR, 0o644, os.makedev(1, 3), xattrs={"trusted.k": b"c"})
     with mini.stack() as st:
-        got = {n: os.getxattr(st.copy_up(n), "trusted.k", follow_symlinks=False) for n in ("s", "f", "c")}
+        got = {n: os.getxattr(st.copy_up(n).path, "trusted.k", follow_symlinks=False) for n in ("s", "f", "c")}
     assert got == {"s": b"s", "f": b"f", "c": b"c"}
 
 
@@ -315,17 +317,19 @@ def test_copy_up_errors_and_no_ops(mini):
             st.copy_up("missing/f")
         with pytest.raises(NotADirectoryError):
             st.copy_up("f/x")
-        st.copy_up("")  # the root is always up
-        assert st.last_copy_method == "none"
+        assert st.copy_up("") == (os.fsdecode(mini.upper), "none")  # the root is always up
         assert os.listdir(mini.upper) == []
-        assert isinstance(st.copy_up("f"), str) and isinstance(st.copy_up(b"f"), bytes)
+        first, again = st.copy_up("f"), st.copy_up(b"f")
+        assert isinstance(first.path, str) and isinstance(again.path, bytes)
+        assert first.method != "none" and again.method == "none"
+        assert first.path == first[0] and first.method == first[1]
 
 
 def test_follow_symlinks_copies_the_target(mini):
     H.write_file(os.path.join(mini.l1, b"dir/target"), b"t")
     os.symlink(b"dir/target", os.path.join(mini.l1, b"lnk"))
     with mini.stack() as st:
-        host = st.copy_up("lnk", follow_symlinks=True)
+        host = st.copy_up("lnk", follow_symlinks=True).path
         assert os.fsencode(host) == os.path.join(mini.upper, b"dir/target")
         assert st.layer_of("dir/target") == 0 and st.layer_of("lnk") == 1
         st.copy_up("lnk")
@@ -644,6 +648,7 @@ def _check_race_result(lower, upper, work, paths, dir_mtimes=True):
 def test_threads_copying_the_same_files(tmp_path):
     lower, upper, work, paths = _build_race_layers(tmp_path)
     errors = []
+    moved = collections.Counter()  # path -> calls that say they moved its data
     barrier = threading.Barrier(8)
     with overlayfs.Stack([lower], upper, work) as st:
         def worker(seed):
@@ -652,9 +657,11 @@ def test_threads_copying_the_same_files(tmp_path):
             try:
                 barrier.wait()
                 for p in order:
-                    host = st.copy_up(p)
+                    host, method = st.copy_up(p)
                     if os.fsencode(host) != os.path.join(upper, p):
                         errors.append((p, host))
+                    if method != "none":
+                        moved[p] += 1
             except BaseException as e:  # report everything
                 errors.append(repr(e))
 
@@ -665,6 +672,12 @@ def test_threads_copying_the_same_files(tmp_path):
             t.join()
         assert errors == []
         assert all(st.layer_of(p) == 0 for p in paths)
+        # Each call says how it moved the data, whatever the other threads
+        # do meanwhile: copy-ups in one Stack take turns, so of the 8 calls
+        # for a file with data exactly one moved it and 7 found it up.
+        with_data = {p for p in paths if stat.S_ISREG(os.lstat(os.path.join(lower, p)).st_mode)
+                     and os.lstat(os.path.join(lower, p)).st_size > 0}
+        assert dict(moved) == dict.fromkeys(with_data, 1)
     _check_race_result(lower, upper, work, paths)
 
 
@@ -738,11 +751,11 @@ def _reflink_child(dev, fstype, mnt):
             st.copy_up("d")  # the parent first, so the timings are the files'
             for name in ("small", "big"):
                 t = time.perf_counter()
-                st.copy_up("d/" + name)
+                method = st.copy_up("d/" + name).method
                 elapsed = time.perf_counter() - t
                 lo, up = os.path.join(lower, "d", name), os.path.join(upper, "d", name)
                 res[name] = {
-                    "method": st.last_copy_method,
+                    "method": method,
                     "seconds": elapsed,
                     "lower_extents": H.fiemap_extents(lo),
                     "upper_extents": H.fiemap_extents(up),

@@ -300,7 +300,7 @@ def test_relative_layer_paths_are_made_absolute(impl, tmp_path, monkeypatch):
         if upper:
             assert st.upper == str(tmp_path / "up")
             assert st.work == str(tmp_path / "wk")
-            assert st.copy_up("f") == str(tmp_path / "up" / "f")
+            assert st.copy_up("f").path == str(tmp_path / "up" / "f")
             assert st.resolve("f") == str(tmp_path / "up" / "f")
     finally:
         st.close()

@@ -224,11 +224,10 @@ def test_stack_api_open_truncate_copy_up(layout):
         st.truncate("trunc", 4)
         with st.open("trunc") as f:
             assert f.read() == b"0123"
-        assert st.copy_up("d/g") == os.path.join(upper, "d/g")
+        assert st.copy_up("d/g").path == os.path.join(upper, "d/g")
         with open(os.path.join(upper, "d/g"), "rb") as f:
             assert f.read() == b"nested file"
-        assert st.copy_up("d/g") == os.path.join(upper, "d/g")
-        assert st.last_copy_method == "none"
+        assert st.copy_up("d/g") == overlayfs.CopyUp(os.path.join(upper, "d/g"), "none")
         st.chmod("keep", 0o644)
         assert XMETACOPY in _xattrs(os.path.join(upper, "keep"))
         with st.open("big", "ab") as f:

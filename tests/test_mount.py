@@ -847,6 +847,7 @@ def test_mount_stack_property_gives_the_same_view(mountable: None, tmp_path: Any
 
     def body() -> tuple[dict[str, Record], dict[str, Record]]:
         with om.mount(target, lowers, upper, work) as m, m.stack as stack:
+            assert type(stack) is Stack
             return mount_view(target), stack_view(stack)
 
     mounted, stacked = in_ns(body)

@@ -23,6 +23,7 @@ ns = importlib.import_module("overlayfs._namespace")
 ostore = importlib.import_module("overlayfs.store")
 Change, LayerStore = ostore.Change, ostore.LayerStore
 stack_from_layer_dir = ostore.stack_from_layer_dir
+overlayfs = importlib.import_module("overlayfs")
 
 SHORT = re.compile(r"[A-Z2-7]{26}\Z")
 
@@ -371,8 +372,13 @@ def test_open_docker_reads_the_tree_and_refuses_changes(tmp_path: Any) -> None:
 def test_stack_from_layer_dir(tmp_path: Any) -> None:
     ids = docker_tree(str(tmp_path))
     with stack_from_layer_dir(tmp_path / ids["ctr"]) as stack:
+        assert type(stack) is overlayfs.Stack
+        assert stack_tree(stack) == DOCKER_VIEW
+    with overlayfs.Stack.from_layer_dir(tmp_path / ids["ctr"]) as stack:
+        assert type(stack) is overlayfs.Stack
         assert stack_tree(stack) == DOCKER_VIEW
     with LayerStore.open_docker(tmp_path).stack(ids["img2"]) as stack:
+        assert type(stack) is overlayfs.Stack
         assert stack_tree(stack) == {"etc": "<dir>", "etc/passwd": "root:x:0:0",
                                      "usr": "<dir>", "usr/bin": "<dir>",
                                      "usr/bin/tool": "v2"}

@@ -2,7 +2,8 @@
 
 - ``Stack``: resolve paths across layers exactly as the kernel's overlayfs
   does -- whiteouts, opaque directories, redirects, metacopy, merged
-  listings -- without mounting (backed by a C core).
+  listings -- without mounting (``overlayfs.stack``, over the C core's
+  binding ``_core``).
 - ``mount``/``unmount``/``mounts``/``check``: real kernel overlay mounts
   through the new mount API (``lowerdir+``) or mount(2), past the page and
   layer-count limits.
@@ -11,13 +12,14 @@
 - ``Stack.diff``/``LayerStore.diff`` (``overlayfs.changes``): what an upper
   layer changes in the view of its lowers, as ``Change`` tuples.
 """
-from ._core import CacheInfo, Entry, Stack
+from ._core import CacheInfo, CopyUp, Entry
 from ._check import CheckReport, check
 from ._mount import Mount, mount, unmount
 from ._mountinfo import MountInfo, mounts
 from ._mountopts import MAX_LOWERS
 from ._namespace import run_in_private_namespace, run_in_user_namespace
 from .changes import Change
+from .stack import Stack
 from .store import Layer, LayerStore, stack_from_layer_dir
 
 __all__ = [
@@ -25,6 +27,7 @@ __all__ = [
     "CacheInfo",
     "Change",
     "CheckReport",
+    "CopyUp",
     "Entry",
     "Layer",
     "LayerStore",

@@ -1,11 +1,14 @@
 # cython: language_level=3, boundscheck=False, wraparound=False, cdivision=True, binding=False, embedsignature=True, embedsignature.format=clinic
-"""The compiled half of overlayfs: a read-only OverlayFS view of a layer stack.
+"""The compiled half of overlayfs: _Stack, the base of overlayfs.Stack.
 
 This module owns conversion (str/bytes paths in, the same kind out), object
 lifetime and raising; every rule of the overlay lives in the C core
-(csrc/).  Calls first try to answer from the lookup cache while holding the
-GIL (no syscall, no lock wait); only when a layer must be read is the GIL
-released around the C call.
+(csrc/), and what is composed of _Stack's own calls (walk, makedirs, move,
+diff, ...) in the plain Python subclass overlayfs.stack.Stack, as uvloop's
+Loop subclasses its compiled base.  Nothing here imports the Python modules
+above it.  Calls first try to answer from the lookup cache while holding
+the GIL (no syscall, no lock wait); only when a layer must be read is the
+GIL released around the C call.
 """
 import io
 import math
@@ -56,7 +59,7 @@ cdef extern from "<sys/stat.h>":
     enum:
         UTIME_NOW
 
-__all__ = ["Stack", "Entry", "CacheInfo"]
+__all__ = ["_Stack", "Entry", "ScandirIterator", "CacheInfo", "CopyUp"]
 
 CacheInfo = namedtuple(
     "CacheInfo", "hits misses entries dirs bytes max_bytes generation flushes")
@@ -66,6 +69,17 @@ hits: lookups answered without reading a layer; misses: lookups that read
 one; entries: cached names; dirs: cached directories; bytes: memory held by
 the C cache; max_bytes: the cap (past it the cache is emptied, counted in
 flushes); generation: bumped by every invalidation."""
+
+CopyUp = namedtuple("CopyUp", "path method")
+CopyUp.__doc__ = """What Stack.copy_up() did.
+
+path: the host path of the copy in the upper layer (str or bytes, as the
+union path given); method: how this call moved the file's data, "clone"
+(reflink), "copy_file_range", "sendfile", "read_write", or "none" (no data
+to copy: not a regular file, empty, or up already with its data)."""
+CopyUp.path.__doc__ = "Host path of the copy in the upper layer."
+CopyUp.method.__doc__ = ('How the data moved: "clone", "copy_file_range", "sendfile", '
+                         '"read_write" or "none".')
 
 _WHITEOUTS = {"kernel": OVL_WHITEOUT_KERNEL, "oci": OVL_WHITEOUT_OCI,
               "auto": OVL_WHITEOUT_AUTO}
@@ -226,59 +240,11 @@ cdef int _raise_open_error(int rc, ovl_open_error bad, object upper, object work
     raise OSError(err, f"{what}: {os.strerror(err)}" if what else os.strerror(err), path)
 
 
-cdef inline object _join(object a, object name, object sep):
-    """os.path.join of a union path and a name: no separator doubled."""
-    return a + name if not a or a.endswith(sep) else a + sep + name
-
-
-cdef class Stack:
-    """An OverlayFS view of a stack of layer directories: read-only, or with
-    an upper layer (and a work dir) changed as a kernel mount changes it.
-
-    Stack(lowers, upper=None, work=None, *, xattr_namespace="trusted",
-          whiteouts="kernel", cache=True, data_layers=(), metacopy=False,
-          redirect_follow=True, redirect_dir=False, cache_max_bytes=None,
-          volatile=False, devices=False)
-
-    lowers are top-most first, like lowerdir=top:...:bottom.  Layer paths
-    are made absolute when the stack opens (relative ones against the
-    current directory then), so the host paths it hands out keep naming
-    what it opened after a chdir.
-
-    whiteouts="kernel" (the default) honours only the forms a kernel mount
-    honours: char 0:0 devices and xattr whiteouts, opaque xattrs.  Files
-    named ".wh.NAME" or ".wh..wh..opq" are then ordinary files, as they are
-    in a layer dir a kernel mounts (a container can create them).  "oci"
-    honours only those names (trees extracted from OCI/Docker layer tars
-    without converting), "auto" both.  Layer indices:
-    0 is the upper, 1..N the lowers in that order, N+1.. the data-only layers.
-    Union paths are '/'-separated and relative to the union root ("" and "/"
-    name the root); '..' never climbs above the root and symlinks are
-    followed inside the union root.  str in gives str out, bytes in gives
-    bytes out.
-
-    Lookups are answered from a per-directory cache built by reading each
-    contributing layer once; layers changed behind the Stack's back are seen
-    after invalidate().  Thread-safe.
-
-    Like a mount, a Stack keeps the credentials it was opened with and reads
-    and changes the layers with them.  Every change (and open, getxattr,
-    listxattr) first checks the calling thread's fsuid, fsgid, groups and
-    capabilities against the merged objects as the kernel checks an overlay
-    inode (PermissionError: EACCES or EPERM; nothing is copied up then); a
-    thread whose credentials differ from the opener's switches to them for
-    the call and back, per thread.  New objects belong to the caller.
-
-    redirect_dir=True changes the upper layer as a mount with
-    redirect_dir=on does: rename() of a merged or lower directory copies the
-    directory alone up and sets its <ns>.overlay.redirect instead of failing
-    with EXDEV, and mkdir() in a merged directory makes an opaque one.  Not
-    with redirect_follow=False, whiteouts="oci" or xattr_namespace="user"
-    (ValueError), as the kernel refuses userxattr with redirect_dir=on.
-
-    Device nodes are not opened, as on a nodev mount: open() and os_open()
-    of a char or block device raise PermissionError (EACCES), so a layer's
-    dev/sda never reaches the host's disk.  devices=True opens them.
+cdef class _Stack:
+    """The compiled base of overlayfs.Stack: opens the C stack, converts
+    paths and results, holds the layer fds and raises.  Use overlayfs.Stack
+    (its subclass, which adds the calls composed of these, such as walk,
+    makedirs, move and diff); its docstring describes the arguments.
     """
     cdef ovl_stack *_s
     cdef readonly tuple layers
@@ -290,7 +256,6 @@ cdef class Stack:
     cdef bint _cache
     cdef dict _listings
     cdef uint64_t _listings_gen
-    cdef int _last_copy_method
 
     def __cinit__(self):
         self._s = NULL
@@ -395,14 +360,6 @@ cdef class Stack:
         self._listings = {}
         self._listings_gen = 0
 
-    @classmethod
-    def from_layer_dir(cls, path, **kwargs):
-        """A Stack over one container's overlay2 layer dir (``<id>/diff``
-        as the upper or top layer, its ``lower`` file naming the rest), as
-        Docker lays it out.  kwargs go to Stack()."""
-        from .store import stack_from_layer_dir
-        return stack_from_layer_dir(path, **kwargs)
-
     # -- lifetime -------------------------------------------------------
 
     cdef inline ovl_stack *_get(self) except NULL:
@@ -420,6 +377,11 @@ cdef class Stack:
         if self._closing and self._busy == 0 and self._s != NULL:
             ovl_stack_close(self._s)
             self._s = NULL
+
+    def _check_open(self):
+        """Raise ValueError if the Stack is closed or __init__() was not
+        called (for the Python calls above that reach no C call first)."""
+        self._get()
 
     def close(self):
         """Release the layer fds and the cache.  Safe to call twice; calls
@@ -708,46 +670,6 @@ cdef class Stack:
         process umask applies).  Made over a whiteout it is opaque."""
         self._path_op(path, 2, mode, 0)
 
-    def makedirs(self, name, mode=0o777, exist_ok=False):
-        """Create a directory and its missing parents, like os.makedirs
-        (mode is for the leaf; parents get 0o777 less the umask).
-
-        Tries the leaf first: one mkdir when the parents exist.  Unlike
-        os.makedirs it never asks whether a parent exists (the lookups of
-        the read API are not checked against the caller's rights; mkdir
-        is), so an unprivileged caller gets the error mkdir gives.
-        """
-        name = os.fspath(name)
-        sep = b"/" if isinstance(name, bytes) else "/"
-        head = name.rstrip(sep)
-        if not head:
-            if exist_ok:
-                return
-            raise FileExistsError(17, os.strerror(17), name)
-        parent, _, tail = head.rpartition(sep)
-        try:
-            self._mkdir_leaf(name, mode, exist_ok)
-            return
-        except FileNotFoundError:
-            if not parent:
-                raise
-        try:
-            self.makedirs(parent, exist_ok=exist_ok)
-        except FileExistsError:
-            pass  # made meanwhile, as os.makedirs accepts
-        if tail == (b"." if isinstance(tail, bytes) else "."):
-            return
-        self._mkdir_leaf(name, mode, exist_ok)
-
-    def _mkdir_leaf(self, name, mode, exist_ok):
-        try:
-            self.mkdir(name, mode)
-        except FileNotFoundError:
-            raise
-        except OSError:
-            if not exist_ok or not self.isdir(name):
-                raise
-
     def symlink(self, src, dst):
         """Create a symlink dst pointing to src, like os.symlink."""
         cdef _CPath ht = _CPath.__new__(_CPath)
@@ -766,10 +688,6 @@ cdef class Stack:
         """Create a file system node, like os.mknod (a char device 0:0 is
         the overlay's whiteout: EPERM, as through a mount)."""
         self._path_op(path, 3, mode, device)
-
-    def mkfifo(self, path, mode=0o666):
-        """Create a FIFO, like os.mkfifo."""
-        self.mknod(path, _stat.S_IFIFO | (mode & 0o7777))
 
     cdef int _attr(self, object path, int op, bint follow, long a, long b,
                    const timespec *ts) except -1:
@@ -823,67 +741,6 @@ cdef class Stack:
     def link(self, src, dst):
         """Make dst a hard link to src (copied up first), like os.link."""
         self._two(src, dst, True)
-
-    def move(self, src, dst):
-        """Move src to dst like mv(1) through an overlay mount: rename, and
-        where that gives EXDEV (a merged or lower directory without
-        redirect_dir, or a redirect that would be too long) copy the tree
-        through the union -- modes, owners, times, xattrs, symlinks, fifos,
-        devices, and hard links between files inside it -- then remove the
-        source.  Cost: a rename, or a copy of the tree."""
-        try:
-            self.rename(src, dst)
-            return
-        except OSError as e:
-            if e.errno != 18:
-                raise
-        if self.lexists(dst):
-            self.rmdir(dst)
-        self._copy_tree(src, dst, {})
-        self._remove_tree(src)
-
-    def _copy_tree(self, src, dst, links):
-        st = self.lstat(src)
-        mode = st.st_mode
-        if not _stat.S_ISDIR(mode) and st.st_nlink > 1:
-            # A second name of a file copied already: link it, as mv does.
-            first = links.get((st.st_dev, st.st_ino))
-            if first is not None:
-                self.link(first, dst)
-                return
-            links[(st.st_dev, st.st_ino)] = dst
-        if _stat.S_ISDIR(mode):
-            self.mkdir(dst, 0o700)
-            sep = b"/" if isinstance(src, bytes) else "/"
-            for name in self.listdir(src):
-                self._copy_tree(src + sep + name, dst + sep + name, links)
-        elif _stat.S_ISLNK(mode):
-            self.symlink(self.readlink(src), dst)
-        elif _stat.S_ISREG(mode):
-            with self.open(src, "rb") as fin, self.open(dst, "xb") as fout:
-                while True:
-                    chunk = fin.read(1 << 20)
-                    if not chunk:
-                        break
-                    fout.write(chunk)
-        else:
-            self.mknod(dst, mode, st.st_rdev)
-        for name in self.listxattr(src, follow_symlinks=False):  # symlinks' trusted.* too
-            self.setxattr(dst, name, self.getxattr(src, name, follow_symlinks=False),
-                          follow_symlinks=False)
-        self.chown(dst, st.st_uid, st.st_gid, follow_symlinks=False)
-        if not _stat.S_ISLNK(mode):
-            self.chmod(dst, _stat.S_IMODE(mode))
-        self.utime(dst, ns=(st.st_atime_ns, st.st_mtime_ns), follow_symlinks=False)
-
-    def _remove_tree(self, path):
-        if self.isdir(path) and not self.islink(path):
-            sep = b"/" if isinstance(path, bytes) else "/"
-            for name in self.listdir(path):
-                self._remove_tree(path + sep + name)
-            self.rmdir(path)
-        else:
-            self.unlink(path)
 
     def chmod(self, path, mode, *, follow_symlinks=True):
         """Change the mode, like os.chmod; copies up first."""
@@ -1032,64 +889,17 @@ cdef class Stack:
         (<ScandirIterator>it)._entries = entries
         return it
 
-    def walk(self, top="", topdown=True, onerror=None, followlinks=False):
-        """Directory tree generator over union paths, like os.walk.
-
-        Yields (dirpath, dirnames, filenames); with topdown, dirnames may be
-        pruned in place.  Symlinks to directories are listed in dirnames but
-        only entered with followlinks."""
-        top = os.fspath(top)
-        stack = [top]
-        sep = b"/" if isinstance(top, bytes) else "/"
-
-        while stack:
-            top = stack.pop()
-            if isinstance(top, tuple):
-                yield top
-                continue
-            try:
-                entries = list(self.scandir(top))
-            except OSError as err:
-                if onerror is not None:
-                    onerror(err)
-                continue
-            dirs = []
-            nondirs = []
-            links = set()
-            for entry in entries:
-                try:
-                    is_dir = entry.is_dir()
-                except OSError:
-                    is_dir = False
-                if is_dir:
-                    dirs.append(entry.name)
-                    if entry.is_symlink():
-                        links.add(entry.name)
-                else:
-                    nondirs.append(entry.name)
-            if topdown:
-                listed = set(dirs)
-                yield top, dirs, nondirs
-                # dirs may have been edited in place: names we did not list
-                # are checked with a lookup, like os.walk does.
-                for d in reversed(dirs):
-                    new = _join(top, d, sep)
-                    if followlinks or not (d in links if d in listed else self.islink(new)):
-                        stack.append(new)
-            else:
-                stack.append((top, dirs, nondirs))
-                for d in reversed(dirs):
-                    if followlinks or d not in links:
-                        stack.append(_join(top, d, sep))
-
     # -- copy-up -----------------------------------------------------------
 
     def copy_up(self, path, *, follow_symlinks=False):
         """Copy path up to the upper layer, its ancestors first, the way the
-        kernel does before a change, and return the host path of the upper
-        copy.  A no-op for what is already in the upper layer, but for an
-        upper metacopy file (metacopy=True), whose data is copied into it
-        from below, as before a write.
+        kernel does before a change, and return CopyUp(path, method): the
+        host path of the upper copy and how this call moved the data:
+        "clone" (reflink), "copy_file_range", "sendfile", "read_write", or
+        "none" (no data to copy, or up already with its data).  A no-op for
+        what is already in the upper layer, but for an upper metacopy file
+        (metacopy=True), whose data is copied into it from below, as before
+        a write.
 
         The copy is built in the work dir and installed with a no-replace
         link or rename: a crash leaves no partial file, and of concurrent
@@ -1097,10 +907,9 @@ cdef class Stack:
         where the filesystem shares extents, else copy_file_range over the
         data extents (holes stay holes), else sendfile, else read/write; it
         is fsynced unless the Stack is volatile or the data was cloned (as
-        the kernel does).  xattrs (but the stack's
-        private ones), owner, mode and times are kept.  Cost: one directory
-        per missing ancestor, then the data.  OSError(EROFS) without an
-        upper layer."""
+        the kernel does).  xattrs (but the stack's private ones), owner,
+        mode and times are kept.  Cost: one directory per missing ancestor,
+        then the data.  OSError(EROFS) without an upper layer."""
         cdef _CPath h = _CPath.__new__(_CPath)
         cdef const char *p = _cpath(path, h)
         cdef ovl_stack *s = self._get()
@@ -1114,28 +923,8 @@ cdef class Stack:
         self._leave()
         if rc < 0:
             raise _oserror(rc, path)
-        self._last_copy_method = rc
         self._listings = {}
-        return self.resolve(path, follow_symlinks=follow_symlinks)
-
-    @property
-    def last_copy_method(self):
-        """How the last copy_up() moved data: "none" (nothing to copy or
-        already up), "clone" (reflink), "copy_file_range", "sendfile" or
-        "read_write"."""
-        return _COPY_METHODS[self._last_copy_method]
-
-    def diff(self):
-        """The changes the upper layer makes to the view of the lowers, as
-        a sorted list of overlayfs.Change: overlayfs.changes.changes() over
-        this Stack's layers, in its whiteout form and xattr namespace (see
-        there for the rules and the cost).  ValueError without an upper."""
-        self._get()
-        if self.upper is None:
-            raise ValueError("a diff needs an upper layer: this Stack has none")
-        from .changes import changes
-        return changes(self.upper, self.lowers, xattr_namespace=self.xattr_namespace,
-                       whiteouts=self.whiteouts, data_layers=self.data_layers)
+        return CopyUp(self.resolve(path, follow_symlinks=follow_symlinks), _COPY_METHODS[rc])
 
     # -- xattrs ----------------------------------------------------------
 
@@ -1269,7 +1058,7 @@ cdef class Entry:
     listing found and need no syscall unless a symlink must be followed;
     stat() is read on first use and cached per entry.
     """
-    cdef Stack _stack
+    cdef _Stack _stack
     cdef readonly object name
     cdef readonly int layer
     cdef object _dir
