@@ -889,6 +889,41 @@ cdef class _Stack:
         (<ScandirIterator>it)._entries = entries
         return it
 
+    def _walk_dir(self, path):
+        """(dirs, nondirs, links) of the merged directory path, for walk():
+        names in listing order; dirs holds directories and symlinks that
+        lead to one inside the root (links: the set of those), anything
+        else, a symlink whose target is missing or fails included, is in
+        nondirs, as os.walk sorts them.  One listing, a stat per symlink."""
+        cdef _CPath h = _CPath.__new__(_CPath)
+        cdef ovl_dirlist *l = self._listdir(path, h)
+        cdef Py_ssize_t i
+        cdef list dirs = [], nondirs = []
+        cdef set links = set()
+        dirpath = os.fspath(path)
+        sep = b"/" if h.is_bytes else "/"
+        if dirpath and not dirpath.endswith(sep):
+            dirpath += sep
+        try:
+            for i in range(<Py_ssize_t>l.n):
+                name = _out(l.ents[i].name, l.ents[i].namelen, h.is_bytes)
+                if l.ents[i].d_type == DT_DIR:
+                    dirs.append(name)
+                elif l.ents[i].d_type == DT_LNK and self._leads_to_dir(dirpath + name):
+                    dirs.append(name)
+                    links.add(name)
+                else:
+                    nondirs.append(name)
+        finally:
+            ovl_dirlist_free(l)
+        return dirs, nondirs, links
+
+    def _leads_to_dir(self, path):
+        try:
+            return _stat.S_ISDIR(self.stat(path).st_mode)
+        except OSError:
+            return False
+
     # -- copy-up -----------------------------------------------------------
 
     def copy_up(self, path, *, follow_symlinks=False):

@@ -140,25 +140,11 @@ class Stack(_Stack):
                 yield top
                 continue
             try:
-                entries: list[Any] = list(self.scandir(top))
+                dirs, nondirs, links = self._walk_dir(top)
             except OSError as err:
                 if onerror is not None:
                     onerror(err)
                 continue
-            dirs = []
-            nondirs = []
-            links = set()
-            for entry in entries:
-                try:
-                    is_dir = entry.is_dir()
-                except OSError:
-                    is_dir = False
-                if is_dir:
-                    dirs.append(entry.name)
-                    if entry.is_symlink():
-                        links.add(entry.name)
-                else:
-                    nondirs.append(entry.name)
             if topdown:
                 listed = set(dirs)
                 yield top, dirs, nondirs
