@@ -81,7 +81,7 @@ class BuiltStack:
         return dataclasses.asdict(self)
 
     @classmethod
-    def from_json(cls, d: dict) -> "BuiltStack":
+    def from_json(cls, d: dict) -> BuiltStack:
         return cls(**d)
 
 

@@ -385,7 +385,7 @@ def metadata() -> dict:
         ver = version("overlayfs")
     except Exception:
         ver = "?"
-    return {"date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+    return {"date": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC"),
             "kernel": platform.release(), "cpu": cpu, "cpus": os.cpu_count(),
             "python": platform.python_version(), "overlayfs": ver,
             "load": " ".join(f"{x:.2f}" for x in os.getloadavg())}

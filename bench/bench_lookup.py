@@ -83,7 +83,7 @@ import traceback
 from time import perf_counter_ns
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import _stacks  # noqa: E402
+import _stacks
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(HERE)
@@ -853,8 +853,9 @@ def machine_info() -> dict:
         try:
             p = subprocess.run([FUSE_OVERLAYFS, "--version"], capture_output=True, text=True,
                                timeout=10)
-            fuse_version = next((l.split(":", 1)[1].strip() for l in (p.stdout + p.stderr).splitlines()
-                                 if l.startswith("fuse-overlayfs")), "?")
+            fuse_version = next((line.split(":", 1)[1].strip()
+                                 for line in (p.stdout + p.stderr).splitlines()
+                                 if line.startswith("fuse-overlayfs")), "?")
         except (OSError, subprocess.SubprocessError):
             pass
     return {"date": datetime.datetime.now().astimezone().strftime("%Y-%m-%d %H:%M %Z"),

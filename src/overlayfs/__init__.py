@@ -12,8 +12,8 @@
 - ``Stack.diff``/``LayerStore.diff`` (``overlayfs.changes``): what an upper
   layer changes in the view of its lowers, as ``Change`` tuples.
 """
-from ._core import CacheInfo, CopyUp, Entry
 from ._check import CheckReport, check
+from ._core import CacheInfo, CopyUp, Entry
 from ._mount import Mount, mount, unmount
 from ._mountinfo import MountInfo, mounts
 from ._mountopts import MAX_LOWERS

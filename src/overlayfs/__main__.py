@@ -118,8 +118,8 @@ def demo() -> int:
         lowers, upper, work = _build_demo(root)
         print(f"Layer stack in {root}: upper, then lowers top-most first:")
         print(f"  upper  = {upper}")
-        for i, l in enumerate(lowers, 1):
-            print(f"  lower{i} = {l}")
+        for i, lower in enumerate(lowers, 1):
+            print(f"  lower{i} = {lower}")
         print("\nMerged view (overlayfs.Stack, no mount):")
         with Stack(lowers, upper, work) as st:
             ours = sorted(print_tree(st))

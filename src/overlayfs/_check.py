@@ -20,8 +20,7 @@ from typing import Any
 from . import _syscalls as _sys
 from ._mount import _api_support, mount
 from ._mountopts import StrPath, _path
-from ._namespace import (
-    _in_user_namespace, _read, run_in_private_namespace, run_in_user_namespace)
+from ._namespace import _in_user_namespace, _read, run_in_private_namespace, run_in_user_namespace
 
 __all__ = ["CheckReport", "check"]
 
@@ -242,7 +241,7 @@ def check(path: StrPath | None = None) -> CheckReport:
                     via_userns = True
                     strategy = run_in_user_namespace(_probe_mount, probe_dir)
                 can_mount = True
-            except Exception as exc:  # noqa: BLE001 - reported, not raised
+            except Exception as exc:  # reported, not raised
                 mount_error = f"{type(exc).__name__}: {exc}"
     finally:
         if scratch is not None:

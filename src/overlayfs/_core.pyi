@@ -6,7 +6,8 @@ from_layer_dir.
 """
 import io
 import os
-from typing import AnyStr, Generic, Iterator, Literal, NamedTuple, Self, Sequence, overload
+from collections.abc import Iterator, Sequence
+from typing import AnyStr, Generic, Literal, NamedTuple, Self, overload
 
 _Path = str | bytes | os.PathLike[str] | os.PathLike[bytes]
 

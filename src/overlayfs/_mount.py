@@ -45,7 +45,7 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Final, TypeVar
 
 from . import _syscalls as _sys
-from ._mountopts import _STRATEGIES, StrPath, Strategy, _build_spec, _path, _Spec
+from ._mountopts import _STRATEGIES, Strategy, StrPath, _build_spec, _path, _Spec
 
 if TYPE_CHECKING:  # pragma: no cover
     from overlayfs import Stack
@@ -434,7 +434,7 @@ def _call_in_dir(directory: str, fn: Callable[[], T]) -> T:
             _sys.unshare(_sys.CLONE_FS)
             os.chdir(directory)
             box["result"] = fn()
-        except BaseException as exc:  # noqa: BLE001 - re-raised in the caller
+        except BaseException as exc:  # re-raised in the caller
             box["error"] = exc
 
     thread = threading.Thread(target=run, name="overlayfs-mount-chdir", daemon=True)
@@ -473,7 +473,8 @@ def _mount_legacy(spec: _Spec) -> str:
     """
     flags = _sys.MS_RDONLY if spec.readonly else 0
     limit = _page_limit()
-    every = [*spec.lowers, *spec.data_layers, *([spec.upper, spec.work] if spec.upper else [])]
+    pair = [spec.upper, spec.work] if spec.upper is not None and spec.work is not None else []
+    every = [*spec.lowers, *spec.data_layers, *pair]
 
     def data_for(names: Sequence[str]) -> bytes:
         n, d = len(spec.lowers), len(spec.data_layers)

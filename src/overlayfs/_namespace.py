@@ -69,19 +69,19 @@ def _run_in_child(fn: Callable[..., T], args: tuple[Any, ...], kwargs: dict[str,
             try:
                 _enter_private_namespace(user_namespace, uid, gid)
                 payload: tuple[Any, ...] = ("ok", fn(*args, **kwargs))
-            except BaseException as exc:  # noqa: BLE001 - sent to the parent
+            except BaseException as exc:  # sent to the parent
                 payload = ("error", exc, traceback.format_exc())
             try:
                 blob = pickle.dumps(payload)
                 pickle.loads(blob)  # what cannot be rebuilt in the parent goes as text
-            except Exception as exc:  # noqa: BLE001
+            except Exception as exc:
                 what = payload[1] if payload[0] == "error" else "the result"
                 blob = pickle.dumps(("error", RuntimeError(
                     f"{what!r} could not be sent back from the namespace child: {exc}"),
                     payload[2] if payload[0] == "error" else ""))
             with os.fdopen(write_end, "wb") as out:
                 out.write(blob)
-        except BaseException:  # noqa: BLE001
+        except BaseException:
             code = 70
         finally:
             try:
@@ -99,11 +99,11 @@ def _run_in_child(fn: Callable[..., T], args: tuple[Any, ...], kwargs: dict[str,
     payload = pickle.loads(blob)
     if payload[0] == "ok":
         return payload[1]  # type: ignore[no-any-return]
-    exc = payload[1]
+    error = payload[1]
     if payload[2]:
-        exc.add_note(f"raised in the private mount namespace child (pid {pid}):\n"
-                     f"{payload[2].rstrip()}")
-    raise exc
+        error.add_note(f"raised in the private mount namespace child (pid {pid}):\n"
+                       f"{payload[2].rstrip()}")
+    raise error
 
 
 def run_in_private_namespace(fn: Callable[..., T], /, *args: Any, **kwargs: Any) -> T:

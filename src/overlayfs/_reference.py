@@ -113,7 +113,8 @@ _ST_INO = 1
 _ST_NLINK = 3
 
 
-def _oserror(err: int, path=None) -> OSError:
+def _oserror(err: int | None, path=None) -> OSError:
+    err = err or errno.EIO  # an OSError without an errno cannot come from a syscall here
     return OSError(err, os.strerror(err), path) if path is not None else OSError(err, os.strerror(err))
 
 
@@ -237,7 +238,7 @@ class _Listed:
 
     __slots__ = ("name", "layer", "node", "entry", "errno")
 
-    def __init__(self, name: bytes, layer: int, node, entry: _Entry, err: int = errno.ENOENT):
+    def __init__(self, name: bytes, layer: int, node, entry: _Entry, err: int | None = errno.ENOENT):
         self.name = name
         self.layer = layer
         self.node = node  # None when the name's lookup fails (see errno)
@@ -254,14 +255,14 @@ class ReferenceDirEntry:
 
     __slots__ = ("name", "path", "layer", "_stack", "_listed", "_lstat", "_stat")
 
-    def __init__(self, stack: "ReferenceStack", listed: _Listed, name, path):
+    def __init__(self, stack: ReferenceStack, listed: _Listed, name, path):
         self._stack = stack
         self._listed = listed
         self.name = name
         self.path = path
         self.layer = listed.layer
-        self._lstat = None
-        self._stat = None
+        self._lstat: os.stat_result | None = None
+        self._stat: os.stat_result | None = None
 
     def __repr__(self):
         return "<ReferenceDirEntry %r>" % (self.name,)
@@ -470,7 +471,7 @@ class ReferenceStack:
 
     def __del__(self):
         if not getattr(self, "_closed", True):
-            warnings.warn("unclosed %r" % (self,), ResourceWarning, source=self)
+            warnings.warn("unclosed %r" % (self,), ResourceWarning, stacklevel=2, source=self)
         if getattr(self, "_fds", None):
             self.close()
 
@@ -757,7 +758,7 @@ class ReferenceStack:
         no climbing out (EXDEV), no mount crossing (EXDEV); the target must be
         a regular file (ENOENT).  Raises the last layer's error.
         """
-        err = errno.ENOENT
+        err: int | None = errno.ENOENT
         for layer in self._data_layer_ids:
             parts: list[bytes] = []
             try:
@@ -1093,7 +1094,7 @@ class ReferenceStack:
         # that carries each name.
         order = list(per_layer[-1][1])
         seen = set(order)
-        top_of = {}
+        top_of: dict[bytes, _Entry] = {}
         for dentry, names in per_layer:
             for n in names:
                 top_of.setdefault(n, dentry)

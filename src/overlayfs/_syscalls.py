@@ -30,6 +30,7 @@ import ctypes
 import errno
 import os
 import platform
+from _ctypes import CFuncPtr as _CFunc  # a C function as ctypes loads it
 from typing import Final
 
 __all__ = [
@@ -134,7 +135,7 @@ _c_int, _c_uint = ctypes.c_int, ctypes.c_uint
 _c_char_p, _c_void_p = ctypes.c_char_p, ctypes.c_void_p
 
 
-def _libc_func(name: str, restype: type, argtypes: list[type]) -> ctypes._CFuncPtr | None:
+def _libc_func(name: str, restype: type, argtypes: list[type]) -> _CFunc | None:
     """Return the typed glibc wrapper ``name`` or None if this C library lacks it."""
     func = getattr(_libc, name, None)
     if func is None:
@@ -160,10 +161,10 @@ def new_mount_api_numbers(machine: str | None = None) -> dict[str, int] | None:
 _NUMBERS = new_mount_api_numbers()
 _syscall = _libc_func("syscall", ctypes.c_long, [])  # variadic: argtypes stay open
 if _syscall is not None:
-    _syscall.argtypes = None
+    _syscall.argtypes = None  # type: ignore[assignment]  # variadic: ctypes takes None here
 
 
-def _via_syscall(name: str) -> ctypes._CFuncPtr | None:
+def _via_syscall(name: str) -> _CFunc | None:
     """A callable issuing syscall ``name`` by number, for C libraries without the wrapper."""
     if _syscall is None or _NUMBERS is None:
         return None
@@ -209,7 +210,7 @@ def _check(result: int, name: str, filename: object = None) -> int:
     return result
 
 
-def _call_mount_api(name: str, wrapper: ctypes._CFuncPtr | None, *args: object) -> int:
+def _call_mount_api(name: str, wrapper: _CFunc | None, *args: object) -> int:
     """Call a new-mount-API function through glibc, else by number, else fail with ENOSYS."""
     if wrapper is not None:
         return int(wrapper(*args))

@@ -10,7 +10,7 @@ import contextlib
 import os
 import stat
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Final, Literal, NamedTuple
+from typing import TYPE_CHECKING, Any, Final, Literal, NamedTuple
 
 if TYPE_CHECKING:  # pragma: no cover
     from overlayfs import Stack
@@ -99,7 +99,7 @@ def changes(upper_dir: _Path, lowers: Sequence[_Path], *,
     # honoured, but not with userxattr, which forces redirect_dir=nofollow and
     # metacopy=off (their lookups then fail with EPERM: damaged entries).
     trusted = xattr_namespace == "trusted"
-    options = {"xattr_namespace": xattr_namespace, "whiteouts": whiteouts, "metacopy": trusted,
+    options: dict[str, Any] = {"xattr_namespace": xattr_namespace, "whiteouts": whiteouts, "metacopy": trusted,
                "redirect_follow": trusted, "data_layers": [os.fsdecode(p) for p in data_layers]}
     with contextlib.ExitStack() as stack:
         merged = stack.enter_context(Stack([top, *below], **options))

@@ -34,10 +34,11 @@ import shutil
 import tempfile
 import threading
 from collections.abc import Mapping
-from typing import TYPE_CHECKING, Any, Final, Literal
+from typing import TYPE_CHECKING, Any, Final, Literal, overload
 
 from . import _syscalls as _sys
-from ._mount import mount as _mount_overlay, unmount as _unmount
+from ._mount import mount as _mount_overlay
+from ._mount import unmount as _unmount
 from ._mountopts import MAX_LOWERS
 from ._namespace import _in_user_namespace
 from .changes import Change, changes
@@ -129,6 +130,14 @@ def _write_atomic(path: str, data: bytes, mode: int = 0o644, durable: bool = Tru
         raise
     if durable:
         _fsync_dir(os.path.dirname(path))
+
+
+@overload
+def _lock_dir(path: str, blocking: Literal[True]) -> int: ...
+
+
+@overload
+def _lock_dir(path: str, blocking: Literal[False]) -> int | None: ...
 
 
 def _lock_dir(path: str, blocking: bool) -> int | None:
