@@ -39,7 +39,7 @@ def load_reference():
     """The ``_reference`` module: from the installed package if it imports and matches
     ``src/overlayfs/_reference.py``, else from that source file (a stale install is not tested)."""
     try:
-        from overlayfs import _reference  # noqa: PLC0415
+        from overlayfs import _reference
     except ImportError:
         _reference = None
     if _reference is not None:
@@ -64,7 +64,7 @@ def stack_impl(request):
     """A Stack class: the compiled ``overlayfs.Stack`` or the pure-Python ``ReferenceStack``."""
     if request.param == "reference":
         return load_reference().ReferenceStack
-    import overlayfs  # noqa: PLC0415
+    import overlayfs
 
     return overlayfs.Stack
 
@@ -122,7 +122,7 @@ def _library_mount_unavailable():
     base = tempfile.mkdtemp(prefix="ovl-gate-")
     try:
         ns.run_in_private_namespace(_tiny_mount, base)
-    except Exception as exc:  # noqa: BLE001 - the reason is the skip message
+    except Exception as exc:  # the reason is the skip message
         return f"cannot mount overlays in a private mount namespace here: {exc}"
     finally:
         shutil.rmtree(base, ignore_errors=True)

@@ -468,7 +468,7 @@ def _write_all(fd: int, data: bytes) -> None:
         view = view[n:]
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def can_mount() -> tuple[bool, str]:
     """Can this process mount overlays in a private namespace?  Returns (ok, reason)."""
     if sys.platform != "linux":
@@ -672,9 +672,10 @@ def check_stack_api(stack, view) -> list[str]:
                 problems.append("scandir entry %r: layer %r != layer_of %r" % (child_key, e.layer, layer))
             # inode() is the listing's d_ino, like the kernel's readdir: the
             # supplying layer's inode, or the overlay's st_ino.
-            ino = _outcome(lambda: stack.lstat(_join(bpath, e.name)).st_ino)
-            host = _outcome(stack.resolve, _join(bpath, e.name))
-            native = _outcome(lambda: os.lstat(host).st_ino) if isinstance(host, bytes) else None
+            child_path = _join(bpath, e.name)
+            ino = _outcome(lambda p=child_path: stack.lstat(p).st_ino)
+            host = _outcome(stack.resolve, child_path)
+            native = _outcome(lambda h=host: os.lstat(h).st_ino) if isinstance(host, bytes) else None
             if _outcome(e.inode) not in (ino, native):
                 problems.append("scandir entry %r: inode() is neither lstat().st_ino nor the layer's" % child_key)
     return problems

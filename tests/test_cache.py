@@ -7,8 +7,8 @@ import shutil
 import stat
 
 import pytest
-
 import util
+
 import overlayfs
 
 Stack = overlayfs.Stack

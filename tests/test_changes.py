@@ -27,16 +27,15 @@ from __future__ import annotations
 import os
 import random
 
-import pytest
-
 import kernel
+import pytest
 import stackgen
 import write_ops
+from write_ops import O
 
 import overlayfs
 from overlayfs.changes import Change, changes
 from overlayfs.store import LayerStore
-
 
 # ---------------------------------------------------------------------------
 # The check against the kernel
@@ -222,9 +221,6 @@ def test_the_diff_is_deterministic(tmp_path):
     assert first == sorted(first, key=lambda c: c.path.split("/"))
     assert all(changes(layer, lowers) == first for _ in range(3))
 
-
-def O(op, **kw):  # noqa: N802  (short constructor for operations, as in test_write_parity)
-    return {"op": op, **kw}
 
 
 def apply(tmp_path, how, spec, ops, *, options=(), stack_kwargs=None):

@@ -14,8 +14,8 @@ import subprocess
 import sys
 
 import pytest
-
 import util
+
 import overlayfs
 
 Stack = overlayfs.Stack

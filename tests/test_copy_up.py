@@ -46,10 +46,10 @@ import sys
 import threading
 import time
 
-import pytest
-
 import copyup_helpers as H
 import kernel
+import pytest
+
 import overlayfs
 
 MiB = H.MiB

@@ -8,8 +8,8 @@ import pathlib
 import warnings
 
 import pytest
-
 import util
+
 import overlayfs
 
 Stack = overlayfs.Stack

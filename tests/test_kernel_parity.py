@@ -22,9 +22,8 @@ import os
 import subprocess
 import sys
 
-import pytest
-
 import kernel
+import pytest
 import stackgen
 import write_ops
 from stackgen import populate
@@ -412,11 +411,12 @@ def test_redirect_nofollow_userxattr(stack_impl, tmp_path):
 
 
 METACOPY_DATA = b"0123456789" * 700
+METACOPY_SIZE = len(METACOPY_DATA)
 
 
 def metacopy_spec(extra_top=()):
     """Metacopy files of every kind over lower layers l1 and l2 (top layer l0)."""
-    def mc(name, size=len(METACOPY_DATA), redirect=None):
+    def mc(name, size=METACOPY_SIZE, redirect=None):
         ops = [(name, "sparse", size), (name, "xattr", "X.metacopy", "")]
         if redirect is not None:
             ops.append((name, "xattr", "X.redirect", redirect))

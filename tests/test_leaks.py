@@ -8,8 +8,8 @@ import os
 import warnings
 
 import pytest
-
 import util
+
 import overlayfs
 
 Stack = overlayfs.Stack
@@ -233,7 +233,7 @@ def test_no_leak(st, L, name):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ResourceWarning)
         _measure(call, WARMUP)
-        for attempt in range(2):
+        for _attempt in range(2):
             gc.collect()
             fds, rss = util.fd_count(), util.rss_kb()
             _measure(call, loops)

@@ -6,10 +6,10 @@ import errno
 import os
 import stat
 
-import pytest
-
 import kernel
+import pytest
 import util
+
 import overlayfs
 
 

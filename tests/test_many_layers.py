@@ -4,8 +4,8 @@
 import errno
 
 import pytest
-
 import util
+
 import overlayfs
 
 

@@ -33,12 +33,12 @@ import subprocess
 import sys
 import threading
 
-import pytest
-
 import copyup_helpers as H
 import kernel
+import pytest
 import util
 import write_ops
+from write_ops import O
 
 import overlayfs
 
@@ -55,9 +55,6 @@ RDWR, WRONLY, RDONLY = ["O_RDWR"], ["O_WRONLY"], ["O_RDONLY"]
 def _kernel():
     kernel.skip_unless_mountable()
 
-
-def O(op, **kw):  # noqa: N802  (short constructor for hand-written operations)
-    return {"op": op, **kw}
 
 
 def _sparse(path, size, pieces):

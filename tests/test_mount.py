@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import ctypes
 import errno
-import importlib
 import hashlib
+import importlib
 import io
 import json
 import os

@@ -4,7 +4,6 @@
 import errno
 
 import pytest
-
 import util
 
 

@@ -6,8 +6,8 @@ import errno
 import os
 
 import pytest
-
 import util
+
 import overlayfs
 
 ODD = [

@@ -16,9 +16,8 @@ from __future__ import annotations
 import os
 import threading
 
-import pytest
-
 import kernel
+import pytest
 from test_write_parity import O, check
 
 USER = (1000, 1000, [1000])          # owns the files marked ("owner", 1000, 1000)
@@ -154,7 +153,7 @@ def test_group_member_may_write_through_group_bits(tmp_path):
 
 
 def _in_child(body):
-    import write_ops  # noqa: PLC0415
+    import write_ops
 
     messages, error = write_ops.run_forked(body)
     assert error is None, error
@@ -166,8 +165,9 @@ def _ids():
 
 
 def test_calling_thread_gets_its_rights_back(tmp_path):
-    import overlayfs  # noqa: PLC0415
-    import write_ops  # noqa: PLC0415
+    import write_ops
+
+    import overlayfs
 
     lower, upper, work = tmp_path / "l", tmp_path / "u", tmp_path / "w"
     for d in (lower, upper, work):
@@ -202,8 +202,9 @@ def test_calling_thread_gets_its_rights_back(tmp_path):
 
 
 def test_a_caller_that_cannot_regain_the_openers_rights_gets_eperm(tmp_path):
-    import overlayfs  # noqa: PLC0415
-    import write_ops  # noqa: PLC0415
+    import write_ops
+
+    import overlayfs
 
     lower, upper, work = tmp_path / "l", tmp_path / "u", tmp_path / "w"
     for d in (lower, upper, work):

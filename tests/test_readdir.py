@@ -6,7 +6,6 @@ import os
 import stat
 
 import pytest
-
 import util
 
 
@@ -289,7 +288,7 @@ def test_walk_bottomup_and_prune(impl, walktree):
                 parent = p.rsplit("/", 1)[0] if "/" in p else ""
                 assert order.index(parent) > order.index(p)
         visited = []
-        for top, dirs, files in st.walk():
+        for top, dirs, _files in st.walk():
             visited.append(top)
             if top == "":
                 dirs.remove("a")

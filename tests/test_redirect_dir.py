@@ -16,10 +16,10 @@ from __future__ import annotations
 
 import os
 
-import pytest
-
 import kernel
+import pytest
 import write_ops
+from write_ops import O
 
 import overlayfs
 
@@ -35,9 +35,6 @@ N_RANDOM = 30
 def _kernel():
     kernel.skip_unless_mountable()
 
-
-def O(op, **kw):  # noqa: N802
-    return {"op": op, **kw}
 
 
 def hx(s: str) -> str:

@@ -9,10 +9,9 @@ import errno
 import os
 
 import pytest
-
 import util
-import overlayfs
 
+import overlayfs
 
 # -- directory redirects ------------------------------------------------------------
 

@@ -8,8 +8,8 @@ import sys
 import threading
 
 import pytest
-
 import util
+
 import overlayfs
 
 Stack = overlayfs.Stack

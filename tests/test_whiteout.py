@@ -6,7 +6,6 @@ import os
 import stat
 
 import pytest
-
 import util
 
 

@@ -27,10 +27,10 @@ import os
 import signal
 import stat
 
-import pytest
-
 import kernel
+import pytest
 import write_ops
+from write_ops import O
 
 #: Random sequences run in CI.
 N_RANDOM = 120
@@ -45,12 +45,9 @@ def _kernel():
     kernel.skip_unless_mountable()
 
 
-def O(op, **kw):  # noqa: N802  (short constructor for hand-written operations)
-    return {"op": op, **kw}
-
 
 def _stack_cls():
-    import overlayfs  # noqa: PLC0415
+    import overlayfs
 
     return overlayfs.Stack
 
@@ -813,7 +810,7 @@ def test_harness_reports_a_hanging_or_crashing_stack(tmp_path):
             return False
 
         def unlink(self, p):
-            import time  # noqa: PLC0415
+            import time
             time.sleep(3600)
 
         def rmdir(self, p):

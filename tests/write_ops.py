@@ -95,6 +95,11 @@ IGNORED_UPPER_XATTRS = {b"trusted.overlay.origin", b"trusted.overlay.impure", b"
 #: View fields not compared after a sequence (see the module docstring).
 VIEW_IGNORE = ("ino", "blocks")
 
+def O(op, **kw):  # short: the tests write many operations by hand
+    """An operation for apply_ops: ``O("rename", src=b"a", dst=b"b")``."""
+    return {"op": op, **kw}
+
+
 #: Every open gets O_NONBLOCK (a FIFO open must never block) and O_NOCTTY.
 OPEN_ALWAYS = os.O_NONBLOCK | os.O_NOCTTY
 
@@ -105,7 +110,7 @@ _FLAG_NAMES = ["O_RDONLY", "O_WRONLY", "O_RDWR", "O_CREAT", "O_EXCL", "O_TRUNC",
 def missing_ops(stack_cls=None) -> list[str]:
     """Operations in ALL_OPS whose Stack method does not exist (a harness/API mismatch)."""
     if stack_cls is None:
-        import overlayfs  # noqa: PLC0415
+        import overlayfs
         stack_cls = overlayfs.Stack
     return [op for op in ALL_OPS if not hasattr(stack_cls, op)]
 
@@ -417,7 +422,7 @@ def apply_op(fs, op: dict) -> str:
             os.close(fd)
     except OSError as e:
         return _errname(e)
-    except Exception as e:  # noqa: BLE001  a wrong exception type is a parity failure, not a crash
+    except Exception as e:  # a wrong exception type is a parity failure, not a crash
         return "EXC %s: %s" % (type(e).__name__, e)
 
 
@@ -520,7 +525,7 @@ def _child_main() -> int:
                 t1 = time.time_ns()
                 kernel._write_all(1, json.dumps({"outcomes": outcomes, "window": [t0, t1]}).encode())
                 status = 0
-            except BaseException as e:  # noqa: BLE001
+            except BaseException as e:
                 os.write(2, ("applier failed: %r\n" % (e,)).encode())
             finally:
                 os._exit(status)
@@ -550,7 +555,7 @@ def run_forked(body, timeout=STACK_TIMEOUT):
     Stack does, so that a deadlock or a crash in it fails one test instead of
     stopping the run.
     """
-    import select  # noqa: PLC0415
+    import select
 
     rfd, wfd = os.pipe()
     sys.stdout.flush()
@@ -566,10 +571,10 @@ def run_forked(body, timeout=STACK_TIMEOUT):
 
             body(send)
             status = 0
-        except BaseException as e:  # noqa: BLE001
+        except BaseException as e:
             try:
                 kernel._write_all(wfd, json.dumps(["error", "%s: %s" % (type(e).__name__, e)]).encode() + b"\n")
-            except BaseException:  # noqa: BLE001
+            except BaseException:
                 pass
         finally:
             os._exit(status)
@@ -1271,7 +1276,7 @@ class Layout:
     def layers(self):
         return [self.upper] + self.lowers
 
-    def clone(self, dst_root) -> "Layout":
+    def clone(self, dst_root) -> Layout:
         """An identical copy under *dst_root* (which must not exist)."""
         dst_root = os.fsencode(dst_root)
         copy_tree(self.root, dst_root)
@@ -1429,7 +1434,7 @@ def run_case(tmp, layout: Layout, ops, *, stack_cls=None, umask=0o022, stack_kwa
         kb.views = {"kernel2": kb.views["kernel"]}
     else:
         if stack_cls is None:
-            import overlayfs  # noqa: PLC0415
+            import overlayfs
             stack_cls = overlayfs.Stack
         kb = run_stack_side(b, ops, stack_cls, umask=umask, stack_kwargs=stack_kwargs, options=options,
                             caller=caller)
@@ -1445,7 +1450,7 @@ def initial_view(tmp, layout: Layout) -> dict:
     writes origin/impure xattrs into the upper, hence the copy).
     """
     try:
-        import overlayfs  # noqa: PLC0415
+        import overlayfs
     except ImportError:
         overlayfs = None
     if overlayfs is not None:
