@@ -138,6 +138,13 @@ def _to_timespec(t):
     return int(whole), int(nsec)
 
 
+# Which C call _Stack._path_op and _Stack._attr make.
+cdef enum _PathOp:
+    _UNLINK, _RMDIR, _MKDIR, _MKNOD
+cdef enum _AttrOp:
+    _CHMOD, _CHOWN, _UTIMENS, _TRUNCATE
+
+
 cdef inline object _oserror(long rc, object path):
     cdef int err = <int>-rc
     return OSError(err, os.strerror(err), path)
@@ -632,18 +639,18 @@ cdef class _Stack:
             raise OSError(EROFS, "read-only stack: no upper layer to write to", path)
         return s
 
-    cdef int _path_op(self, object path, int op, mode_t mode, dev_t dev) except -1:
+    cdef int _path_op(self, object path, _PathOp op, mode_t mode, dev_t dev) except -1:
         cdef _CPath h = _CPath.__new__(_CPath)
         cdef const char *p = _cpath(path, h)
         cdef ovl_stack *s = self._writable(path)
         cdef int rc
         self._enter()
         with nogil:
-            if op == 0:
+            if op == _UNLINK:
                 rc = ovl_unlink(s, p)
-            elif op == 1:
+            elif op == _RMDIR:
                 rc = ovl_rmdir(s, p)
-            elif op == 2:
+            elif op == _MKDIR:
                 rc = ovl_mkdir(s, p, mode)
             else:
                 rc = ovl_mknod(s, p, mode, dev)
@@ -654,21 +661,21 @@ cdef class _Stack:
         """Remove a non-directory, like os.unlink: a name that exists below
         is hidden by a whiteout in the upper layer, an upper-only one is just
         removed.  The parent chain is copied up first."""
-        self._path_op(path, 0, 0, 0)
+        self._path_op(path, _UNLINK, 0, 0)
 
     def remove(self, path):
         """Same as unlink()."""
-        self._path_op(path, 0, 0, 0)
+        self._path_op(path, _UNLINK, 0, 0)
 
     def rmdir(self, path):
         """Remove an empty directory, like os.rmdir; emptiness is judged on
         the merged view (whiteouts in the upper are cleaned up)."""
-        self._path_op(path, 1, 0, 0)
+        self._path_op(path, _RMDIR, 0, 0)
 
     def mkdir(self, path, mode=0o777):
         """Create a directory in the upper layer, like os.mkdir (the
         process umask applies).  Made over a whiteout it is opaque."""
-        self._path_op(path, 2, mode, 0)
+        self._path_op(path, _MKDIR, mode, 0)
 
     def symlink(self, src, dst):
         """Create a symlink dst pointing to src, like os.symlink."""
@@ -687,9 +694,9 @@ cdef class _Stack:
     def mknod(self, path, mode=0o600, device=0):
         """Create a file system node, like os.mknod (a char device 0:0 is
         the overlay's whiteout: EPERM, as through a mount)."""
-        self._path_op(path, 3, mode, device)
+        self._path_op(path, _MKNOD, mode, device)
 
-    cdef int _attr(self, object path, int op, bint follow, long a, long b,
+    cdef int _attr(self, object path, _AttrOp op, bint follow, long a, long b,
                    const timespec *ts) except -1:
         cdef _CPath h = _CPath.__new__(_CPath)
         cdef const char *p = _cpath(path, h)
@@ -698,11 +705,11 @@ cdef class _Stack:
         cdef int rc
         self._enter()
         with nogil:
-            if op == 0:
+            if op == _CHMOD:
                 rc = ovl_chmod(s, p, flags, <mode_t>a)
-            elif op == 1:
+            elif op == _CHOWN:
                 rc = ovl_chown(s, p, flags, <uid_t>a, <gid_t>b)
-            elif op == 2:
+            elif op == _UTIMENS:
                 rc = ovl_utimens(s, p, flags, ts)
             else:
                 rc = ovl_truncate(s, p, <off_t>a)
@@ -744,11 +751,11 @@ cdef class _Stack:
 
     def chmod(self, path, mode, *, follow_symlinks=True):
         """Change the mode, like os.chmod; copies up first."""
-        self._attr(path, 0, follow_symlinks, mode, 0, NULL)
+        self._attr(path, _CHMOD, follow_symlinks, mode, 0, NULL)
 
     def chown(self, path, uid, gid, *, follow_symlinks=True):
         """Change the owner, like os.chown (-1 keeps a value); copies up first."""
-        self._attr(path, 1, follow_symlinks, uid, gid, NULL)
+        self._attr(path, _CHOWN, follow_symlinks, uid, gid, NULL)
 
     def utime(self, path, times=None, *, ns=None, follow_symlinks=True):
         """Set access and modification times, like os.utime: times=(atime,
@@ -768,14 +775,14 @@ cdef class _Stack:
         else:
             ts[0].tv_sec = ts[1].tv_sec = 0
             ts[0].tv_nsec = ts[1].tv_nsec = UTIME_NOW
-        self._attr(path, 2, follow_symlinks, 0, 0, ts)
+        self._attr(path, _UTIMENS, follow_symlinks, 0, 0, ts)
 
     def truncate(self, path, length):
         """Truncate (or extend) a file to length bytes, like os.truncate;
         copies up first."""
         if length < 0:
-            raise OSError(22, os.strerror(22), path)
-        self._attr(path, 3, True, length, 0, NULL)
+            raise OSError(EINVAL, os.strerror(EINVAL), path)
+        self._attr(path, _TRUNCATE, True, length, 0, NULL)
 
     def setxattr(self, path, attribute, value, flags=0, *, follow_symlinks=True):
         """Set an xattr through the overlay, like os.setxattr (a
