@@ -62,7 +62,8 @@ cdef extern from "<sys/stat.h>":
 __all__ = ["_Stack", "Entry", "ScandirIterator", "CacheInfo", "CopyUp"]
 
 CacheInfo = namedtuple(
-    "CacheInfo", "hits misses entries dirs bytes max_bytes generation flushes")
+    "CacheInfo", "hits misses entries dirs bytes max_bytes generation flushes",
+    module="overlayfs")
 CacheInfo.__doc__ = """Counters of a Stack's lookup cache.
 
 hits: lookups answered without reading a layer; misses: lookups that read
@@ -70,7 +71,7 @@ one; entries: cached names; dirs: cached directories; bytes: memory held by
 the C cache; max_bytes: the cap (past it the cache is emptied, counted in
 flushes); generation: bumped by every invalidation."""
 
-CopyUp = namedtuple("CopyUp", "path method")
+CopyUp = namedtuple("CopyUp", "path method", module="overlayfs")
 CopyUp.__doc__ = """What Stack.copy_up() did.
 
 path: the host path of the copy in the upper layer (str or bytes, as the
@@ -966,7 +967,9 @@ cdef class _Stack:
         if rc < 0:
             raise _oserror(rc, path)
         self._listings = {}
-        return CopyUp(self.resolve(path, follow_symlinks=follow_symlinks), _COPY_METHODS[rc])
+        # tuple.__new__: the namedtuple's own __new__ is a Python call.
+        return tuple.__new__(CopyUp, (self.resolve(path, follow_symlinks=follow_symlinks),
+                                      _COPY_METHODS[rc]))
 
     # -- xattrs ----------------------------------------------------------
 
