@@ -26,7 +26,6 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
-#include <sys/sysmacros.h>
 #include <sys/xattr.h>
 #include <unistd.h>
 
@@ -41,9 +40,6 @@
 #ifndef RENAME_WHITEOUT
 #define RENAME_WHITEOUT 4
 #endif
-
-#define OCI_WH ".wh."
-#define OCI_OPQ ".wh..wh..opq"
 
 /* The longest absolute redirect the kernel writes: its redirect_max module
  * parameter (256 unless changed); a longer one makes rename fail with
@@ -235,11 +231,10 @@ static int upper_parent(struct ovl_target *t)
 static int upper_whiteout(struct ovl_stack *s, int udir, const char *name, bool *present)
 {
 	struct stat st;
-	char wh[OVL_NAME_MAX + 8];
 
 	*present = false;
 	if (fstatat(udir, name, &st, AT_SYMLINK_NOFOLLOW) == 0) {
-		if (ovl_kernel_wh(s) && S_ISCHR(st.st_mode) && st.st_rdev == makedev(0, 0))
+		if (ovl_kernel_wh(s) && ovl_is_whiteout_stat(&st))
 			return 1;
 		if (ovl_kernel_wh(s) && S_ISREG(st.st_mode) && st.st_size == 0) {
 			int r = ovl_is_xwhiteout_at(s, udir, name);
@@ -254,8 +249,7 @@ static int upper_whiteout(struct ovl_stack *s, int udir, const char *name, bool 
 		return -errno;
 	if (!ovl_oci_wh(s))
 		return 0;
-	snprintf(wh, sizeof(wh), OCI_WH "%s", name);
-	return fstatat(udir, wh, &st, AT_SYMLINK_NOFOLLOW) == 0 ? 2 : 0;
+	return ovl_oci_whiteout_at(udir, name) ? 2 : 0;
 }
 
 /* Make a whiteout (the stack's form) named name in dfd.  A kernel-form
@@ -269,10 +263,11 @@ static int make_whiteout(struct ovl_stack *s, int dfd, const char *name)
 		int err;
 
 		if (dfd == s->work_fd)
-			return mknodat(dfd, name, S_IFCHR, makedev(0, 0)) < 0 ? -errno : 0;
+			return ovl_mknod_whiteout(dfd, name);
 		ovl_temp_name(tmp, sizeof(tmp));
-		if (mknodat(s->work_fd, tmp, S_IFCHR, makedev(0, 0)) < 0)
-			return -errno;
+		err = ovl_mknod_whiteout(s->work_fd, tmp);
+		if (err)
+			return err;
 		err = ovl_renameat2(s->work_fd, tmp, dfd, name, RENAME_NOREPLACE);
 		if (err)
 			unlinkat(s->work_fd, tmp, 0);
@@ -281,7 +276,7 @@ static int make_whiteout(struct ovl_stack *s, int dfd, const char *name)
 	char wh[OVL_NAME_MAX + 8];
 	int fd;
 
-	snprintf(wh, sizeof(wh), OCI_WH "%s", name);
+	ovl_oci_whiteout_name(wh, sizeof(wh), name);
 	fd = openat(dfd, wh, O_CREAT | O_WRONLY | O_NOFOLLOW | O_CLOEXEC, 0);
 	if (fd < 0)
 		return -errno;
@@ -293,16 +288,12 @@ static int make_whiteout(struct ovl_stack *s, int dfd, const char *name)
  * ".wh..wh..opq" inside it. */
 static int mark_opaque(const struct ovl_stack *s, int dfd, const char *name, bool oci)
 {
-	int dir = openat(dfd, name, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC), fd, err = 0;
+	int dir = openat(dfd, name, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC), err = 0;
 
 	if (dir < 0)
 		return -errno;
 	if (oci) {
-		fd = openat(dir, OCI_OPQ, O_CREAT | O_WRONLY | O_CLOEXEC, 0);
-		if (fd < 0)
-			err = -errno;
-		else
-			close(fd);
+		err = ovl_oci_make_opaque(dir);
 	} else if (fsetxattr(dir, s->x_opaque, "y", 1, 0) < 0) {
 		err = -errno;
 	}
@@ -336,8 +327,8 @@ static int clear_whiteouts(struct ovl_stack *s, int udir, const char *name)
 			continue;
 		if (fstatat(fd, de->d_name, &st, AT_SYMLINK_NOFOLLOW) < 0)
 			continue;
-		wh = (S_ISCHR(st.st_mode) && st.st_rdev == makedev(0, 0)) ||
-		     (ovl_oci_wh(s) && !strncmp(de->d_name, OCI_WH, 4));
+		wh = ovl_is_whiteout_stat(&st) ||
+		     (ovl_oci_wh(s) && ovl_oci_is_marker(de->d_name, strlen(de->d_name)));
 		if (!wh) {
 			err = -ENOTEMPTY;
 			break;
@@ -601,7 +592,7 @@ static int create_common(struct ovl_stack *s, const struct ovl_cred *cred, const
 		err = create_at(udir, t.name, c, false);
 		if (!err && S_ISDIR(c->mode))
 			err = mark_opaque(s, udir, t.name, true);
-		snprintf(wh_name, sizeof(wh_name), OCI_WH "%s", t.name);
+		ovl_oci_whiteout_name(wh_name, sizeof(wh_name), t.name);
 		if (!err && unlinkat(udir, wh_name, 0) < 0)
 			err = -errno;
 	} else {
@@ -652,7 +643,7 @@ int ovl_mknod(struct ovl_stack *s, const char *path, mode_t mode, dev_t dev)
 	err = ovl_change_begin(s, &ch);
 	if (err)
 		return err;
-	if (S_ISCHR(mode) && dev == makedev(0, 0)) {
+	if (ovl_is_whiteout_dev(mode, dev)) {
 		/* Whiteouts are the overlay's own: EPERM, after EEXIST and
 		 * the parent's write permission. */
 		struct ovl_target t;
@@ -1272,13 +1263,12 @@ static bool upper_opaque(struct ovl_stack *s, int udir, const char *name)
 {
 	int fd = openat(udir, name, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
 	char opaque = 0;
-	struct stat st;
 	bool yes;
 
 	if (fd < 0)
 		return false;
 	yes = (ovl_dir_xattrs(s, fd, &opaque, NULL) == 0 && opaque == 'y') ||
-	      (ovl_oci_wh(s) && fstatat(fd, OCI_OPQ, &st, AT_SYMLINK_NOFOLLOW) == 0);
+	      (ovl_oci_wh(s) && ovl_oci_opaque_at(fd));
 	close(fd);
 	return yes;
 }
@@ -1467,7 +1457,7 @@ static int do_rename(struct ovl_stack *s, const struct ovl_cred *cred, const cha
 	if (!err && wh == 2) {
 		char whn[OVL_NAME_MAX + 8];
 
-		snprintf(whn, sizeof(whn), OCI_WH "%s", b.name);
+		ovl_oci_whiteout_name(whn, sizeof(whn), b.name);
 		unlinkat(ub, whn, 0);
 	}
 out:
@@ -1574,7 +1564,7 @@ static int do_link(struct ovl_stack *s, const struct ovl_cred *cred, const char 
 		if (!err && wh == 2) {
 			char whn[OVL_NAME_MAX + 8];
 
-			snprintf(whn, sizeof(whn), OCI_WH "%s", b.name);
+			ovl_oci_whiteout_name(whn, sizeof(whn), b.name);
 			unlinkat(ub, whn, 0);
 		}
 	}

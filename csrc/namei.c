@@ -9,12 +9,10 @@
  */
 #define _GNU_SOURCE
 #include <errno.h>
-#include <stdio.h>
 #include <fcntl.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
-#include <sys/sysmacros.h>
 #include <unistd.h>
 
 #include "ovl_internal.h"
@@ -203,17 +201,11 @@ static int lookup_kind(struct ovl_ld *d, int layer, const char *base, int base_s
 	} else {
 		kind = S_ISDIR(hit->st.st_mode) ? OK_DIR :
 		       S_ISREG(hit->st.st_mode) ? OK_REG : OK_OTHER;
-		if (ovl_kernel_wh(s) && S_ISCHR(hit->st.st_mode) &&
-		    hit->st.st_rdev == makedev(0, 0))
+		if (ovl_kernel_wh(s) && ovl_is_whiteout_stat(&hit->st))
 			kind = OK_WH;
 	}
-	if (!err && ovl_oci_wh(s)) {
-		char wh[OVL_NAME_MAX + 5];
-		struct stat wst;
-
-		snprintf(wh, sizeof(wh), ".wh.%s", name);
-		*oci = fstatat(*pfd, wh, &wst, AT_SYMLINK_NOFOLLOW) == 0;
-	}
+	if (!err && ovl_oci_wh(s))
+		*oci = ovl_oci_whiteout_at(*pfd, name);
 	return err ? err : kind;
 }
 
@@ -334,9 +326,7 @@ static int lookup_dir(struct ovl_ld *d, struct ovl_hit *hit, bool stat_dir, bool
 		if (err)
 			goto out;
 	} else if (ovl_oci_wh(s)) {
-		struct stat wst;
-
-		oci_opaque = fstatat(fd, ".wh..wh..opq", &wst, AT_SYMLINK_NOFOLLOW) == 0;
+		oci_opaque = ovl_oci_opaque_at(fd);
 	}
 	if (opaque == 'y' || oci_opaque || oci) {
 		d->stop = true;
@@ -673,7 +663,7 @@ int ovl_resolve_ent(struct ovl_walk *w, struct ovl_dir *p, struct ovl_ent *e)
 	d.name = strndup(e->name, e->namelen);
 	if (!d.name)
 		return -ENOMEM;
-	if (ovl_oci_wh(s) && e->namelen >= 4 && !memcmp(e->name, ".wh.", 4)) {
+	if (ovl_oci_wh(s) && ovl_oci_is_marker(e->name, e->namelen)) {
 		err = -ENOENT;	/* whiteout markers are never visible */
 		goto out;
 	}

@@ -309,8 +309,18 @@ int ovl_read_protected_hardlinks(void);
 int ovl_copy_data(int in, int out, off_t size, unsigned flags);
 
 /* whiteout.c */
+bool ovl_is_whiteout_dev(mode_t mode, dev_t rdev);
+bool ovl_is_whiteout_stat(const struct stat *st);
+int ovl_mknod_whiteout(int dfd, const char *name);
 int ovl_classify_chr(const struct ovl_stack *s, int dfd, const char *name);
 int ovl_is_xwhiteout_at(const struct ovl_stack *s, int dfd, const char *name);
+bool ovl_oci_is_marker(const char *name, size_t len);
+bool ovl_oci_is_opaque_marker(const char *name);
+size_t ovl_oci_hidden_name(const char *marker, size_t len, const char **hidden);
+void ovl_oci_whiteout_name(char *buf, size_t size, const char *name);
+bool ovl_oci_whiteout_at(int dfd, const char *name);
+bool ovl_oci_opaque_at(int fd);
+int ovl_oci_make_opaque(int fd);
 int ovl_dir_xattrs(const struct ovl_stack *s, int fd, char *opaque,
 		   bool *has_redirect);
 int ovl_fd_redirect(const struct ovl_stack *s, int fd, char **out);
