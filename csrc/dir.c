@@ -1,32 +1,24 @@
-/* dir.c - namespace and attribute changes, leaving the upper layer as the
- * kernel would (dir.c:ovl_create_object, ovl_do_remove; inode.c:
- * ovl_setattr; xattrs.c:ovl_xattr_set).
+/* dir.c - namespace changes: create, remove, rename and link, leaving the
+ * upper layer as the kernel would (dir.c:ovl_create_object, ovl_do_remove,
+ * ovl_rename, ovl_link), each started as target.c says.
  *
- * Every change first checks the caller's rights on the merged objects, as
- * the VFS checks the overlay inode (fs/namei.c may_create, may_delete,
- * may_open; fs/attr.c setattr_prepare; fs/xattr.c xattr_permission), with
- * cred.c's helpers, in the kernel's errno order; the work then runs with
- * the opener's credentials (ovl_change_begin).  Then it copies up the
- * parent chain.  Removing a name that
- * exists below leaves a whiteout in the stack's form (a char device 0:0,
- * or ".wh.NAME" for whiteouts="oci"); removing an upper-only name leaves
- * no trace.  A directory created over a whiteout is opaque; anything else
- * created over one replaces it.  Replacements are atomic: the new object
- * is made in the work dir and exchanged with the old one.  After a change
- * the directories whose indexes no longer match are dropped from the cache.
- * With OVL_CFG_REDIRECT_DIR, a merged or lower directory is renamed the way
- * redirect_dir=on does it (dir.c:ovl_rename_upper, ovl_set_redirect).
+ * Removing a name that exists below leaves a whiteout in the stack's form
+ * (a char device 0:0, or ".wh.NAME" for whiteouts="oci"); removing an
+ * upper-only name leaves no trace.  A directory created over a whiteout is
+ * opaque; anything else created over one replaces it.  Replacements are
+ * atomic: the new object is made in the work dir and exchanged with the
+ * old one.  With OVL_CFG_REDIRECT_DIR, a merged or lower directory is
+ * renamed the way redirect_dir=on does it (dir.c:ovl_rename_upper,
+ * ovl_set_redirect).
  */
 #define _GNU_SOURCE
 #include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
-#include <limits.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
-#include <sys/sysmacros.h>
 #include <sys/xattr.h>
 #include <unistd.h>
 
@@ -42,9 +34,6 @@
 #define RENAME_WHITEOUT 4
 #endif
 
-#define OCI_WH ".wh."
-#define OCI_OPQ ".wh..wh..opq"
-
 /* The longest absolute redirect the kernel writes: its redirect_max module
  * parameter (256 unless changed); a longer one makes rename fail with
  * EXDEV, "fall back to userspace move" (dir.c:ovl_get_redirect). */
@@ -58,92 +47,9 @@ static bool merged_or_lower(const struct ovl_dir *d)
 	return d->nstack > 1 || d->stack[0].layer != 0;
 }
 
-/* Where a change happens: the parent directory and the last name. */
-struct ovl_target {
-	struct ovl_walk w;
-	struct ovl_dir *dir;	/* the parent directory (built) */
-	char name[OVL_NAME_MAX + 1];
-	size_t len;
-	bool slash;		/* the path ended in '/' */
-	bool dot;		/* the name is "." or ".." */
-	struct ovl_ent *ent;	/* the name, if it exists (resolved) */
-	struct ovl_dir *node;	/* its directory node, for a directory */
-	struct ovl_dir *changed;	/* to drop from the cache afterwards */
-};
-
-/* Resolve the parent of path (symlinks followed) and look the last name
- * up in it without following it, checking search permission on the way
- * as cred.  Write lock held. */
-static int find_target(struct ovl_stack *s, const struct ovl_cred *cred, const char *path,
-		       struct ovl_target *t)
-{
-	size_t n, end, start;
-	char *parent;
-	struct ovl_dir *d;
-	int err;
-
-	memset(t, 0, sizeof(*t));
-	t->w.s = s;
-	t->w.cred = cred;
-	if (ovl_path_too_long(path))
-		return -ENAMETOOLONG;
-	n = strlen(path);
-	end = n;
-	while (end > 0 && path[end - 1] == '/')
-		end--;
-	t->slash = end < n;
-	start = end;
-	while (start > 0 && path[start - 1] != '/')
-		start--;
-	parent = strndup(path, start);
-	if (!parent)
-		return -ENOMEM;
-	err = ovl_walk_path(&t->w, parent, OVL_LOOKUP_FOLLOW);
-	free(parent);
-	if (!err)
-		err = ovl_ent_dir(&t->w, t->w.dir, t->w.ent, &d);
-	if (err)
-		return err;
-	t->dir = d;
-	if (end == start)
-		return -EBUSY;	/* the root itself */
-	err = ovl_may_search(cred, d);
-	if (err)
-		return err;
-	/* The name's length matters only once the walk got there. */
-	if (end - start > OVL_NAME_MAX)
-		return -ENAMETOOLONG;
-	memcpy(t->name, path + start, end - start);
-	t->name[end - start] = '\0';
-	t->len = end - start;
-	if (!strcmp(t->name, ".") || !strcmp(t->name, "..")) {
-		t->dot = true;
-		return 0;
-	}
-	struct ovl_ent *e = ovl_dir_find(d, t->name, t->len, ovl_name_hash(t->name, t->len));
-
-	if (!e || (e->flags & OVL_E_WHITEOUT))
-		return 0;
-	if (e->dtype == DT_DIR)
-		err = ovl_ent_dir(&t->w, d, e, &t->node);
-	else if (!(e->flags & OVL_E_FILLED))
-		err = ovl_resolve_ent(&t->w, d, e);
-	if (err == -ENOENT)
-		return 0;	/* an xattr whiteout */
-	if (err)
-		return err;
-	t->ent = e;
-	return 0;
-}
-
 static void dir_attr(const struct ovl_dir *d, struct stat *st)
 {
 	ovl_fill_stat(d->fill, st);
-}
-
-static void target_attr(const struct ovl_target *t, struct stat *st)
-{
-	ovl_ent_attr(t->node, t->ent, st);
 }
 
 /* fs/namei.c:may_delete on the target's parent and the target. */
@@ -152,7 +58,7 @@ static int may_delete_target(const struct ovl_cred *cred, const struct ovl_targe
 	struct stat dst, vst;
 
 	dir_attr(t->dir, &dst);
-	target_attr(t, &vst);
+	ovl_target_attr(t, &vst);
 	return ovl_may_delete(cred, &dst, &vst);
 }
 
@@ -162,26 +68,6 @@ static int may_create_in(const struct ovl_cred *cred, const struct ovl_target *t
 
 	dir_attr(t->dir, &dst);
 	return ovl_may_create(cred, &dst);
-}
-
-/* Does the upper non-directory udir/name have more than min names?  The
- * cache does not know where a hard link's other names are: a change seen
- * through all of them (attributes, link count) empties it instead. */
-static bool aliased(int udir, const char *name, nlink_t min)
-{
-	struct stat st;
-
-	return fstatat(udir, name, &st, AT_SYMLINK_NOFOLLOW) == 0 && !S_ISDIR(st.st_mode) &&
-	       st.st_nlink > min;
-}
-
-/* Drop what a change made stale: the changed directory, or everything
- * when the changed file has other names. */
-static void drop_changed(struct ovl_stack *s, struct ovl_dir *changed, bool all)
-{
-	ovl_cache_drop_dir(s, changed);
-	if (all)
-		ovl_cache_flush(s);
 }
 
 /* Does a lower layer of d show name (namei.c:ovl_lower_positive)?  The
@@ -235,11 +121,10 @@ static int upper_parent(struct ovl_target *t)
 static int upper_whiteout(struct ovl_stack *s, int udir, const char *name, bool *present)
 {
 	struct stat st;
-	char wh[OVL_NAME_MAX + 8];
 
 	*present = false;
 	if (fstatat(udir, name, &st, AT_SYMLINK_NOFOLLOW) == 0) {
-		if (ovl_kernel_wh(s) && S_ISCHR(st.st_mode) && st.st_rdev == makedev(0, 0))
+		if (ovl_kernel_wh(s) && ovl_is_whiteout_stat(&st))
 			return 1;
 		if (ovl_kernel_wh(s) && S_ISREG(st.st_mode) && st.st_size == 0) {
 			int r = ovl_is_xwhiteout_at(s, udir, name);
@@ -254,8 +139,7 @@ static int upper_whiteout(struct ovl_stack *s, int udir, const char *name, bool 
 		return -errno;
 	if (!ovl_oci_wh(s))
 		return 0;
-	snprintf(wh, sizeof(wh), OCI_WH "%s", name);
-	return fstatat(udir, wh, &st, AT_SYMLINK_NOFOLLOW) == 0 ? 2 : 0;
+	return ovl_oci_whiteout_at(udir, name) ? 2 : 0;
 }
 
 /* Make a whiteout (the stack's form) named name in dfd.  A kernel-form
@@ -269,10 +153,11 @@ static int make_whiteout(struct ovl_stack *s, int dfd, const char *name)
 		int err;
 
 		if (dfd == s->work_fd)
-			return mknodat(dfd, name, S_IFCHR, makedev(0, 0)) < 0 ? -errno : 0;
+			return ovl_mknod_whiteout(dfd, name);
 		ovl_temp_name(tmp, sizeof(tmp));
-		if (mknodat(s->work_fd, tmp, S_IFCHR, makedev(0, 0)) < 0)
-			return -errno;
+		err = ovl_mknod_whiteout(s->work_fd, tmp);
+		if (err)
+			return err;
 		err = ovl_renameat2(s->work_fd, tmp, dfd, name, RENAME_NOREPLACE);
 		if (err)
 			unlinkat(s->work_fd, tmp, 0);
@@ -281,7 +166,7 @@ static int make_whiteout(struct ovl_stack *s, int dfd, const char *name)
 	char wh[OVL_NAME_MAX + 8];
 	int fd;
 
-	snprintf(wh, sizeof(wh), OCI_WH "%s", name);
+	ovl_oci_whiteout_name(wh, sizeof(wh), name);
 	fd = openat(dfd, wh, O_CREAT | O_WRONLY | O_NOFOLLOW | O_CLOEXEC, 0);
 	if (fd < 0)
 		return -errno;
@@ -293,16 +178,12 @@ static int make_whiteout(struct ovl_stack *s, int dfd, const char *name)
  * ".wh..wh..opq" inside it. */
 static int mark_opaque(const struct ovl_stack *s, int dfd, const char *name, bool oci)
 {
-	int dir = openat(dfd, name, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC), fd, err = 0;
+	int dir = openat(dfd, name, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC), err = 0;
 
 	if (dir < 0)
 		return -errno;
 	if (oci) {
-		fd = openat(dir, OCI_OPQ, O_CREAT | O_WRONLY | O_CLOEXEC, 0);
-		if (fd < 0)
-			err = -errno;
-		else
-			close(fd);
+		err = ovl_oci_make_opaque(dir);
 	} else if (fsetxattr(dir, s->x_opaque, "y", 1, 0) < 0) {
 		err = -errno;
 	}
@@ -336,8 +217,8 @@ static int clear_whiteouts(struct ovl_stack *s, int udir, const char *name)
 			continue;
 		if (fstatat(fd, de->d_name, &st, AT_SYMLINK_NOFOLLOW) < 0)
 			continue;
-		wh = (S_ISCHR(st.st_mode) && st.st_rdev == makedev(0, 0)) ||
-		     (ovl_oci_wh(s) && !strncmp(de->d_name, OCI_WH, 4));
+		wh = ovl_is_whiteout_stat(&st) ||
+		     (ovl_oci_wh(s) && ovl_oci_is_marker(de->d_name, strlen(de->d_name)));
 		if (!wh) {
 			err = -ENOTEMPTY;
 			break;
@@ -405,7 +286,7 @@ static int remove_common(struct ovl_stack *s, const struct ovl_cred *cred, const
 	bool lower, in_upper;
 	int udir, err;
 
-	err = find_target(s, cred, path, &t);
+	err = ovl_find_target(s, cred, path, &t);
 	if (err == -EBUSY)
 		return is_rmdir ? -EBUSY : -EISDIR;
 	if (err)
@@ -438,7 +319,7 @@ static int remove_common(struct ovl_stack *s, const struct ovl_cred *cred, const
 	 * as in the kernel (dir.c:ovl_do_remove, ovl_pure_upper). */
 	if (in_upper && is_rmdir && (lower || t.node->nstack > 1))
 		err = clear_whiteouts(s, udir, t.name);
-	bool others = in_upper && !is_rmdir && aliased(udir, t.name, 1);
+	bool others = in_upper && !is_rmdir && ovl_aliased(udir, t.name, 1);
 
 	if (!err) {
 		if (in_upper && lower)
@@ -449,7 +330,7 @@ static int remove_common(struct ovl_stack *s, const struct ovl_cred *cred, const
 			err = make_whiteout(s, udir, t.name);
 	}
 	close(udir);
-	drop_changed(s, t.changed, others);
+	ovl_drop_changed(s, t.changed, others);
 	return err;
 }
 
@@ -468,19 +349,6 @@ int ovl_rmdir(struct ovl_stack *s, const char *path)
 
 	return err ? err : ovl_change_end(&c, remove_common(s, &c.cred, path, true));
 }
-
-/* What a create makes, in the work dir or in place. */
-struct ovl_create {
-	mode_t mode;		/* type and permission bits */
-	dev_t rdev;
-	const char *target;	/* symlinks */
-	int oflags;		/* regular files opened by the create */
-	int fd;			/* out: the open file */
-	uid_t uid;		/* the owner the kernel gives it */
-	gid_t gid;
-	bool sgid_parent;	/* made under a setgid directory */
-	bool other_owner;	/* the caller is not the opener */
-};
 
 /* Give a new object the owner the kernel's inode_init_owner gives it:
  * the caller's fsuid; the parent's group under a setgid parent (and a
@@ -555,15 +423,18 @@ static int prepare_create(struct ovl_stack *s, const struct ovl_cred *cred,
 	return 0;
 }
 
-static int create_common(struct ovl_stack *s, const struct ovl_cred *cred, const char *path,
-			 struct ovl_create *c)
+/* Create path as the caller: the checks, the parent chain copied up, and
+ * the object c describes made in the upper layer, over a whiteout when one
+ * is there (c->fd: the open file of an O_CREAT open).  Return 0 or -errno. */
+int ovl_create_common(struct ovl_stack *s, const struct ovl_cred *cred, const char *path,
+		      struct ovl_create *c)
 {
 	struct ovl_target t;
 	bool present = false, merged_parent;
 	int udir, wh, err;
 
 	c->fd = -1;
-	err = find_target(s, cred, path, &t);
+	err = ovl_find_target(s, cred, path, &t);
 	if (err == -EBUSY)
 		return -EEXIST;
 	if (err)
@@ -601,7 +472,7 @@ static int create_common(struct ovl_stack *s, const struct ovl_cred *cred, const
 		err = create_at(udir, t.name, c, false);
 		if (!err && S_ISDIR(c->mode))
 			err = mark_opaque(s, udir, t.name, true);
-		snprintf(wh_name, sizeof(wh_name), OCI_WH "%s", t.name);
+		ovl_oci_whiteout_name(wh_name, sizeof(wh_name), t.name);
 		if (!err && unlinkat(udir, wh_name, 0) < 0)
 			err = -errno;
 	} else {
@@ -635,7 +506,7 @@ int ovl_mkdir(struct ovl_stack *s, const char *path, mode_t mode)
 	struct ovl_change ch;
 	int err = ovl_change_begin(s, &ch);
 
-	return err ? err : ovl_change_end(&ch, create_common(s, &ch.cred, path, &c));
+	return err ? err : ovl_change_end(&ch, ovl_create_common(s, &ch.cred, path, &c));
 }
 
 int ovl_mknod(struct ovl_stack *s, const char *path, mode_t mode, dev_t dev)
@@ -652,19 +523,19 @@ int ovl_mknod(struct ovl_stack *s, const char *path, mode_t mode, dev_t dev)
 	err = ovl_change_begin(s, &ch);
 	if (err)
 		return err;
-	if (S_ISCHR(mode) && dev == makedev(0, 0)) {
+	if (ovl_is_whiteout_dev(mode, dev)) {
 		/* Whiteouts are the overlay's own: EPERM, after EEXIST and
 		 * the parent's write permission. */
 		struct ovl_target t;
 
-		err = find_target(s, &ch.cred, path, &t);
+		err = ovl_find_target(s, &ch.cred, path, &t);
 		if (!err)
 			err = t.ent || t.dot ? -EEXIST : t.slash ? -ENOENT : may_create_in(&ch.cred, &t);
 		if (!err)
 			err = -EPERM;
 		return ovl_change_end(&ch, err == -EBUSY ? -EEXIST : err);
 	}
-	err = create_common(s, &ch.cred, path, &c);
+	err = ovl_create_common(s, &ch.cred, path, &c);
 	if (c.fd >= 0)
 		close(c.fd);
 	return ovl_change_end(&ch, err);
@@ -680,470 +551,7 @@ int ovl_symlink(struct ovl_stack *s, const char *target, const char *path)
 	if (!*target)
 		return -ENOENT;
 	err = ovl_change_begin(s, &ch);
-	return err ? err : ovl_change_end(&ch, create_common(s, &ch.cred, path, &c));
-}
-
-/* Copy up what path names (a final symlink followed with
- * OVL_LOOKUP_FOLLOW), for a change made with the open(2) flags oflags (see
- * ovl_copy_up_ent), and open its upper directory: *udir and *name address
- * it there.  *t keeps the walk. */
-static int upper_object(struct ovl_stack *s, const char *path, unsigned flags, int oflags,
-			struct ovl_target *t, int *udir, const char **name)
-{
-	int method, err;
-
-	memset(t, 0, sizeof(*t));
-	t->w.s = s;	/* the caller's search permission is checked already */
-	err = ovl_walk_path(&t->w, path, flags & OVL_LOOKUP_FOLLOW);
-	if (err)
-		return err;
-	err = ovl_copy_up_ent(&t->w, t->w.dir, t->w.ent, oflags, &t->changed, &method);
-	if (err)
-		return err;
-	if (!t->changed)
-		t->changed = t->w.ent == s->root_ent ? s->root : t->w.dir;
-	if (t->w.ent == s->root_ent) {
-		*name = ".";
-		*udir = ovl_layer_open(s, 0, "", O_RDONLY | O_DIRECTORY);
-	} else {
-		struct stat st;
-
-		*name = t->w.ent->name;
-		*udir = ovl_open_upper_dir(s, t->w.dir->path, &st);
-	}
-	return *udir < 0 ? *udir : 0;
-}
-
-enum attr_op { A_CHMOD, A_CHOWN, A_UTIMES, A_TRUNCATE };
-
-struct attr_arg {
-	enum attr_op op;
-	mode_t mode;
-	uid_t uid;
-	gid_t gid;
-	const struct timespec *ts;
-	off_t length;
-	mode_t kill;		/* set-id bits the caller's truncate clears */
-};
-
-/* Clear the set-id bits a change by the caller clears, which the work,
- * done with the opener's rights, did not. */
-static int kill_suid(int fd, mode_t kill)
-{
-	struct stat st;
-
-	if (!kill)
-		return 0;
-	if (fstat(fd, &st) < 0 || fchmod(fd, st.st_mode & 07777 & ~kill) < 0)
-		return -errno;
-	return 0;
-}
-
-static int apply_attr(int udir, const char *name, unsigned flags, const struct attr_arg *a)
-{
-	int nofollow = flags & OVL_LOOKUP_FOLLOW ? 0 : AT_SYMLINK_NOFOLLOW, fd, err = 0;
-
-	switch (a->op) {
-	case A_CHMOD:
-		return fchmodat(udir, name, a->mode, nofollow) < 0 ? -errno : 0;
-	case A_CHOWN:
-		return fchownat(udir, name, a->uid, a->gid, nofollow) < 0 ? -errno : 0;
-	case A_UTIMES:
-		return utimensat(udir, name, a->ts, nofollow) < 0 ? -errno : 0;
-	case A_TRUNCATE:
-		fd = openat(udir, name, O_WRONLY | O_NOFOLLOW | O_NONBLOCK | O_CLOEXEC);
-		if (fd < 0)
-			return errno == ELOOP ? -EINVAL : -errno;
-		if (ftruncate(fd, a->length) < 0)
-			err = -errno;
-		if (!err)
-			err = kill_suid(fd, a->kill);
-		close(fd);
-		return err;
-	}
-	return -EINVAL;
-}
-
-/* Walk to what path names as the caller and read its attributes. */
-static int walk_object(struct ovl_stack *s, const struct ovl_cred *cred, const char *path,
-		       unsigned flags, struct ovl_walk *w, struct stat *st)
-{
-	struct ovl_dir *node = NULL;
-	int err;
-
-	memset(w, 0, sizeof(*w));
-	w->s = s;
-	w->cred = cred;
-	err = ovl_walk_path(w, path, flags & OVL_LOOKUP_FOLLOW);
-	if (!err && w->ent->dtype == DT_DIR)
-		err = ovl_ent_dir(w, w->dir, w->ent, &node);
-	if (!err)
-		ovl_ent_attr(node, w->ent, st);
-	return err;
-}
-
-/* The caller's right to the change (fs/attr.c:setattr_prepare,
- * may_setattr; fs/open.c:vfs_truncate), on the overlay's attributes. */
-static int may_setattr(const struct ovl_cred *cred, const struct stat *st, struct attr_arg *a)
-{
-	bool owner = ovl_owner_or_capable(cred, st), chown_cap = ovl_capable(cred, OVL_CAP_CHOWN);
-
-	switch (a->op) {
-	case A_CHMOD:
-		if (!owner)
-			return -EPERM;
-		if (!ovl_in_group(cred, st->st_gid) && !ovl_capable(cred, OVL_CAP_FSETID))
-			a->mode &= ~(mode_t)S_ISGID;
-		return 0;
-	case A_CHOWN:
-		if (a->uid != (uid_t)-1 && !chown_cap &&
-		    !(cred->uid == st->st_uid && a->uid == st->st_uid))
-			return -EPERM;
-		if (a->gid != (gid_t)-1 && !chown_cap &&
-		    !(cred->uid == st->st_uid && (a->gid == st->st_gid || ovl_in_group(cred, a->gid))))
-			return -EPERM;
-		/* A chown clears a non-directory's set-id bits: a mode
-		 * change, which needs ownership (fs/open.c:chown_common). */
-		if (!S_ISDIR(st->st_mode) && !owner &&
-		    ((st->st_mode & S_ISUID) ||
-		     ((st->st_mode & S_ISGID) &&
-		      ((st->st_mode & S_IXGRP) || (!ovl_in_group(cred, st->st_gid) &&
-						   !ovl_capable(cred, OVL_CAP_FSETID))))))
-			return -EPERM;
-		return 0;
-	case A_UTIMES:
-		/* "Now" needs ownership or write access; explicit times
-		 * ownership (EACCES and EPERM respectively). */
-		if (!a->ts || (a->ts[0].tv_nsec == UTIME_NOW && a->ts[1].tv_nsec == UTIME_NOW))
-			return owner ? 0 : ovl_permission(cred, st, OVL_MAY_WRITE);
-		return owner ? 0 : -EPERM;
-	case A_TRUNCATE:
-		a->kill = ovl_kill_suid(cred, st->st_mode);
-		return ovl_permission(cred, st, OVL_MAY_WRITE);
-	}
-	return -EINVAL;
-}
-
-static int setattr_common(struct ovl_stack *s, const char *path, unsigned flags,
-			  const struct attr_arg *arg)
-{
-	struct ovl_change ch;
-	struct ovl_target t = { 0 };
-	struct ovl_walk w;
-	struct attr_arg a = *arg;
-	struct stat st;
-	const char *name;
-	int udir = -1, err;
-
-	err = ovl_change_begin(s, &ch);
-	if (err)
-		return err;
-	err = walk_object(s, &ch.cred, path, flags, &w, &st);
-	/* Errors the kernel gives before any copy-up: only a regular file
-	 * can be truncated, a symlink has no mode to change. */
-	if (!err && a.op == A_TRUNCATE && w.ent->dtype == DT_DIR)
-		err = -EISDIR;
-	else if (!err && a.op == A_TRUNCATE && w.ent->dtype != DT_REG)
-		err = -EINVAL;
-	else if (!err && a.op == A_CHMOD && w.ent->dtype == DT_LNK)
-		err = -EOPNOTSUPP;
-	if (!err)
-		err = may_setattr(&ch.cred, &st, &a);
-	if (err)
-		return ovl_change_end(&ch, err);
-	/* A truncate changes the data: ovl_setattr copies it up first
-	 * (ovl_copy_up_with_data); the other attributes need none. */
-	err = upper_object(s, path, flags, a.op == A_TRUNCATE ? O_WRONLY : 0, &t, &udir, &name);
-	if (!err)
-		err = apply_attr(udir, name, flags, &a);
-	bool others = !err && aliased(udir, name, 1);
-
-	if (udir >= 0)
-		close(udir);
-	drop_changed(s, t.changed, others);
-	return ovl_change_end(&ch, err);
-}
-
-int ovl_chmod(struct ovl_stack *s, const char *path, unsigned flags, mode_t mode)
-{
-	struct attr_arg a = { .op = A_CHMOD, .mode = mode };
-
-	return setattr_common(s, path, flags, &a);
-}
-
-int ovl_chown(struct ovl_stack *s, const char *path, unsigned flags, uid_t uid, gid_t gid)
-{
-	struct attr_arg a = { .op = A_CHOWN, .uid = uid, .gid = gid };
-
-	return setattr_common(s, path, flags, &a);
-}
-
-int ovl_utimens(struct ovl_stack *s, const char *path, unsigned flags,
-		const struct timespec ts[2])
-{
-	struct attr_arg a = { .op = A_UTIMES, .ts = ts };
-
-	/* Nothing to do: the kernel does not even look the path up. */
-	if (ts && ts[0].tv_nsec == UTIME_OMIT && ts[1].tv_nsec == UTIME_OMIT)
-		return 0;
-	return setattr_common(s, path, flags, &a);
-}
-
-int ovl_truncate(struct ovl_stack *s, const char *path, off_t length)
-{
-	struct attr_arg a = { .op = A_TRUNCATE, .length = length };
-
-	if (length < 0)
-		return -EINVAL;
-	return setattr_common(s, path, OVL_LOOKUP_FOLLOW, &a);
-}
-
-/* The name an xattr is stored under: a user's "<ns>.overlay.X" escaped. */
-static char *stored_xattr_name(const struct ovl_stack *s, const char *name)
-{
-	char *real;
-
-	if (strncmp(name, s->xprefix, s->xprefixlen))
-		return strdup(name);
-	if (!name[s->xprefixlen])
-		return NULL;
-	real = malloc(strlen(name) + 9);
-	if (real)
-		sprintf(real, "%soverlay.%s", s->xprefix, name + s->xprefixlen);
-	return real;
-}
-
-/* fs/xattr.c:xattr_permission for a write, and the checks of the
- * capability LSM and of POSIX ACLs, on the overlay's attributes. */
-static int may_set_xattr(const struct ovl_cred *cred, const struct stat *st, const char *name)
-{
-	bool owner = ovl_owner_or_capable(cred, st);
-
-	if (!strncmp(name, "security.", 9)) {
-		if (!strcmp(name, "security.capability"))
-			return ovl_capable(cred, OVL_CAP_SETFCAP) ? 0 : -EPERM;
-		return ovl_capable(cred, OVL_CAP_SYS_ADMIN) ? 0 : -EPERM;
-	}
-	if (!strncmp(name, "system.", 7))
-		return !strncmp(name, "system.posix_acl_", 17) && !owner ? -EPERM : 0;
-	if (!strncmp(name, "trusted.", 8))
-		return ovl_capable(cred, OVL_CAP_SYS_ADMIN) ? 0 : -EPERM;
-	if (!strncmp(name, "user.", 5)) {
-		/* user.* lives on files and directories only; a sticky
-		 * directory's belong to its owner. */
-		if (!S_ISREG(st->st_mode) && !S_ISDIR(st->st_mode))
-			return -EPERM;
-		if (S_ISDIR(st->st_mode) && (st->st_mode & S_ISVTX) && !owner)
-			return -EPERM;
-	}
-	return ovl_permission(cred, st, OVL_MAY_WRITE);
-}
-
-static int xattr_change(struct ovl_stack *s, const char *path, unsigned flags,
-			const char *name, const void *value, size_t size, int xflags,
-			bool remove)
-{
-	struct ovl_change ch;
-	struct ovl_target t = { 0 };
-	struct ovl_walk w;
-	struct stat st;
-	const char *oname;
-	char *real = stored_xattr_name(s, name);
-	int udir = -1, fd, err;
-
-	if (!real)
-		return strncmp(name, s->xprefix, s->xprefixlen) ? -ENOMEM : -EINVAL;
-	err = ovl_change_begin(s, &ch);
-	if (err) {
-		free(real);
-		return err;
-	}
-	/* Before any copy-up: the caller's rights, then (removing) that
-	 * there is such an xattr: ENODATA. */
-	err = walk_object(s, &ch.cred, path, flags, &w, &st);
-	if (!err)
-		err = may_set_xattr(&ch.cred, &st, name);
-	if (!err && remove) {
-		pthread_rwlock_unlock(&s->lock);
-		long r = ovl_getxattr(s, path, flags, name, NULL, 0);
-
-		pthread_rwlock_wrlock(&s->lock);
-		err = r < 0 ? (int)r : 0;
-	}
-	if (err) {
-		free(real);
-		return ovl_change_end(&ch, err);
-	}
-	err = upper_object(s, path, flags, 0, &t, &udir, &oname);
-	if (!err) {
-		if (fstatat(udir, oname, &st, AT_SYMLINK_NOFOLLOW) < 0)
-			err = -errno;
-		else if (S_ISREG(st.st_mode) || S_ISDIR(st.st_mode)) {
-			fd = openat(udir, oname, O_RDONLY | O_NOFOLLOW | O_NONBLOCK | O_CLOEXEC);
-			if (fd < 0)
-				err = -errno;
-			else {
-				err = remove ? fremovexattr(fd, real) : fsetxattr(fd, real, value, size,
-										  xflags);
-				err = err < 0 ? -errno : 0;
-				close(fd);
-			}
-		} else if (s->have_xattrat) {
-			/* trusted.* on a symlink, fifo or device. */
-			err = remove ? ovl_sys_removexattrat(udir, oname, AT_SYMLINK_NOFOLLOW, real) :
-			      ovl_sys_setxattrat(udir, oname, AT_SYMLINK_NOFOLLOW, real, value, size,
-						 (unsigned)xflags);
-		} else {
-			err = -EOPNOTSUPP;	/* needs setxattrat (Linux 6.13) */
-		}
-	}
-	bool others = !err && aliased(udir, oname, 1);
-
-	if (udir >= 0)
-		close(udir);
-	drop_changed(s, t.changed, others);
-	free(real);
-	return ovl_change_end(&ch, err);
-}
-
-int ovl_setxattr(struct ovl_stack *s, const char *path, unsigned flags, const char *name,
-		 const void *value, size_t size, int xflags)
-{
-	return xattr_change(s, path, flags, name, value, size, xflags, false);
-}
-
-int ovl_removexattr(struct ovl_stack *s, const char *path, unsigned flags, const char *name)
-{
-	return xattr_change(s, path, flags, name, NULL, 0, 0, true);
-}
-
-/* open(2) with write access, O_TRUNC or O_CREAT: copy up (or create) and
- * open the upper file; a fifo or device is opened where it is. */
-static int open_write(struct ovl_stack *s, const struct ovl_cred *cred, const char *path,
-		      int oflags, mode_t mode, int hops)
-{
-	struct ovl_target t;
-	int err, fd;
-
-	err = find_target(s, cred, path, &t);
-	if (err == -EBUSY)
-		return -EISDIR;
-	if (err)
-		return err;
-	if (t.dot || (t.slash && (oflags & O_CREAT)))
-		return -EISDIR;
-	if (!t.ent) {
-		struct ovl_create c = { .mode = S_IFREG | (mode & 07777), .oflags = oflags & ~O_ACCMODE };
-
-		if (!(oflags & O_CREAT))
-			return -ENOENT;
-		if (t.slash)
-			return -EISDIR;
-		c.oflags |= (oflags & O_ACCMODE);
-		err = create_common(s, cred, path, &c);
-		if (!err && (oflags & O_ACCMODE) != O_RDONLY)
-			__atomic_store_n(&s->files_written, true, __ATOMIC_RELEASE);
-		return err ? err : c.fd;
-	}
-	if ((oflags & O_CREAT) && (oflags & O_EXCL))
-		return -EEXIST;
-	if (t.ent->dtype == DT_LNK) {
-		char buf[PATH_MAX * 2];
-		const char *target = ovl_ent_target(t.ent);
-
-		if ((oflags & O_NOFOLLOW) && !t.slash)
-			return -ELOOP;	/* a trailing slash follows it anyway */
-		if (hops >= OVL_MAX_SYMLINKS)
-			return -ELOOP;
-		/* The target, keeping a trailing slash: it must be a directory. */
-		if (target[0] == '/')
-			snprintf(buf, sizeof(buf), "%s%s", target, t.slash ? "/" : "");
-		else
-			snprintf(buf, sizeof(buf), "%s/%s%s", t.dir->path, target, t.slash ? "/" : "");
-		return open_write(s, cred, buf, oflags, mode, hops + 1);
-	}
-	if (t.ent->dtype == DT_DIR)
-		return -EISDIR;
-	if (t.slash || (oflags & O_DIRECTORY))
-		return -ENOTDIR;
-	/* fs/namei.c:may_open, as the caller: a device first (nodev). */
-	if (ovl_nodev(s, t.ent->dtype))
-		return -EACCES;
-	struct stat st;
-	int acc = (oflags & O_ACCMODE) == O_RDONLY ? OVL_MAY_READ :
-		  (oflags & O_ACCMODE) == O_WRONLY ? OVL_MAY_WRITE : OVL_MAY_READ | OVL_MAY_WRITE;
-
-	target_attr(&t, &st);
-	mode_t kill = oflags & O_TRUNC ? ovl_kill_suid(cred, st.st_mode) : 0;
-
-	err = ovl_permission(cred, &st, acc | (oflags & O_TRUNC ? OVL_MAY_WRITE : 0));
-	if (!err && (oflags & O_NOATIME) && !ovl_owner_or_capable(cred, &st))
-		err = -EPERM;
-	if (err)
-		return err;
-	if ((oflags & O_ACCMODE) == O_RDONLY && !(oflags & O_TRUNC)) {
-		/* O_CREAT of an existing file: nothing to write, no copy-up. */
-		char *rel;
-		int layer;
-
-		err = ovl_ent_relpath(s, t.dir, t.ent, &layer, &rel);
-		if (err)
-			return err;
-		fd = ovl_layer_open_file(s, layer, rel, oflags & ~(O_CREAT | O_EXCL));
-		free(rel);
-		return fd;
-	}
-	if (t.ent->dtype != DT_REG) {
-		/* A fifo, socket or device: opened where it is, no copy-up. */
-		char *rel;
-		int layer;
-
-		err = ovl_ent_relpath(s, t.dir, t.ent, &layer, &rel);
-		if (err)
-			return err;
-		fd = ovl_layer_open_file(s, layer, rel, oflags & ~(O_CREAT | O_EXCL | O_TRUNC));
-		free(rel);
-		return fd;
-	}
-	struct ovl_dir *changed = NULL;
-	bool others = false;
-	int method, udir;
-
-	t.w.dir = t.dir;
-	t.w.ent = t.ent;
-	err = ovl_copy_up_ent(&t.w, t.dir, t.ent, oflags, &changed, &method);
-	if (!changed)
-		changed = t.dir;
-	if (!err) {
-		udir = ovl_open_upper_dir(s, t.dir->path, &st);
-		fd = udir < 0 ? udir : openat(udir, t.name, (oflags & ~(O_CREAT | O_EXCL)) |
-					      O_NOFOLLOW | O_CLOEXEC);
-		err = fd < 0 ? (udir < 0 ? fd : -errno) : ovl_nodev_fd(s, 0, fd);
-		fd = err;
-		if (fd >= 0 && kill) {
-			int kerr = kill_suid(fd, kill);
-
-			if (kerr) {
-				close(fd);
-				err = kerr;
-			}
-		}
-		others = err >= 0 && (oflags & O_TRUNC) && aliased(udir, t.name, 1);
-		if (err >= 0)	/* lookups of upper files now stat them (inode.c) */
-			__atomic_store_n(&s->files_written, true, __ATOMIC_RELEASE);
-		if (udir >= 0)
-			close(udir);
-	}
-	drop_changed(s, changed, others);
-	return err;
-}
-
-int ovl_open_write(struct ovl_stack *s, const char *path, int oflags, mode_t mode)
-{
-	struct ovl_change ch;
-	int err = ovl_change_begin(s, &ch);
-
-	return err ? err : ovl_change_end(&ch, open_write(s, &ch.cred, path, oflags, mode, 0));
+	return err ? err : ovl_change_end(&ch, ovl_create_common(s, &ch.cred, path, &c));
 }
 
 static bool is_under(const struct ovl_dir *d, const struct ovl_dir *ancestor)
@@ -1272,13 +680,12 @@ static bool upper_opaque(struct ovl_stack *s, int udir, const char *name)
 {
 	int fd = openat(udir, name, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
 	char opaque = 0;
-	struct stat st;
 	bool yes;
 
 	if (fd < 0)
 		return false;
 	yes = (ovl_dir_xattrs(s, fd, &opaque, NULL) == 0 && opaque == 'y') ||
-	      (ovl_oci_wh(s) && fstatat(fd, OCI_OPQ, &st, AT_SYMLINK_NOFOLLOW) == 0);
+	      (ovl_oci_wh(s) && ovl_oci_opaque_at(fd));
 	close(fd);
 	return yes;
 }
@@ -1330,11 +737,11 @@ static int do_rename(struct ovl_stack *s, const struct ovl_cred *cred, const cha
 	int ua = -1, ub = -1, wh, err, method;
 
 	/* As do_renameat2: both parents, then the old name, then the new. */
-	int erra = find_target(s, cred, from, &a), errb;
+	int erra = ovl_find_target(s, cred, from, &a), errb;
 
 	if (erra && erra != -EBUSY && erra != -ENAMETOOLONG)
 		return erra;
-	errb = find_target(s, cred, to, &b);
+	errb = ovl_find_target(s, cred, to, &b);
 	if (errb && errb != -EBUSY && errb != -ENAMETOOLONG)
 		return errb;
 	if (erra == -EBUSY || errb == -EBUSY || a.dot || b.dot)
@@ -1369,7 +776,7 @@ static int do_rename(struct ovl_stack *s, const struct ovl_cred *cred, const cha
 	if (!err && is_dir && a.dir != b.dir) {
 		struct stat st;
 
-		target_attr(&a, &st);
+		ovl_target_attr(&a, &st);
 		err = ovl_permission(cred, &st, OVL_MAY_WRITE);
 	}
 	if (err)
@@ -1467,7 +874,7 @@ static int do_rename(struct ovl_stack *s, const struct ovl_cred *cred, const cha
 	if (!err && wh == 2) {
 		char whn[OVL_NAME_MAX + 8];
 
-		snprintf(whn, sizeof(whn), OCI_WH "%s", b.name);
+		ovl_oci_whiteout_name(whn, sizeof(whn), b.name);
 		unlinkat(ub, whn, 0);
 	}
 out:
@@ -1501,7 +908,7 @@ static int do_link(struct ovl_stack *s, const struct ovl_cred *cred, const char 
 
 	/* In do_linkat's order: the old path, the new one, may_linkat, then
 	 * vfs_link's checks as the caller. */
-	err = find_target(s, cred, from, &a);
+	err = ovl_find_target(s, cred, from, &a);
 	if (err && err != -EBUSY)
 		return err;
 	bool old_dir = err == -EBUSY || a.dot;	/* the root, "." or ".." */
@@ -1512,7 +919,7 @@ static int do_link(struct ovl_stack *s, const struct ovl_cred *cred, const char 
 		/* "link/": the walk follows it and wants a directory. */
 		struct ovl_walk w;
 
-		err = walk_object(s, cred, from, OVL_LOOKUP_FOLLOW, &w, &st);
+		err = ovl_walk_object(s, cred, from, OVL_LOOKUP_FOLLOW, &w, &st);
 		if (err)
 			return err;
 		old_dir = true;
@@ -1520,7 +927,7 @@ static int do_link(struct ovl_stack *s, const struct ovl_cred *cred, const char 
 	old_dir = old_dir || a.ent->dtype == DT_DIR;
 	if (a.slash && !old_dir)
 		return -ENOTDIR;
-	int berr = find_target(s, cred, to, &b);
+	int berr = ovl_find_target(s, cred, to, &b);
 
 	if (berr && berr != -EBUSY)
 		return berr;
@@ -1533,14 +940,14 @@ static int do_link(struct ovl_stack *s, const struct ovl_cred *cred, const char 
 		 * as vfs_link's EACCES before that EPERM. */
 		struct ovl_walk w;
 
-		err = walk_object(s, cred, from, 0, &w, &st);
+		err = ovl_walk_object(s, cred, from, 0, &w, &st);
 		if (!err)
 			err = ovl_may_link(s, cred, &st);
 		if (!err)
 			err = may_create_in(cred, &b);
 		return err ? err : -EPERM;
 	}
-	target_attr(&a, &st);
+	ovl_target_attr(&a, &st);
 	err = ovl_may_link(s, cred, &st);
 	if (!err)
 		err = may_create_in(cred, &b);
@@ -1574,11 +981,11 @@ static int do_link(struct ovl_stack *s, const struct ovl_cred *cred, const char 
 		if (!err && wh == 2) {
 			char whn[OVL_NAME_MAX + 8];
 
-			snprintf(whn, sizeof(whn), OCI_WH "%s", b.name);
+			ovl_oci_whiteout_name(whn, sizeof(whn), b.name);
 			unlinkat(ub, whn, 0);
 		}
 	}
-	others = !err && aliased(ua, a.name, 2);
+	others = !err && ovl_aliased(ua, a.name, 2);
 out:
 	if (ua >= 0)
 		close(ua);

@@ -9,12 +9,10 @@
  */
 #define _GNU_SOURCE
 #include <errno.h>
-#include <stdio.h>
 #include <fcntl.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
-#include <sys/sysmacros.h>
 #include <unistd.h>
 
 #include "ovl_internal.h"
@@ -139,10 +137,6 @@ static int child_begin(struct ovl_ld *d)
 	return ovl_build_begin(d->child);
 }
 
-/* Look comp up in one directory (base) of one layer: namei.c:
- * ovl_lookup_single.  base_si >= 0 says base is that layer of the parent
- * directory, whose index answers without a syscall.  Return 1 with *hit
- * set, 0 for nothing here, or -errno. */
 /* Read the target of symlink name in pfd, the layer directory at rel.  An
  * upper one through the stack's read-only noatime clone of the upper: the
  * kernel's lookup does not read it, and reading changes its atime (lower
@@ -166,15 +160,203 @@ static long read_target(const struct ovl_stack *s, int layer, int pfd, const cha
 	return n < 0 ? -errno : n;
 }
 
+/* What stack layer si of the parent (base_si >= 0: its index answers
+ * without a syscall), or else the directory base of layer, holds under
+ * name (namei.c:ovl_lookup_positive_unlocked): an enum ovl_occ_kind, and
+ * in *oci whether ".wh.NAME" sits next to it.  hit->st gets a
+ * non-directory's metadata, and a directory's when base was read here.
+ * *pfd gets the layer directory opened where it was needed (the caller
+ * closes it when base_si < 0).  Return the kind, or -errno. */
+static int lookup_kind(struct ovl_ld *d, int layer, const char *base, int base_si,
+		       const char *name, size_t len, struct ovl_hit *hit, int *pfd,
+		       bool *oci)
+{
+	struct ovl_stack *s = d->s;
+	int kind, err = 0, bits;
+
+	if (base_si >= 0) {
+		const struct ovl_ent *e = ovl_dir_find(d->parent, name, len,
+						       ovl_name_hash(name, len));
+
+		bits = e ? ovl_occ_bits(d->parent, e, (uint32_t)base_si) : OK_NONE;
+		kind = bits & OK_KIND;
+		*oci = bits & OK_OCI;
+		if (kind != OK_NONE && kind != OK_WH && kind != OK_DIR) {
+			*pfd = ovl_fdcache_get(s, d->parent, (uint32_t)base_si);
+			if (*pfd < 0)
+				return *pfd;
+			if (fstatat(*pfd, name, &hit->st, AT_SYMLINK_NOFOLLOW) < 0)
+				return errno == ENOENT ? -ESTALE : -errno;
+		}
+		return kind;
+	}
+	*pfd = ovl_layer_open(s, layer, base, O_PATH | O_DIRECTORY);
+	if (*pfd == -ENOENT || *pfd == -ENOTDIR || *pfd == -ELOOP)
+		return OK_NONE;
+	if (*pfd < 0)
+		return *pfd;
+	if (fstatat(*pfd, name, &hit->st, AT_SYMLINK_NOFOLLOW) < 0) {
+		err = errno == ENOENT || errno == ENAMETOOLONG ? 0 : -errno;
+		kind = OK_NONE;
+	} else {
+		kind = S_ISDIR(hit->st.st_mode) ? OK_DIR :
+		       S_ISREG(hit->st.st_mode) ? OK_REG : OK_OTHER;
+		if (ovl_kernel_wh(s) && ovl_is_whiteout_stat(&hit->st))
+			kind = OK_WH;
+	}
+	if (!err && ovl_oci_wh(s))
+		*oci = ovl_oci_whiteout_at(*pfd, name);
+	return err ? err : kind;
+}
+
+/* A non-directory found in layer hit->layer (of kind OK_REG or OK_OTHER,
+ * in pfd, the layer directory at rel): namei.c:ovl_lookup_single's
+ * !d_can_lookup branch.  Its metacopy xattr, a symlink's target (read
+ * once, where it is found), and a metacopy file's redirect.  Return 1 to
+ * keep the hit, 0 to drop it (the lookup stops), or -errno. */
+static int lookup_nondir(struct ovl_ld *d, struct ovl_hit *hit, int kind, int pfd,
+			 const char *rel, const char *name, bool oci, size_t prelen,
+			 const char *post)
+{
+	struct ovl_stack *s = d->s;
+	bool last_element = !*post;
+	char buf[PATH_MAX], *redirect = NULL;
+	long n;
+	int err;
+
+	if (d->is_dir || !last_element) {
+		d->stop = true;
+		return 0;
+	}
+	if (kind == OK_REG) {
+		/* util.c:ovl_check_metacopy_xattr; a 1-3 byte value is
+		 * neither empty nor a digest header. */
+		n = ovl_at_getxattr(s, pfd, name, s->x_metacopy, buf, sizeof(buf));
+		if (n > 0 && n < 4)
+			return -EIO;
+		if (n < 0 && n != -ENODATA && n != -EOPNOTSUPP && n != -ERANGE)
+			return (int)n;
+		hit->metacopy = n >= 0 || n == -ERANGE;
+	}
+	d->metacopy = hit->metacopy;
+	d->stop = !hit->metacopy || oci;
+	if (kind == OK_OTHER && S_ISLNK(hit->st.st_mode) && !d->target) {
+		n = read_target(s, hit->layer, pfd, rel, name, buf, sizeof(buf));
+		if (n < 0 || n >= (long)sizeof(buf))
+			return n < 0 ? (int)n : -ENAMETOOLONG;
+		d->target = strndup(buf, (size_t)n);
+		if (!d->target)
+			return -ENOMEM;
+	}
+	if (!hit->metacopy || d->last)
+		return 1;
+	n = ovl_at_getxattr(s, pfd, name, s->x_redirect, buf, sizeof(buf) - 1);
+	err = ovl_parse_redirect(buf, n, &redirect);
+	if (!err && redirect)
+		err = apply_redirect(d, redirect, prelen, post);
+	free(redirect);
+	return err ? err : 1;
+}
+
+/* A directory found in layer hit->layer at hit->path: namei.c:
+ * ovl_lookup_single's d_can_lookup branch.  Opened once: the trap check,
+ * its metadata where it is used (stat_dir: the top or the origin, not
+ * stat'ed yet), its opaque and redirect xattrs, and, when it is the
+ * directory being looked up, its listing indexed as a layer of the child.
+ * Return 1 to keep the hit, or -errno. */
+static int lookup_dir(struct ovl_ld *d, struct ovl_hit *hit, bool stat_dir, bool oci,
+		      size_t prelen, const char *post)
+{
+	struct ovl_stack *s = d->s;
+	int layer = hit->layer, fd, err = 0;
+	bool last_element = !*post, is_upper = layer == 0;
+	char opaque = 0, *redirect = NULL;
+	bool oci_opaque = false, has_redirect = false;
+
+	if (last_element)
+		d->is_dir = true;
+	fd = ovl_layer_open_dir(s, layer, hit->path);
+	if (fd < 0)
+		return fd == -ENOENT ? -ESTALE : fd;
+	if (s->traps && layer > 0) {
+		/* The upper or work dir seen through a lower: "caught in a trap
+		 * of overlapping layers". */
+		struct stat tst;
+
+		if (fstat(fd, &tst) < 0) {
+			err = -errno;
+			goto out;
+		}
+		for (int t = 0; t < 2; t++)
+			if (tst.st_dev == s->trap[t].dev && tst.st_ino == s->trap[t].ino)
+				err = -ELOOP;
+		if (err)
+			goto out;
+	}
+	if (stat_dir && fstat(fd, &hit->st) < 0) {
+		err = -errno;
+		goto out;
+	}
+	if (!d->last) {
+		/* Redirects are read whatever the whiteout form; the opaque
+		 * xattr is the kernel form of ".wh..wh..opq". */
+		err = ovl_dir_xattrs(s, fd, &opaque, &has_redirect);
+		if (err)
+			goto out;
+		if (!ovl_kernel_wh(s))
+			opaque = 0;
+	}
+	if (last_element) {
+		/* A layer of the directory being looked up: index it now. */
+		uint32_t si;
+
+		err = child_begin(d);
+		if (!err)
+			err = stack_push(d->child, &d->childcap, layer, hit->path);
+		if (err)
+			goto out;
+		si = d->child->nstack - 1;
+		if (si == 0)
+			err = set_dir_stat(d->child, &hit->st);
+		/* readdir.c honours opaque=x in lower layers only (and the
+		 * bottom one is never read: d->last). */
+		d->child->stack[si].xmarker = opaque == 'x' && !is_upper;
+		if (!err)
+			err = ovl_index_layer(s, d->child, si, fd, &oci_opaque);
+		if (err)
+			goto out;
+	} else if (ovl_oci_wh(s)) {
+		oci_opaque = ovl_oci_opaque_at(fd);
+	}
+	if (opaque == 'y' || oci_opaque || oci) {
+		d->stop = true;
+		if (last_element)
+			d->opaque = true;
+		goto out;
+	}
+	if (has_redirect) {
+		err = ovl_fd_redirect(s, fd, &redirect);
+		if (!err && redirect)
+			err = apply_redirect(d, redirect, prelen, post);
+	}
+out:
+	free(redirect);
+	close(fd);
+	return err ? err : 1;
+}
+
+/* Look comp up in one directory (base) of one layer: namei.c:
+ * ovl_lookup_single.  base_si >= 0 says base is that layer of the parent
+ * directory, whose index answers without a syscall.  Return 1 with *hit
+ * set, 0 for nothing here, or -errno. */
 static int lookup_single(struct ovl_ld *d, int layer, const char *base, int base_si,
 			 const char *comp, size_t complen, size_t prelen,
 			 const char *post, struct ovl_hit *hit)
 {
 	struct ovl_stack *s = d->s;
-	bool last_element = !*post, is_upper = layer == 0, oci = false;
-	char name[OVL_NAME_MAX + 1], *redirect = NULL;
-	int kind, pfd = -1, fd = -1, err = 0, bits;
-	bool own_pfd = false, stat_dir = true;
+	bool last_element = !*post, oci = false;
+	char name[OVL_NAME_MAX + 1];
+	int kind, pfd = -1, err = 0;
 
 	memset(hit, 0, sizeof(*hit));
 	if (complen == 0 || (complen == 1 && comp[0] == '.') ||
@@ -185,50 +367,10 @@ static int lookup_single(struct ovl_ld *d, int layer, const char *base, int base
 	memcpy(name, comp, complen);
 	name[complen] = '\0';
 
-	if (base_si >= 0) {
-		const struct ovl_ent *e = ovl_dir_find(d->parent, name, complen,
-						       ovl_name_hash(name, complen));
-
-		bits = e ? ovl_occ_bits(d->parent, e, (uint32_t)base_si) : OK_NONE;
-		kind = bits & OK_KIND;
-		oci = bits & OK_OCI;
-		if (kind != OK_NONE && kind != OK_WH && kind != OK_DIR) {
-			pfd = ovl_fdcache_get(s, d->parent, (uint32_t)base_si);
-			if (pfd < 0)
-				return pfd;
-			if (fstatat(pfd, name, &hit->st, AT_SYMLINK_NOFOLLOW) < 0)
-				return errno == ENOENT ? -ESTALE : -errno;
-		}
-		/* A directory is stat'ed through the fd it is opened with, and
-		 * only where its metadata is used (the top, the origin). */
-		stat_dir = kind == OK_DIR && d->nfound == 0;
-	} else {
-		pfd = ovl_layer_open(s, layer, base, O_PATH | O_DIRECTORY);
-		if (pfd == -ENOENT || pfd == -ENOTDIR || pfd == -ELOOP)
-			return 0;
-		if (pfd < 0)
-			return pfd;
-		own_pfd = true;
-		stat_dir = false;	/* fstatat below has it */
-		if (fstatat(pfd, name, &hit->st, AT_SYMLINK_NOFOLLOW) < 0) {
-			err = errno == ENOENT || errno == ENAMETOOLONG ? 0 : -errno;
-			kind = OK_NONE;
-		} else {
-			kind = S_ISDIR(hit->st.st_mode) ? OK_DIR :
-			       S_ISREG(hit->st.st_mode) ? OK_REG : OK_OTHER;
-			if (ovl_kernel_wh(s) && S_ISCHR(hit->st.st_mode) &&
-			    hit->st.st_rdev == makedev(0, 0))
-				kind = OK_WH;
-		}
-		if (!err && ovl_oci_wh(s)) {
-			char wh[OVL_NAME_MAX + 5];
-			struct stat wst;
-
-			snprintf(wh, sizeof(wh), ".wh.%s", name);
-			oci = fstatat(pfd, wh, &wst, AT_SYMLINK_NOFOLLOW) == 0;
-		}
-		if (err)
-			goto out;
+	kind = lookup_kind(d, layer, base, base_si, name, complen, hit, &pfd, &oci);
+	if (kind < 0) {
+		err = kind;
+		goto out;
 	}
 	if (kind == OK_NONE) {
 		if (oci)
@@ -264,146 +406,20 @@ static int lookup_single(struct ovl_ld *d, int layer, const char *base, int base
 		goto out;
 	}
 	if (kind != OK_DIR) {
-		char buf[PATH_MAX];
-		long n;
-
-		if (d->is_dir || !last_element) {
-			d->stop = true;
-			goto drop;
-		}
-		if (kind == OK_REG) {
-			/* util.c:ovl_check_metacopy_xattr; a 1-3 byte value is
-			 * neither empty nor a digest header. */
-			n = ovl_at_getxattr(s, pfd, name, s->x_metacopy, buf, sizeof(buf));
-			if (n > 0 && n < 4) {
-				err = -EIO;
-				goto drop;
-			}
-			if (n < 0 && n != -ENODATA && n != -EOPNOTSUPP && n != -ERANGE) {
-				err = (int)n;
-				goto drop;
-			}
-			hit->metacopy = n >= 0 || n == -ERANGE;
-		}
-		d->metacopy = hit->metacopy;
-		d->stop = !hit->metacopy || oci;
-		if (kind == OK_OTHER && S_ISLNK(hit->st.st_mode) && !d->target) {
-			n = read_target(s, layer, pfd, base_si >= 0 ?
-					ovl_dl_path(d->parent, (uint32_t)base_si) : base,
-					name, buf, sizeof(buf));
-			if (n < 0 || n >= (long)sizeof(buf)) {
-				err = n < 0 ? (int)n : -ENAMETOOLONG;
-				goto drop;
-			}
-			d->target = strndup(buf, (size_t)n);
-			if (!d->target) {
-				err = -ENOMEM;
-				goto drop;
-			}
-		}
-		if (!hit->metacopy || d->last)
-			goto found;
-		n = ovl_at_getxattr(s, pfd, name, s->x_redirect, buf, sizeof(buf) - 1);
-		err = ovl_parse_redirect(buf, n, &redirect);
-		if (err)
-			goto drop;
-		if (redirect)
-			err = apply_redirect(d, redirect, prelen, post);
-		if (err)
-			goto drop;
-		goto found;
+		err = lookup_nondir(d, hit, kind, pfd, base_si >= 0 ?
+				    ovl_dl_path(d->parent, (uint32_t)base_si) : base,
+				    name, oci, prelen, post);
+	} else {
+		/* A directory found in the parent's index is stat'ed through
+		 * the fd it is opened with, and only where its metadata is
+		 * used (the top, the origin); lookup_kind's fstatat gave the
+		 * others theirs. */
+		err = lookup_dir(d, hit, base_si >= 0 && d->nfound == 0, oci, prelen, post);
 	}
-
-	/* A directory. */
-	char opaque = 0;
-	bool oci_opaque = false, has_redirect = false;
-
-	if (last_element)
-		d->is_dir = true;
-	fd = ovl_layer_open_dir(s, layer, hit->path);
-	if (fd < 0) {
-		err = fd == -ENOENT ? -ESTALE : fd;
-		goto drop;
-	}
-	if (s->traps && layer > 0) {
-		/* The upper or work dir seen through a lower: "caught in a trap
-		 * of overlapping layers". */
-		struct stat tst;
-
-		if (fstat(fd, &tst) < 0) {
-			err = -errno;
-			goto drop;
-		}
-		for (int t = 0; t < 2; t++)
-			if (tst.st_dev == s->trap[t].dev && tst.st_ino == s->trap[t].ino)
-				err = -ELOOP;
-		if (err)
-			goto drop;
-	}
-	if (stat_dir && fstat(fd, &hit->st) < 0) {
-		err = -errno;
-		goto drop;
-	}
-	if (!d->last) {
-		/* Redirects are read whatever the whiteout form; the opaque
-		 * xattr is the kernel form of ".wh..wh..opq". */
-		err = ovl_dir_xattrs(s, fd, &opaque, &has_redirect);
-		if (err)
-			goto drop;
-		if (!ovl_kernel_wh(s))
-			opaque = 0;
-	}
-	if (last_element) {
-		/* A layer of the directory being looked up: index it now. */
-		uint32_t si;
-
-		err = child_begin(d);
-		if (!err)
-			err = stack_push(d->child, &d->childcap, layer, hit->path);
-		if (err)
-			goto drop;
-		si = d->child->nstack - 1;
-		if (si == 0)
-			err = set_dir_stat(d->child, &hit->st);
-		/* readdir.c honours opaque=x in lower layers only (and the
-		 * bottom one is never read: d->last). */
-		d->child->stack[si].xmarker = opaque == 'x' && !is_upper;
-		if (!err)
-			err = ovl_index_layer(s, d->child, si, fd, &oci_opaque);
-		if (err)
-			goto drop;
-	} else if (ovl_oci_wh(s)) {
-		struct stat wst;
-
-		oci_opaque = fstatat(fd, ".wh..wh..opq", &wst, AT_SYMLINK_NOFOLLOW) == 0;
-	}
-	if (opaque == 'y' || oci_opaque || oci) {
-		d->stop = true;
-		if (last_element)
-			d->opaque = true;
-		goto found;
-	}
-	if (has_redirect) {
-		err = ovl_fd_redirect(s, fd, &redirect);
-		if (!err && redirect)
-			err = apply_redirect(d, redirect, prelen, post);
-		if (err)
-			goto drop;
-	}
-found:
-	free(redirect);
-	if (fd >= 0)
-		close(fd);
-	if (own_pfd)
-		close(pfd);
-	return 1;
-drop:
-	hit_free(hit);
+	if (err <= 0)
+		hit_free(hit);
 out:
-	free(redirect);
-	if (fd >= 0)
-		close(fd);
-	if (own_pfd)
+	if (base_si < 0 && pfd >= 0)
 		close(pfd);
 	return err;
 }
@@ -647,7 +663,7 @@ int ovl_resolve_ent(struct ovl_walk *w, struct ovl_dir *p, struct ovl_ent *e)
 	d.name = strndup(e->name, e->namelen);
 	if (!d.name)
 		return -ENOMEM;
-	if (ovl_oci_wh(s) && e->namelen >= 4 && !memcmp(e->name, ".wh.", 4)) {
+	if (ovl_oci_wh(s) && ovl_oci_is_marker(e->name, e->namelen)) {
 		err = -ENOENT;	/* whiteout markers are never visible */
 		goto out;
 	}

@@ -229,11 +229,11 @@ enum ovl_copy_method {
  * without an upper layer, or a lookup or copy error. */
 OVL_API int ovl_copy_up(struct ovl_stack *s, const char *path, unsigned flags);
 
-/* Changes, made as the kernel's overlayfs makes them (dir.c): the parent
- * chain is copied up first; a name that exists below is removed with a
- * whiteout in the stack's form (char 0:0, or ".wh.NAME" for
- * OVL_WHITEOUT_OCI), an upper-only one without a trace; a directory made
- * over a whiteout is opaque.  All return 0 (an fd for ovl_open_write) or
+/* Changes, made as the kernel's overlayfs makes them (dir.c, setattr.c,
+ * xattrs.c, file.c): the parent chain is copied up first; a name that
+ * exists below is removed with a whiteout in the stack's form (char 0:0,
+ * or ".wh.NAME" for OVL_WHITEOUT_OCI), an upper-only one without a trace;
+ * a directory made over a whiteout is opaque.  All return 0 (an fd for ovl_open_write) or
  * -errno as the same call through an overlay mount would: -EROFS without
  * an upper layer, -ENOENT, -EEXIST, -ENOTEMPTY (judged on the merged
  * view, where an xattr whiteout counts as an entry, as in the kernel),

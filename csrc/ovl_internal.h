@@ -309,8 +309,18 @@ int ovl_read_protected_hardlinks(void);
 int ovl_copy_data(int in, int out, off_t size, unsigned flags);
 
 /* whiteout.c */
+bool ovl_is_whiteout_dev(mode_t mode, dev_t rdev);
+bool ovl_is_whiteout_stat(const struct stat *st);
+int ovl_mknod_whiteout(int dfd, const char *name);
 int ovl_classify_chr(const struct ovl_stack *s, int dfd, const char *name);
 int ovl_is_xwhiteout_at(const struct ovl_stack *s, int dfd, const char *name);
+bool ovl_oci_is_marker(const char *name, size_t len);
+bool ovl_oci_is_opaque_marker(const char *name);
+size_t ovl_oci_hidden_name(const char *marker, size_t len, const char **hidden);
+void ovl_oci_whiteout_name(char *buf, size_t size, const char *name);
+bool ovl_oci_whiteout_at(int dfd, const char *name);
+bool ovl_oci_opaque_at(int fd);
+int ovl_oci_make_opaque(int fd);
 int ovl_dir_xattrs(const struct ovl_stack *s, int fd, char *opaque,
 		   bool *has_redirect);
 int ovl_fd_redirect(const struct ovl_stack *s, int fd, char **out);
@@ -369,7 +379,7 @@ typedef int (*ovl_op_fn)(struct ovl_walk *w, void *arg);
 int ovl_run(struct ovl_stack *s, const char *path, unsigned flags,
 	    ovl_op_fn fn, void *arg);
 
-/* One change (dir.c, copy_up.c): the caller's credentials for the checks,
+/* One change (copy_up.c and the files above it): the caller's credentials for the checks,
  * the opener's entered for the work, the stack's write lock held. */
 struct ovl_change {
 	struct ovl_stack *s;
@@ -396,6 +406,48 @@ int ovl_copy_up_dir(struct ovl_stack *s, struct ovl_dir *d, struct ovl_dir **top
 int ovl_copy_up_ent(struct ovl_walk *w, struct ovl_dir *p, struct ovl_ent *e, int flags,
 		    struct ovl_dir **changed, int *method);
 
-/* dir.c, super.c: only the functions of ovl.h */
+/* target.c */
+/* Where a change happens: the parent directory and the last name. */
+struct ovl_target {
+	struct ovl_walk w;
+	struct ovl_dir *dir;	/* the parent directory (built) */
+	char name[OVL_NAME_MAX + 1];
+	size_t len;
+	bool slash;		/* the path ended in '/' */
+	bool dot;		/* the name is "." or ".." */
+	struct ovl_ent *ent;	/* the name, if it exists (resolved) */
+	struct ovl_dir *node;	/* its directory node, for a directory */
+	struct ovl_dir *changed;	/* to drop from the cache afterwards */
+};
+int ovl_find_target(struct ovl_stack *s, const struct ovl_cred *cred, const char *path,
+		    struct ovl_target *t);
+void ovl_target_attr(const struct ovl_target *t, struct stat *st);
+bool ovl_aliased(int udir, const char *name, nlink_t min);
+void ovl_drop_changed(struct ovl_stack *s, struct ovl_dir *changed, bool all);
+int ovl_upper_object(struct ovl_stack *s, const char *path, unsigned flags, int oflags,
+		     struct ovl_target *t, int *udir, const char **name);
+int ovl_kill_suid_fd(int fd, mode_t kill);
+int ovl_walk_object(struct ovl_stack *s, const struct ovl_cred *cred, const char *path,
+		    unsigned flags, struct ovl_walk *w, struct stat *st);
+
+/* setattr.c, xattrs.c: only the functions of ovl.h */
+
+/* dir.c */
+/* What a create makes, in the work dir or in place. */
+struct ovl_create {
+	mode_t mode;		/* type and permission bits */
+	dev_t rdev;
+	const char *target;	/* symlinks */
+	int oflags;		/* regular files opened by the create */
+	int fd;			/* out: the open file */
+	uid_t uid;		/* the owner the kernel gives it */
+	gid_t gid;
+	bool sgid_parent;	/* made under a setgid directory */
+	bool other_owner;	/* the caller is not the opener */
+};
+int ovl_create_common(struct ovl_stack *s, const struct ovl_cred *cred, const char *path,
+		      struct ovl_create *c);
+
+/* file.c, super.c: only the functions of ovl.h */
 
 #endif /* OVL_INTERNAL_H */

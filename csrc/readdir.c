@@ -21,10 +21,6 @@
 
 #include "ovl_internal.h"
 
-#define OCI_WH ".wh."
-#define OCI_WH_LEN 4
-#define OCI_OPQ ".wh..wh..opq"
-
 /* Per-build scratch: where each name was seen last and its position there
  * (for the order), and the occurrences below the top in the order they
  * were read (laid out per entry when the build finishes). */
@@ -244,13 +240,15 @@ int ovl_index_layer(struct ovl_stack *s, struct ovl_dir *d, uint32_t si,
 			off += de->d_reclen;
 			if (name[0] == '.' && (len == 1 || (len == 2 && name[1] == '.')))
 				continue;
-			if (oci && len >= OCI_WH_LEN && !memcmp(name, OCI_WH, OCI_WH_LEN)) {
-				if (!strcmp(name, OCI_OPQ))
+			if (oci && ovl_oci_is_marker(name, len)) {
+				const char *hidden;
+				size_t hlen = ovl_oci_hidden_name(name, len, &hidden);
+
+				if (ovl_oci_is_opaque_marker(name))
 					*oci_opaque = true;
-				else if (len > OCI_WH_LEN)
-					err = merge_name(d, (uint16_t)si, name + OCI_WH_LEN,
-							 len - OCI_WH_LEN, DT_UNKNOWN, 0,
-							 OK_NONE | OK_OCI);
+				else if (hlen)
+					err = merge_name(d, (uint16_t)si, hidden, hlen,
+							 DT_UNKNOWN, 0, OK_NONE | OK_OCI);
 				if (err)
 					return err;
 				continue;

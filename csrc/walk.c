@@ -9,7 +9,7 @@
  *
  * Every operation runs its walk here, with the stack's lock: ovl_run for
  * reading (the read lock first, the write lock when a layer must be read),
- * ovl_change_begin/end around a change (dir.c, copy_up.c).
+ * ovl_change_begin/end around a change (copy_up.c and the files above it).
  */
 #define _GNU_SOURCE
 #include <errno.h>

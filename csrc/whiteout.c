@@ -4,19 +4,49 @@
  * ovl_get_dir_xattr_val): a char device 0:0 with any mode bits; a zero-size
  * regular file carrying <ns>.overlay.whiteout; <ns>.overlay.opaque of
  * exactly "y" (opaque) or "x" (may hold xattr whiteouts).  The OCI/AUFS
- * on-disk forms ".wh.NAME" and ".wh..wh..opq" are handled where directories
- * are read (readdir.c), since they are names, not attributes.
+ * on-disk forms are names, not attributes: ".wh.NAME" hides NAME in the
+ * layers below (a NAME beside it is still seen), ".wh..wh..opq" makes its
+ * directory opaque, and no name starting ".wh." is ever visible itself.
+ * Every rule about these forms is here, named; the files that read
+ * directories (readdir.c), look names up (namei.c) and change them
+ * (dir.c) call it.
  */
 #define _GNU_SOURCE
 #include <errno.h>
 #include <fcntl.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
 #include <sys/sysmacros.h>
 #include <sys/xattr.h>
+#include <unistd.h>
 
 #include "ovl_internal.h"
+
+#define OCI_WH ".wh."
+#define OCI_WH_LEN 4
+#define OCI_OPQ ".wh..wh..opq"
+
+/* Would mknod(2) with this mode and device make a kernel whiteout (a char
+ * device 0:0)? */
+bool ovl_is_whiteout_dev(mode_t mode, dev_t rdev)
+{
+	return S_ISCHR(mode) && rdev == makedev(0, 0);
+}
+
+/* Is this the metadata of a kernel whiteout, a char device 0:0 with any
+ * mode bits (fs.h:IS_WHITEOUT)? */
+bool ovl_is_whiteout_stat(const struct stat *st)
+{
+	return ovl_is_whiteout_dev(st->st_mode, st->st_rdev);
+}
+
+/* Make a kernel whiteout named name in dfd.  Return 0 or -errno. */
+int ovl_mknod_whiteout(int dfd, const char *name)
+{
+	return mknodat(dfd, name, S_IFCHR, makedev(0, 0)) < 0 ? -errno : 0;
+}
 
 /* A DT_CHR entry: return 1 if it is a whiteout (rdev 0:0), 0 if a real
  * device, -errno on error. */
@@ -27,7 +57,7 @@ int ovl_classify_chr(const struct ovl_stack *s, int dfd, const char *name)
 	(void)s;
 	if (fstatat(dfd, name, &st, AT_SYMLINK_NOFOLLOW) < 0)
 		return -errno;
-	return S_ISCHR(st.st_mode) && st.st_rdev == makedev(0, 0);
+	return ovl_is_whiteout_stat(&st);
 }
 
 /* Return 1 if dfd/name is a zero-size regular file with <ns>.overlay.whiteout,
@@ -45,6 +75,63 @@ int ovl_is_xwhiteout_at(const struct ovl_stack *s, int dfd, const char *name)
 	if (r >= 0 || r == -ERANGE)
 		return 1;
 	return r == -ENODATA || r == -EOPNOTSUPP ? 0 : (int)r;
+}
+
+/* Is name (len bytes) an OCI marker, starting ".wh.": a whiteout
+ * ".wh.NAME", the opaque marker, or ".wh." alone; never a visible name? */
+bool ovl_oci_is_marker(const char *name, size_t len)
+{
+	return len >= OCI_WH_LEN && !memcmp(name, OCI_WH, OCI_WH_LEN);
+}
+
+/* Is name the OCI opaque marker ".wh..wh..opq"? */
+bool ovl_oci_is_opaque_marker(const char *name)
+{
+	return !strcmp(name, OCI_OPQ);
+}
+
+/* The name an OCI marker (ovl_oci_is_marker) of len bytes hides: *hidden
+ * points at NAME in ".wh.NAME"; return its length (0 for ".wh." alone). */
+size_t ovl_oci_hidden_name(const char *marker, size_t len, const char **hidden)
+{
+	*hidden = marker + OCI_WH_LEN;
+	return len - OCI_WH_LEN;
+}
+
+/* The OCI whiteout of name, ".wh.NAME", into buf (size bytes). */
+void ovl_oci_whiteout_name(char *buf, size_t size, const char *name)
+{
+	snprintf(buf, size, OCI_WH "%s", name);
+}
+
+/* Does directory dfd hold ".wh.NAME", the OCI whiteout of name? */
+bool ovl_oci_whiteout_at(int dfd, const char *name)
+{
+	char wh[OVL_NAME_MAX + 8];
+	struct stat st;
+
+	ovl_oci_whiteout_name(wh, sizeof(wh), name);
+	return fstatat(dfd, wh, &st, AT_SYMLINK_NOFOLLOW) == 0;
+}
+
+/* Does directory fd hold ".wh..wh..opq", the OCI opaque marker? */
+bool ovl_oci_opaque_at(int fd)
+{
+	struct stat st;
+
+	return fstatat(fd, OCI_OPQ, &st, AT_SYMLINK_NOFOLLOW) == 0;
+}
+
+/* Mark directory fd opaque the OCI way: create ".wh..wh..opq" in it.
+ * Return 0 or -errno. */
+int ovl_oci_make_opaque(int fd)
+{
+	int mfd = openat(fd, OCI_OPQ, O_CREAT | O_WRONLY | O_CLOEXEC, 0);
+
+	if (mfd < 0)
+		return -errno;
+	close(mfd);
+	return 0;
 }
 
 /* Read the overlay xattrs of a directory opened for reading: *opaque gets
@@ -154,3 +241,4 @@ bool ovl_xattr_is_private(const struct ovl_stack *s, const char *name)
 	return !strncmp(name, s->xprefix, s->xprefixlen) &&
 	       strncmp(name + s->xprefixlen, "overlay.", 8);
 }
+
