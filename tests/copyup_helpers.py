@@ -6,7 +6,7 @@
   and empty files, symlinks, fifos, devices, hard links, odd names) with
   deterministic times, so two builds are identical but for inode numbers.
 * :func:`kernel_copy_up` makes the kernel copy paths up through a real
-  overlay mount (in a private mount namespace), with operations that copy up
+  overlay mount (``kernel.run_in_mount``: a private mount namespace), with operations that copy up
   and change nothing else; :func:`stack_copy_up` does the same with
   ``Stack.copy_up``.
 * :func:`dump_tree` records a layer tree without disturbing it (every lstat
@@ -17,7 +17,8 @@
 * :class:`LoopFs` makes a filesystem image in a file, attaches it to a loop
   device and always detaches it again.
 
-Stdlib only, plus ``overlayfs`` for the Stack and the namespace helper.
+Stdlib only (plus the sibling ``kernel`` module, and ``overlayfs`` for the Stack),
+so the namespace child can load it by path.
 """
 
 from __future__ import annotations
@@ -267,19 +268,6 @@ def build_parity_layers(root, ns="trusted"):
 # ---------------------------------------------------------------------------
 
 
-def mount_overlay(mnt, lowers, upper, work, options=()):
-    """mount(8) an overlay at *mnt* (call inside a private mount namespace)."""
-    base = os.path.commonpath([os.fsencode(p) for p in list(lowers) + [upper, work]])
-    data = kernel.mount_data(lowers, upper, work, options=options, base=base)
-    failed = kernel.mount_here(data, os.fsencode(mnt), cwd=base)
-    if failed is not None:
-        raise OSError(errno.EINVAL, "mount failed: %s" % failed)
-
-
-def umount(mnt):
-    subprocess.run([b"umount", b"-n", os.fsencode(mnt)], check=False, capture_output=True)
-
-
 def kernel_trigger(full):
     """Make the kernel copy *full* (a path in a mounted overlay) up, changing nothing else."""
     st = os.lstat(full)
@@ -291,25 +279,16 @@ def kernel_trigger(full):
         os.chmod(full, stat.S_IMODE(st.st_mode))
 
 
-def _kernel_copy_up_child(lowers, upper, work, paths, options, mnt):
-    mount_overlay(mnt, lowers, upper, work, options)
-    try:
-        for p in paths:
-            kernel_trigger(os.path.join(os.fsencode(mnt), p))
-    finally:
-        umount(mnt)
+def _trigger_copy_ups(root, paths):
+    """Worker of :func:`kernel_copy_up` (run by ``kernel.run_in_mount``, *root* is the mount point)."""
+    for p in paths:
+        kernel_trigger(os.path.join(root, p))
 
 
 def kernel_copy_up(lowers, upper, work, paths, options=()):
     """Copy *paths* up with the kernel (a mount in a private namespace)."""
-    import overlayfs
-
-    mnt = tempfile.mkdtemp(prefix="ovl-cu-mnt-")
-    try:
-        overlayfs.run_in_private_namespace(_kernel_copy_up_child, lowers, upper, work, list(paths), tuple(options),
-                                           mnt)
-    finally:
-        os.rmdir(mnt)
+    kernel.run_in_mount(_trigger_copy_ups, list(paths), lowers, upper, work, options=options, chroot=False,
+                        what="kernel copy-up")
 
 
 def stack_copy_up(lowers, upper, work, paths, ns="trusted", **kw):

@@ -2,9 +2,10 @@
 
 A *sequence* of operations (plain dicts, see :func:`make_ops`) is applied
 
-(a) through a real kernel overlay mount: a child ``unshare -m --propagation
-    private`` mounts the stack, and a forked process chrooted into the mount
-    point runs ``os.*`` calls on the mounted paths (:func:`apply_kernel`);
+(a) through a real kernel overlay mount: ``kernel.run_in_mount`` mounts the
+    stack in a private mount namespace and runs :func:`_apply_in_mount`,
+    chrooted into the mount point, which makes ``os.*`` calls on the mounted
+    paths (:func:`apply_kernel`);
 (b) through ``overlayfs.Stack`` on an IDENTICAL copy of the layers (``cp -a``)
     (:func:`apply_stack`).
 
@@ -62,11 +63,10 @@ import shutil
 import stat
 import subprocess
 import sys
-import tempfile
 import time
 
 # Needed here although conftest adds tests/ too: the namespace child loads this
-# file by its path in a fresh interpreter (_CHILD_CODE), with no conftest.
+# file by its path in a fresh interpreter (kernel.run_in_mount), with no conftest.
 _HERE = os.path.dirname(os.path.abspath(__file__))
 if _HERE not in sys.path:
     sys.path.insert(0, _HERE)
@@ -113,31 +113,6 @@ def missing_ops(stack_cls=None) -> list[str]:
         import overlayfs
         stack_cls = overlayfs.Stack
     return [op for op in ALL_OPS if not hasattr(stack_cls, op)]
-
-
-# ---------------------------------------------------------------------------
-# Encoding (operations and results cross a JSON pipe to the namespace child)
-# ---------------------------------------------------------------------------
-
-
-def _enc(obj):
-    if isinstance(obj, bytes):
-        return {"__b": obj.hex()}
-    if isinstance(obj, dict):
-        return {k: _enc(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_enc(v) for v in obj]
-    return obj
-
-
-def _dec(obj):
-    if isinstance(obj, dict):
-        if set(obj) == {"__b"}:
-            return bytes.fromhex(obj["__b"])
-        return {k: _dec(v) for k, v in obj.items()}
-    if isinstance(obj, list):
-        return [_dec(v) for v in obj]
-    return obj
 
 
 def open_flags(names) -> int:
@@ -434,14 +409,6 @@ def apply_ops(fs, ops) -> list[str]:
 # Side (a): the kernel
 # ---------------------------------------------------------------------------
 
-_CHILD_CODE = r"""
-import importlib.util, sys
-spec = importlib.util.spec_from_file_location("_ovl_write_child", sys.argv[1])
-mod = importlib.util.module_from_spec(spec)
-spec.loader.exec_module(mod)
-sys.exit(mod._child_main())
-"""
-
 #: Margin around an operation window for "fresh" timestamps (the kernel's
 #: file times use the coarse clock, a tick behind time.time_ns()).
 WINDOW_MARGIN_NS = 2 * 10**9
@@ -470,71 +437,21 @@ def apply_kernel(lowers, upper, work, ops, *, umask=0o022, options=(), caller=No
     Returns ``{"outcomes": [...], "window": [t0, t1]}``; the mount is gone
     when this returns.  Raises ``kernel.MountError`` if the mount fails.
     """
-    lowers = [os.path.abspath(os.fsencode(p)) for p in lowers]
-    upper = os.path.abspath(os.fsencode(upper))
-    work = os.path.abspath(os.fsencode(work))
-    data_layers = [os.path.abspath(os.fsencode(p)) for p in data_layers]
-    everything = lowers + data_layers + [upper, work]
-    base = os.path.commonpath(everything)
-    if base in everything:
-        base = os.path.dirname(base)
-    data = kernel.mount_data(lowers, upper, work, data_layers=data_layers, options=options, base=base)
-    mnt = tempfile.mkdtemp(prefix="ovl-wmnt-")
-    job = {"base": os.fsdecode(base), "mnt": mnt, "data": os.fsdecode(data), "ops": _enc(list(ops)),
-           "umask": umask, "caller": caller}
-    try:
-        proc = subprocess.run(
-            ["unshare", "-m", "--propagation", "private", sys.executable, "-c", _CHILD_CODE,
-             os.path.abspath(__file__)],
-            input=json.dumps(job).encode(), capture_output=True, timeout=300)
-    finally:
-        try:
-            os.rmdir(mnt)
-        except OSError:
-            pass
-    if proc.returncode != 0:
-        raise kernel.MountError("kernel ops failed (rc=%d): %s"
-                                % (proc.returncode, proc.stderr.decode(errors="replace").strip()))
-    return json.loads(proc.stdout)
+    return kernel.run_in_mount(_apply_in_mount, {"ops": list(ops), "umask": umask, "caller": caller}, lowers,
+                               upper, work, options=options, data_layers=data_layers, timeout=300,
+                               what="kernel ops")
 
 
-def _child_main() -> int:
-    """Namespace child: mount, fork a chrooted applier, unmount."""
-    job = json.loads(sys.stdin.buffer.read())
-    ops = _dec(job["ops"])
-    os.chdir(os.fsencode(job["base"]))
-    mnt = os.fsencode(job["mnt"])
-    failed = kernel.mount_here(os.fsencode(job["data"]), mnt)
-    if failed is not None:
-        sys.stderr.write("mount failed: %s\n" % failed)
-        return 2
-    try:
-        sys.stdout.flush()
-        pid = os.fork()
-        if pid == 0:
-            status = 1
-            try:
-                os.chroot(mnt)
-                os.chdir("/")
-                os.umask(job["umask"])
-                if job.get("caller"):
-                    become(job["caller"])
-                fs = KernelFS()
-                t0 = time.time_ns()
-                outcomes = apply_ops(fs, ops)
-                t1 = time.time_ns()
-                kernel._write_all(1, json.dumps({"outcomes": outcomes, "window": [t0, t1]}).encode())
-                status = 0
-            except BaseException as e:
-                os.write(2, ("applier failed: %r\n" % (e,)).encode())
-            finally:
-                os._exit(status)
-        _, status = os.waitpid(pid, 0)
-        return os.waitstatus_to_exitcode(status)
-    finally:
-        r = subprocess.run([b"umount", b"-n", mnt], capture_output=True)
-        if r.returncode != 0:  # never leave a mount behind (the namespace dies with us anyway)
-            subprocess.run([b"umount", b"-n", b"-l", mnt], check=False)
+def _apply_in_mount(root: bytes, job: dict) -> dict:
+    """Worker of :func:`apply_kernel`, chrooted into the mount (run by ``kernel.run_in_mount``)."""
+    os.umask(job["umask"])
+    if job.get("caller"):
+        become(job["caller"])
+    fs = KernelFS(root)
+    t0 = time.time_ns()
+    outcomes = apply_ops(fs, job["ops"])
+    t1 = time.time_ns()
+    return {"outcomes": outcomes, "window": [t0, t1]}
 
 
 # ---------------------------------------------------------------------------
