@@ -6,23 +6,20 @@
   and empty files, symlinks, fifos, devices, hard links, odd names) with
   deterministic times, so two builds are identical but for inode numbers.
 * :func:`kernel_copy_up` makes the kernel copy paths up through a real
-  overlay mount (in a private mount namespace), with operations that copy up
-  and change nothing else; :func:`stack_copy_up` does the same with
-  ``Stack.copy_up``.
-* :func:`dump_tree` records a layer tree without disturbing it (every lstat
-  before the directory is read, data read with O_NOATIME), and
-  :func:`compare_dumps` diffs the upper dirs of a kernel and a Stack build
-  and sorts every difference into a class, so known bugs can be tracked one
-  class at a time (see ``KNOWN_BUG_CLASSES`` in the test module).
+  overlay mount (``kernel.run_in_mount``: a private mount namespace), with
+  operations that copy up and change nothing else; :func:`stack_copy_up`
+  does the same with ``Stack.copy_up``.  The two upper dirs are compared
+  with ``dumps.dump_tree`` / ``dumps.compare_dumps`` under
+  ``dumps.copy_up_rules``.
 * :class:`LoopFs` makes a filesystem image in a file, attaches it to a loop
   device and always detaches it again.
 
-Stdlib only, plus ``overlayfs`` for the Stack and the namespace helper.
+Stdlib only (plus the sibling ``kernel`` module, and ``overlayfs`` for the Stack),
+so the namespace child can load it by path.
 """
 
 from __future__ import annotations
 
-import errno
 import hashlib
 import os
 import shutil
@@ -38,10 +35,6 @@ MiB = 1 << 20
 
 #: Mount options per xattr namespace of the stack.
 NS_OPTIONS = {"trusted": (), "user": ("userxattr",)}
-
-#: xattrs the kernel writes on copy-up (or at mount / lookup) that the Stack
-#: does not write (yet): ignored on the kernel side, forbidden on ours.
-KERNEL_ONLY_XATTRS = ("origin", "impure", "uuid")
 
 #: A VFS_CAP_REVISION_2 security.capability value: cap_net_raw, effective.
 CAP_NET_RAW_V2 = struct.pack("<IIIII", 0x02000000 | 0x000001, 1 << 13, 0, 0, 0)
@@ -267,19 +260,6 @@ def build_parity_layers(root, ns="trusted"):
 # ---------------------------------------------------------------------------
 
 
-def mount_overlay(mnt, lowers, upper, work, options=()):
-    """mount(8) an overlay at *mnt* (call inside a private mount namespace)."""
-    base = os.path.commonpath([os.fsencode(p) for p in list(lowers) + [upper, work]])
-    data = kernel.mount_data(lowers, upper, work, options=options, base=base)
-    failed = kernel.mount_here(data, os.fsencode(mnt), cwd=base)
-    if failed is not None:
-        raise OSError(errno.EINVAL, "mount failed: %s" % failed)
-
-
-def umount(mnt):
-    subprocess.run([b"umount", b"-n", os.fsencode(mnt)], check=False, capture_output=True)
-
-
 def kernel_trigger(full):
     """Make the kernel copy *full* (a path in a mounted overlay) up, changing nothing else."""
     st = os.lstat(full)
@@ -291,25 +271,16 @@ def kernel_trigger(full):
         os.chmod(full, stat.S_IMODE(st.st_mode))
 
 
-def _kernel_copy_up_child(lowers, upper, work, paths, options, mnt):
-    mount_overlay(mnt, lowers, upper, work, options)
-    try:
-        for p in paths:
-            kernel_trigger(os.path.join(os.fsencode(mnt), p))
-    finally:
-        umount(mnt)
+def _trigger_copy_ups(root, paths):
+    """Worker of :func:`kernel_copy_up` (run by ``kernel.run_in_mount``, *root* is the mount point)."""
+    for p in paths:
+        kernel_trigger(os.path.join(root, p))
 
 
 def kernel_copy_up(lowers, upper, work, paths, options=()):
     """Copy *paths* up with the kernel (a mount in a private namespace)."""
-    import overlayfs
-
-    mnt = tempfile.mkdtemp(prefix="ovl-cu-mnt-")
-    try:
-        overlayfs.run_in_private_namespace(_kernel_copy_up_child, lowers, upper, work, list(paths), tuple(options),
-                                           mnt)
-    finally:
-        os.rmdir(mnt)
+    kernel.run_in_mount(_trigger_copy_ups, list(paths), lowers, upper, work, options=options, chroot=False,
+                        what="kernel copy-up")
 
 
 def stack_copy_up(lowers, upper, work, paths, ns="trusted", **kw):
@@ -321,180 +292,6 @@ def stack_copy_up(lowers, upper, work, paths, ns="trusted", **kw):
         for p in paths:
             methods[p] = st.copy_up(p).method
     return methods
-
-
-# ---------------------------------------------------------------------------
-# Dumps and their comparison
-# ---------------------------------------------------------------------------
-
-
-def _type(mode):
-    return {stat.S_IFDIR: "dir", stat.S_IFREG: "reg", stat.S_IFLNK: "lnk", stat.S_IFCHR: "chr",
-            stat.S_IFBLK: "blk", stat.S_IFIFO: "fifo", stat.S_IFSOCK: "sock"}.get(stat.S_IFMT(mode), "?")
-
-
-def file_sha256(path):
-    """Hash of a file's data, read with O_NOATIME (so the dump changes nothing)."""
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_NOATIME | os.O_NONBLOCK)
-    except PermissionError:
-        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
-    h = hashlib.sha256()
-    try:
-        while True:
-            b = os.read(fd, 4 * MiB)
-            if not b:
-                break
-            h.update(b)
-    finally:
-        os.close(fd)
-    return h.hexdigest()
-
-
-def dump_tree(root, *, data=True):
-    """{relpath (bytes, b"" for the root): record} of everything under *root*.
-
-    Dirs and data are read with O_NOATIME and a symlink's atime is put back
-    after readlink, so dumping changes no atime (a symlink's ctime changes).  Records: type, mode, uid, gid, size, nlink,
-    atime_ns, mtime_ns, blocks, rdev (devices), target (symlinks), sha256
-    (regular files, if *data*), xattrs {name: value}, ino.
-    """
-    root = os.fsencode(root)
-    out = {}
-    todo = [b""]
-    while todo:
-        rel = todo.pop()
-        full = os.path.join(root, rel) if rel else root
-        st = os.lstat(full)
-        rec = {"type": _type(st.st_mode), "mode": stat.S_IMODE(st.st_mode), "uid": st.st_uid, "gid": st.st_gid,
-               "size": st.st_size, "nlink": st.st_nlink, "atime_ns": st.st_atime_ns, "mtime_ns": st.st_mtime_ns,
-               "blocks": st.st_blocks, "ino": st.st_ino}
-        if stat.S_ISCHR(st.st_mode) or stat.S_ISBLK(st.st_mode):
-            rec["rdev"] = (os.major(st.st_rdev), os.minor(st.st_rdev))
-        xattrs = {}
-        for name in os.listxattr(full, follow_symlinks=False):
-            try:
-                xattrs[name] = os.getxattr(full, name, follow_symlinks=False)
-            except OSError as e:
-                xattrs[name] = "error %s" % errno.errorcode.get(e.errno, e.errno)
-        rec["xattrs"] = xattrs
-        if stat.S_ISLNK(st.st_mode):
-            rec["target"] = os.readlink(full)
-            # readlink(2) updates the atime (relatime): put it back.
-            os.utime(full, ns=(st.st_atime_ns, st.st_mtime_ns), follow_symlinks=False)
-        elif stat.S_ISREG(st.st_mode) and data:
-            rec["sha256"] = file_sha256(full)
-        elif stat.S_ISDIR(st.st_mode):
-            fd = os.open(full, os.O_RDONLY | os.O_DIRECTORY | os.O_NOATIME)
-            try:
-                names = sorted(os.fsencode(n) for n in os.listdir(fd))
-            finally:
-                os.close(fd)
-            rec["names"] = names
-            todo.extend(os.path.join(rel, n) if rel else n for n in names)
-        out[rel] = rec
-    return out
-
-
-#: Classes of differences; each names what it covers.
-DIFF_CLASSES = {
-    "names": "which names exist",
-    "type": "object type",
-    "mode": "permission bits",
-    "owner": "uid/gid",
-    "size": "size",
-    "data": "content hash",
-    "target": "symlink target",
-    "rdev": "device numbers",
-    "mtime": "mtime",
-    "atime": "atime of regular files",
-    "atime-dir": "atime of a directory",
-    "atime-special": "atime of a symlink, fifo or device",
-    "xattr": "xattrs of regular files and directories (but security.capability)",
-    "xattr-special": "xattrs of symlinks, fifos, devices",
-    "capability": "security.capability",
-    "private-xattr": "a private <ns>.overlay.* xattr in the Stack's copy",
-    "sparse": "the Stack's copy uses more blocks than the kernel's / the lower's",
-    "nlink": "link count (hard links must be broken)",
-    "shared-inode": "two upper names share an inode",
-}
-
-
-def _private_kernel_only(name, ns):
-    return any(name == "%s.overlay.%s" % (ns, k) for k in KERNEL_ONLY_XATTRS)
-
-
-def compare_dumps(kdump, sdump, ns, *, lower_blocks=None):
-    """Differences between the kernel's upper (*kdump*) and the Stack's (*sdump*).
-
-    Returns a list of ``(class, message)`` (classes in :data:`DIFF_CLASSES`).
-    The kernel's ``<ns>.overlay.{origin,impure,uuid}`` are ignored; the Stack's
-    copy must have no ``<ns>.overlay.*`` xattr that is not escaped.  Blocks:
-    the Stack's copy of a regular file may not use more than the kernel's
-    copy (or, with *lower_blocks* {relpath: blocks}, the lower file's) plus
-    64 KiB.
-    """
-    out = []
-    priv = ns + ".overlay."
-    esc = priv + "overlay."
-    for path in sorted(set(kdump) | set(sdump)):
-        k, s = kdump.get(path), sdump.get(path)
-        if k is None or s is None:
-            out.append(("names", "%r only in the %s upper" % (path, "stack" if k is None else "kernel")))
-            continue
-        where = repr(path)
-        if k["type"] != s["type"]:
-            out.append(("type", "%s: kernel %s, stack %s" % (where, k["type"], s["type"])))
-            continue
-        special = k["type"] not in ("reg", "dir")
-        if k["mode"] != s["mode"]:
-            out.append(("mode", "%s: kernel %o, stack %o" % (where, k["mode"], s["mode"])))
-        if (k["uid"], k["gid"]) != (s["uid"], s["gid"]):
-            out.append(("owner", "%s: kernel %d:%d, stack %d:%d" % (where, k["uid"], k["gid"], s["uid"], s["gid"])))
-        if k["size"] != s["size"]:
-            out.append(("size", "%s: kernel %d, stack %d" % (where, k["size"], s["size"])))
-        for key, cls in (("sha256", "data"), ("target", "target"), ("rdev", "rdev"), ("names", "names")):
-            if k.get(key) != s.get(key):
-                out.append((cls, "%s: %s kernel %r, stack %r" % (where, key, k.get(key), s.get(key))))
-        if k["mtime_ns"] != s["mtime_ns"]:
-            out.append(("mtime", "%s: kernel %d, stack %d" % (where, k["mtime_ns"], s["mtime_ns"])))
-        if k["atime_ns"] != s["atime_ns"]:
-            cls = "atime-dir" if k["type"] == "dir" else "atime-special" if special else "atime"
-            out.append((cls, "%s: kernel %d, stack %d" % (where, k["atime_ns"], s["atime_ns"])))
-        if k["type"] == "reg" and k["nlink"] != s["nlink"]:
-            out.append(("nlink", "%s: kernel %d, stack %d" % (where, k["nlink"], s["nlink"])))
-        kx = {n: v for n, v in k["xattrs"].items() if not _private_kernel_only(n, ns)}
-        sx = dict(s["xattrs"])
-        for n in sorted(sx):
-            if n.startswith(priv) and not n.startswith(esc):
-                out.append(("private-xattr", "%s: stack copy has %s=%r" % (where, n, sx[n])))
-                kx.pop(n, None)
-                del sx[n]
-        for n in sorted(set(kx) | set(sx)):
-            if kx.get(n) != sx.get(n):
-                cls = "capability" if n == "security.capability" else "xattr-special" if special else "xattr"
-                out.append((cls, "%s: xattr %s kernel %r, stack %r" % (where, n, _short(kx.get(n)),
-                                                                       _short(sx.get(n)))))
-        if k["type"] == "reg":
-            limit = k["blocks"]
-            if lower_blocks is not None and path in lower_blocks:
-                limit = max(limit, lower_blocks[path])
-            if s["blocks"] > limit + 128:
-                out.append(("sparse", "%s: stack copy uses %d blocks, kernel's %d, lower's %s"
-                            % (where, s["blocks"], k["blocks"], lower_blocks.get(path) if lower_blocks else "?")))
-    # Hard links broken: no two regular files of the Stack's upper share an inode.
-    seen = {}
-    for path, s in sdump.items():
-        if s["type"] == "reg":
-            if s["ino"] in seen:
-                out.append(("shared-inode", "%r and %r" % (seen[s["ino"]], path)))
-            seen[s["ino"]] = path
-    return out
-
-
-def _short(v, n=60):
-    r = repr(v)
-    return r if len(r) <= n else r[: n - 3] + "..."
 
 
 # ---------------------------------------------------------------------------

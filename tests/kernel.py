@@ -52,6 +52,7 @@ from __future__ import annotations
 import errno
 import functools
 import hashlib
+import importlib.util
 import json
 import os
 import shutil
@@ -59,6 +60,7 @@ import stat
 import subprocess
 import sys
 import tempfile
+import traceback
 
 __all__ = [
     "MountError",
@@ -72,6 +74,7 @@ __all__ = [
     "kernel_view",
     "layer_inodes",
     "mount_data",
+    "run_in_mount",
     "skip_unless_mountable",
     "stack_view",
     "stat_record",
@@ -363,58 +366,38 @@ def kernel_view(lowers, upper=None, work=None, *, options=(), paths_extra=(), da
     """Mount the stack with the kernel and return its view (see the module docstring).
 
     The mount lives in a private mount namespace of a child process and is
-    unmounted before the child exits.  Paths in the mount data are relative to
-    the common parent of all layers (the child chdirs there), which keeps 500
-    layers well under the one-page limit.  With an upper, *work* defaults to a
-    fresh directory next to it.  Raises :class:`MountError` if the kernel
-    refuses the mount.
+    unmounted before the child exits (see :func:`run_in_mount`).  With an
+    upper, *work* defaults to a fresh directory next to it.  Raises
+    :class:`MountError` if the kernel refuses the mount.
 
     Note: a mount with an upper writes ``origin``/``impure`` xattrs into the
     upper at lookup time, so collect Stack views of the same directories first.
     """
-    lowers = [os.path.abspath(os.fsencode(p)) for p in lowers]
-    data_layers = [os.path.abspath(os.fsencode(p)) for p in data_layers]
     made_work = None
-    if upper is not None:
+    if upper is not None and work is None:
         upper = os.path.abspath(os.fsencode(upper))
-        if work is None:
-            made_work = work = os.fsencode(tempfile.mkdtemp(prefix=".work-", dir=os.path.dirname(upper)))
-        work = os.path.abspath(os.fsencode(work))
-    everything = lowers + data_layers + ([upper, work] if upper is not None else [])
-    base = os.path.commonpath(everything)
-    if base in everything:
-        base = os.path.dirname(base)
-    data = mount_data(lowers, upper, work, data_layers=data_layers, options=options, base=base)
-    if len(data) > MOUNT_DATA_MAX:
-        raise MountError("mount data is %d bytes, over the %d-byte page limit" % (len(data), MOUNT_DATA_MAX))
-    mnt = tempfile.mkdtemp(prefix="ovl-mnt-")
-    job = {
-        "base": os.fsdecode(base),
-        "mnt": mnt,
-        "data": os.fsdecode(data),
-        "paths_extra": [os.fsdecode(os.fsencode(p)) for p in paths_extra],
-        # Indexed like Stack.layers: upper (or None), lowers, data layers.
-        "layers": [None if upper is None else os.fsdecode(upper)] + [os.fsdecode(p) for p in lowers + data_layers],
-    }
+        made_work = work = os.fsencode(tempfile.mkdtemp(prefix=".work-", dir=os.path.dirname(upper)))
+    # Indexed like Stack.layers: upper (or None), lowers, data layers.
+    layers = [upper] + list(lowers) + list(data_layers)
+    inodes = layer_inodes([None if p is None else os.fsencode(p) for p in layers])
+    args = {"paths_extra": [os.fsencode(p) for p in paths_extra], "inodes": {str(k): v for k, v in inodes.items()}}
     try:
-        proc = subprocess.run(
-            ["unshare", "-m", "--propagation", "private", sys.executable, "-c", _CHILD_CODE, os.path.abspath(__file__)],
-            input=json.dumps(job).encode(),
-            capture_output=True,
-            timeout=600,
-        )
+        return run_in_mount(_walk_mount, args, lowers, upper, work, options=options, data_layers=data_layers,
+                            what="kernel view")
     finally:
-        try:
-            os.rmdir(mnt)
-        except OSError:
-            pass
         if made_work is not None:
             shutil.rmtree(made_work, ignore_errors=True)
-    if proc.returncode != 0:
-        raise MountError(
-            "kernel view failed (rc=%d): %s" % (proc.returncode, proc.stderr.decode(errors="replace").strip())
-        )
-    return json.loads(proc.stdout)
+
+
+def _walk_mount(root: bytes, args: dict) -> dict:
+    """Worker of :func:`kernel_view` (chrooted into the mount): the view of the union."""
+    extra = args["paths_extra"]
+    inodes = {int(k): v for k, v in args["inodes"].items()}
+    # Lookups change the overlay's state (origin/impure xattrs on the upper,
+    # per-layer xwhiteout flags, lazy data lookups), so walk once to reach
+    # the steady state and record the second walk.
+    collect_view(_OsAdapter(), extra)
+    return collect_view(_OsAdapter(), extra, inodes)
 
 
 def mount_here(data: bytes, mnt: bytes, cwd=None) -> str | None:
@@ -425,10 +408,101 @@ def mount_here(data: bytes, mnt: bytes, cwd=None) -> str | None:
     return None if res.returncode == 0 else res.stderr.decode(errors="replace").strip()
 
 
+# ---------------------------------------------------------------------------
+# The mount-and-run child
+# ---------------------------------------------------------------------------
+
+
+def encode_json(obj):
+    """*obj* with every bytes value replaced by ``{"__b": hex}`` (see :func:`decode_json`)."""
+    if isinstance(obj, bytes):
+        return {"__b": obj.hex()}
+    if isinstance(obj, dict):
+        return {k: encode_json(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [encode_json(v) for v in obj]
+    return obj
+
+
+def decode_json(obj):
+    if isinstance(obj, dict):
+        if set(obj) == {"__b"}:
+            return bytes.fromhex(obj["__b"])
+        return {k: decode_json(v) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [decode_json(v) for v in obj]
+    return obj
+
+
+def run_in_mount(worker, args, lowers, upper=None, work=None, *, options=(), data_layers=(), chroot=True,
+                 timeout=600, what=None):
+    """Mount the stack with the kernel in a private mount namespace and return
+    ``worker(root, args)`` computed on the mount.
+
+    A child ``unshare -m --propagation private python3`` mounts the stack
+    (paths in the mount data are relative to the common parent of all layers,
+    the child's cwd, which keeps 500 layers well under the one-page limit),
+    forks a worker - chrooted into the mount point if *chroot* (*root* is
+    then ``b"/"``), else with *root* the mount point's absolute path - and
+    unmounts when the worker is done.  *worker* must be a module-level
+    function of a stdlib-only module (the child loads its file by path);
+    *args* (bytes allowed, see :func:`encode_json`) and the result cross a
+    JSON pipe.  *lowers* are top-most first; *data_layers* are appended with
+    ``::``.  Raises :class:`MountError` if the mount (or the worker) fails.
+    """
+    lowers = [os.path.abspath(os.fsencode(p)) for p in lowers]
+    data_layers = [os.path.abspath(os.fsencode(p)) for p in data_layers]
+    if upper is not None:
+        upper = os.path.abspath(os.fsencode(upper))
+        work = os.path.abspath(os.fsencode(work))
+    everything = lowers + data_layers + ([upper, work] if upper is not None else [])
+    base = os.path.commonpath(everything)
+    if base in everything:
+        base = os.path.dirname(base)
+    data = mount_data(lowers, upper, work, data_layers=data_layers, options=options, base=base)
+    if len(data) > MOUNT_DATA_MAX:
+        raise MountError("mount data is %d bytes, over the %d-byte page limit" % (len(data), MOUNT_DATA_MAX))
+    mnt = tempfile.mkdtemp(prefix="ovl-mnt-")
+    job = {"base": os.fsdecode(base), "mnt": mnt, "data": os.fsdecode(data), "chroot": chroot,
+           "module": os.path.abspath(worker.__code__.co_filename), "worker": worker.__name__,
+           "args": encode_json(args)}
+    try:
+        proc = subprocess.run(
+            ["unshare", "-m", "--propagation", "private", sys.executable, "-c", _CHILD_CODE, os.path.abspath(__file__)],
+            input=json.dumps(job).encode(),
+            capture_output=True,
+            timeout=timeout,
+        )
+    finally:
+        try:
+            os.rmdir(mnt)
+        except OSError:
+            pass
+    if proc.returncode != 0:
+        raise MountError("%s failed (rc=%d): %s" % (what or worker.__name__, proc.returncode,
+                                                    proc.stderr.decode(errors="replace").strip()))
+    return json.loads(proc.stdout)
+
+
+def _load_worker(module_path: str, name: str):
+    """The function *name* of the module file *module_path* (this module's own, or loaded by path)."""
+    if os.path.abspath(module_path) == os.path.abspath(__file__):
+        return globals()[name]
+    here = os.path.dirname(module_path)
+    if here not in sys.path:  # its sibling imports (kernel, stackgen, dumps)
+        sys.path.insert(0, here)
+    stem = os.path.splitext(os.path.basename(module_path))[0]
+    spec = importlib.util.spec_from_file_location("_ovl_worker_" + stem, module_path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return getattr(mod, name)
+
+
 def _child_main() -> int:
-    """Entry point of the namespace child: mount, fork a chrooted walker, unmount."""
+    """Entry point of the namespace child: mount, fork the (chrooted) worker, unmount."""
     job = json.loads(sys.stdin.buffer.read())
-    inodes = layer_inodes([None if p is None else os.fsencode(p) for p in job["layers"]])
+    worker = _load_worker(job["module"], job["worker"])
+    args = decode_json(job["args"])
     os.chdir(os.fsencode(job["base"]))
     mnt = os.fsencode(job["mnt"])
     failed = mount_here(os.fsencode(job["data"]), mnt)
@@ -438,27 +512,27 @@ def _child_main() -> int:
     try:
         sys.stdout.flush()
         pid = os.fork()
-        if pid == 0:  # the walker: confined to the union root
+        if pid == 0:  # the worker: confined to the union root if chrooted
             status = 1
             try:
-                os.chroot(mnt)
-                os.chdir("/")
-                extra = [os.fsencode(p) for p in job["paths_extra"]]
-                # Lookups change the overlay's state (origin/impure xattrs on
-                # the upper, per-layer xwhiteout flags, lazy data lookups), so
-                # walk once to reach the steady state and record the second walk.
-                collect_view(_OsAdapter(), extra)
-                view = collect_view(_OsAdapter(), extra, inodes)
-                _write_all(1, json.dumps(view).encode())
+                if job["chroot"]:
+                    os.chroot(mnt)
+                    os.chdir("/")
+                    root = b"/"
+                else:
+                    root = mnt
+                _write_all(1, json.dumps(worker(root, args)).encode())
                 status = 0
-            except BaseException as e:  # report anything, never return into the parent's code
-                os.write(2, ("walker failed: %r\n" % (e,)).encode())
+            except BaseException:  # report anything, never return into the parent's code
+                os.write(2, ("worker %s failed: %s" % (job["worker"], traceback.format_exc())).encode())
             finally:
                 os._exit(status)
         _, status = os.waitpid(pid, 0)
         return os.waitstatus_to_exitcode(status)
     finally:
-        subprocess.run([b"umount", b"-n", mnt], check=False)
+        res = subprocess.run([b"umount", b"-n", mnt], capture_output=True)
+        if res.returncode != 0:  # never leave a mount behind (the namespace dies with us anyway)
+            subprocess.run([b"umount", b"-n", b"-l", mnt], check=False)
 
 
 def _write_all(fd: int, data: bytes) -> None:

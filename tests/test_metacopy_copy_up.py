@@ -34,6 +34,7 @@ import sys
 import threading
 
 import copyup_helpers as H
+import dumps
 import kernel
 import pytest
 import util
@@ -68,7 +69,7 @@ def _sparse(path, size, pieces):
 
 def _data_map(path):
     st = os.stat(path)
-    return write_ops._data_map(os.fsencode(path), st.st_size)
+    return dumps.data_map(path, st.st_size)
 
 
 def _xattrs(path):
@@ -155,7 +156,7 @@ def compare_ops(tmp, layout, ops, *, options=MC_OPTIONS, stack_kwargs=MC_KWARGS,
     assert kres["outcomes"] == sres["outcomes"], (kres["outcomes"], sres["outcomes"])
     kd = write_ops.dump_upper(a.upper, kres["window"])
     sd = write_ops.dump_upper(b.upper, sres["window"])
-    diffs = write_ops.compare_dumps(kd, sd)
+    diffs = dumps.compare_dumps(kd, sd, dumps.WRITE_RULES)
     assert not diffs, diffs
     return kres["outcomes"], kd, b
 
@@ -193,7 +194,7 @@ def test_data_copy_up_matches_the_kernel(tmp_path, layout):
 def test_sparse_lower_keeps_its_holes(tmp_path, layout):
     """Only the data extents of the lower file are written into the upper one:
     its holes stay holes (the kernel, splicing 1 MiB chunks, may allocate a
-    little more; ``write_ops.DUMP_IGNORE``)."""
+    little more; ``dumps.WRITE_RULES``)."""
     lower = os.path.join(os.fsdecode(layout.lowers[0]), "sparse")
     upper = os.path.join(os.fsdecode(layout.upper), "sparse")
     want = _data_map(lower)

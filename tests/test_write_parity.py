@@ -27,6 +27,7 @@ import os
 import signal
 import stat
 
+import dumps
 import kernel
 import pytest
 import write_ops
@@ -426,7 +427,7 @@ def test_trusted_xattrs_on_special_files(tmp_path, target):
 
 def test_kernel_copy_up_skips_holes_per_1mib_chunk(tmp_path):
     """Kernel-only pin of docs/overlay-semantics.md §5.3 (trap 30): holes are skipped
-    only at 1 MiB chunk boundaries (why write_ops.DUMP_IGNORE has data_map)."""
+    only at 1 MiB chunk boundaries (why dumps.WRITE_RULES ignores data_map)."""
     layout = write_ops.make_layout(tmp_path, {"l1": [("keep", "file")]})
     mib = 1 << 20
     with open(os.path.join(layout.lowers[0], b"sp"), "wb") as f:
@@ -434,7 +435,7 @@ def test_kernel_copy_up_skips_holes_per_1mib_chunk(tmp_path):
         f.seek(2 * mib)
         f.write(b"b" * 4096)
         f.truncate(5 * mib)
-    lower_map = write_ops._data_map(os.path.join(layout.lowers[0], b"sp"), 5 * mib)
+    lower_map = dumps.data_map(os.path.join(layout.lowers[0], b"sp"), 5 * mib)
     if lower_map != [[0, 4096], [2 * mib, 2 * mib + 4096]]:
         kernel.skip_or_fail("the filesystem under the temp dir does not keep 4 KiB holes: %r" % lower_map)
     side = write_ops.run_kernel_side(layout, [O("chmod", path=b"sp", mode=0o600)], views=())
@@ -733,11 +734,15 @@ def test_link_copies_up_the_source(tmp_path):
 
 
 def test_harness_copies_are_identical(tmp_path):
-    """cp -a keeps everything the dumps compare, in every layer."""
+    """cp -a keeps everything the dumps compare, in every layer: all xattrs, data maps,
+    directory times and sizes too (not atimes: cp reads the originals)."""
     layout = write_ops.build_random(tmp_path, 3)
     copy = layout.clone(os.path.join(tmp_path, "copy"))
+    rules = dumps.Rules(ignore=("atime",))
     for a, b in zip(layout.layers, copy.layers):
-        assert write_ops.dump_upper(a, ignored_xattrs=set()) == write_ops.dump_upper(b, ignored_xattrs=set())
+        da, db = dumps.dump_tree(a), dumps.dump_tree(b)
+        assert len(da) > 1 and set(da) == set(db)
+        assert dumps.compare_dumps(da, db, rules, labels=("original", "copy")) == []
 
 
 def test_harness_generator_is_reproducible(tmp_path):
@@ -779,6 +784,8 @@ def test_harness_catches_a_wrong_applier(tmp_path, name):
     report = write_ops.run_case(tmp_path, layout, _MUTATION_OPS, both_kernel=True, mutate=write_ops.MUTATORS[name])
     assert report.b.mutations > 0
     assert report.diffs, "the harness missed mutation %r" % name
+    if name != "errno":  # the upper-layer compare sees it, not only the views
+        assert any(d.startswith("upper [") for d in report.diffs), report.format()
 
 
 def test_harness_catches_wrong_appliers_on_random_sequences(tmp_path):
@@ -793,6 +800,7 @@ def test_harness_catches_wrong_appliers_on_random_sequences(tmp_path):
             if report.b.mutations:
                 effective[name] += 1
                 assert report.diffs, "mutation %r of seed %d not caught" % (name, seed)
+                assert any(d.startswith("upper [") for d in report.diffs), report.format()
     assert effective["drop_new_whiteouts"] and effective["copyup_mtime"]
 
 

@@ -2,9 +2,10 @@
 
 A *sequence* of operations (plain dicts, see :func:`make_ops`) is applied
 
-(a) through a real kernel overlay mount: a child ``unshare -m --propagation
-    private`` mounts the stack, and a forked process chrooted into the mount
-    point runs ``os.*`` calls on the mounted paths (:func:`apply_kernel`);
+(a) through a real kernel overlay mount: ``kernel.run_in_mount`` mounts the
+    stack in a private mount namespace and runs :func:`_apply_in_mount`,
+    chrooted into the mount point, which makes ``os.*`` calls on the mounted
+    paths (:func:`apply_kernel`);
 (b) through ``overlayfs.Stack`` on an IDENTICAL copy of the layers (``cp -a``)
     (:func:`apply_stack`).
 
@@ -12,13 +13,14 @@ Each side records every operation's outcome (``"ok"`` or the errno name).
 :func:`compare_sides` then compares
 
 1. the outcomes, one by one;
-2. a normalized dump of the two upper directories (:func:`dump_upper`):
-   for every path its type (a char 0:0 is ``"whiteout"``), mode, uid/gid,
-   size, content sha256 (and the data map of holes, recorded but by default
-   not compared, see :data:`DUMP_IGNORE`), symlink target, rdev, hard-link
-   group, mtime for non-directories, and xattrs except the file-handle
-   bookkeeping the kernel writes and the Stack does not
-   (:data:`IGNORED_UPPER_XATTRS`: ``origin``, ``impure``, ``uuid``);
+2. dumps of the two upper directories (:func:`dump_upper`, ``dumps.dump_tree``
+   without the file-handle bookkeeping the kernel writes and the Stack does
+   not, ``dumps.IGNORED_UPPER_XATTRS``: ``origin``, ``impure``, ``uuid``)
+   under ``dumps.WRITE_RULES``: for every path its type (a char 0:0 is
+   ``"whiteout"``), mode, uid/gid, content sha256, symlink target, rdev,
+   link count (not of whiteouts) and hard-link group, xattrs, and for
+   non-directories size and mtime; not atimes, directory mtimes and sizes,
+   blocks, inode numbers, nor the data map of holes (see ``dumps.WRITE_RULES``);
 3. the merged views of the resulting layers (``kernel.kernel_view`` of a fresh
    mount of side (a) against ``kernel.stack_view`` of side (b), both live
    Stack instance and a fresh one, plus a kernel mount of side (b) so the
@@ -46,8 +48,8 @@ The generator uses every operation in :data:`ALL_OPS` (each implemented on
 both sides of the harness); the self-tests use them with the kernel on both
 sides too.
 
-This module is stdlib-only at import time (plus the sibling ``kernel`` and
-``stackgen`` modules), so the namespace child can load it by path.
+This module is stdlib-only at import time (plus the sibling ``dumps``, ``kernel``
+and ``stackgen`` modules), so the namespace child can load it by path.
 """
 
 from __future__ import annotations
@@ -62,15 +64,15 @@ import shutil
 import stat
 import subprocess
 import sys
-import tempfile
 import time
 
 # Needed here although conftest adds tests/ too: the namespace child loads this
-# file by its path in a fresh interpreter (_CHILD_CODE), with no conftest.
+# file by its path in a fresh interpreter (kernel.run_in_mount), with no conftest.
 _HERE = os.path.dirname(os.path.abspath(__file__))
 if _HERE not in sys.path:
     sys.path.insert(0, _HERE)
 
+import dumps  # noqa: E402
 import kernel  # noqa: E402
 import stackgen  # noqa: E402
 
@@ -86,11 +88,6 @@ OP_WEIGHTS = {
     "os_open": 14, "rename": 8, "link": 5, "move": 3,
 }
 ALL_OPS = list(OP_WEIGHTS)
-
-#: Upper-layer xattrs not compared: file handles and bookkeeping the kernel
-#: writes and the Stack does not (copy-up origin, impure parents, the fs uuid).
-IGNORED_UPPER_XATTRS = {b"trusted.overlay.origin", b"trusted.overlay.impure", b"trusted.overlay.uuid",
-                        b"user.overlay.origin", b"user.overlay.impure", b"user.overlay.uuid"}
 
 #: View fields not compared after a sequence (see the module docstring).
 VIEW_IGNORE = ("ino", "blocks")
@@ -113,31 +110,6 @@ def missing_ops(stack_cls=None) -> list[str]:
         import overlayfs
         stack_cls = overlayfs.Stack
     return [op for op in ALL_OPS if not hasattr(stack_cls, op)]
-
-
-# ---------------------------------------------------------------------------
-# Encoding (operations and results cross a JSON pipe to the namespace child)
-# ---------------------------------------------------------------------------
-
-
-def _enc(obj):
-    if isinstance(obj, bytes):
-        return {"__b": obj.hex()}
-    if isinstance(obj, dict):
-        return {k: _enc(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_enc(v) for v in obj]
-    return obj
-
-
-def _dec(obj):
-    if isinstance(obj, dict):
-        if set(obj) == {"__b"}:
-            return bytes.fromhex(obj["__b"])
-        return {k: _dec(v) for k, v in obj.items()}
-    if isinstance(obj, list):
-        return [_dec(v) for v in obj]
-    return obj
 
 
 def open_flags(names) -> int:
@@ -434,19 +406,6 @@ def apply_ops(fs, ops) -> list[str]:
 # Side (a): the kernel
 # ---------------------------------------------------------------------------
 
-_CHILD_CODE = r"""
-import importlib.util, sys
-spec = importlib.util.spec_from_file_location("_ovl_write_child", sys.argv[1])
-mod = importlib.util.module_from_spec(spec)
-spec.loader.exec_module(mod)
-sys.exit(mod._child_main())
-"""
-
-#: Margin around an operation window for "fresh" timestamps (the kernel's
-#: file times use the coarse clock, a tick behind time.time_ns()).
-WINDOW_MARGIN_NS = 2 * 10**9
-
-
 def become(caller, keep_saved=False) -> None:
     """Switch this (single-threaded) process to ``caller = (uid, gid, groups)``.
 
@@ -470,71 +429,21 @@ def apply_kernel(lowers, upper, work, ops, *, umask=0o022, options=(), caller=No
     Returns ``{"outcomes": [...], "window": [t0, t1]}``; the mount is gone
     when this returns.  Raises ``kernel.MountError`` if the mount fails.
     """
-    lowers = [os.path.abspath(os.fsencode(p)) for p in lowers]
-    upper = os.path.abspath(os.fsencode(upper))
-    work = os.path.abspath(os.fsencode(work))
-    data_layers = [os.path.abspath(os.fsencode(p)) for p in data_layers]
-    everything = lowers + data_layers + [upper, work]
-    base = os.path.commonpath(everything)
-    if base in everything:
-        base = os.path.dirname(base)
-    data = kernel.mount_data(lowers, upper, work, data_layers=data_layers, options=options, base=base)
-    mnt = tempfile.mkdtemp(prefix="ovl-wmnt-")
-    job = {"base": os.fsdecode(base), "mnt": mnt, "data": os.fsdecode(data), "ops": _enc(list(ops)),
-           "umask": umask, "caller": caller}
-    try:
-        proc = subprocess.run(
-            ["unshare", "-m", "--propagation", "private", sys.executable, "-c", _CHILD_CODE,
-             os.path.abspath(__file__)],
-            input=json.dumps(job).encode(), capture_output=True, timeout=300)
-    finally:
-        try:
-            os.rmdir(mnt)
-        except OSError:
-            pass
-    if proc.returncode != 0:
-        raise kernel.MountError("kernel ops failed (rc=%d): %s"
-                                % (proc.returncode, proc.stderr.decode(errors="replace").strip()))
-    return json.loads(proc.stdout)
+    return kernel.run_in_mount(_apply_in_mount, {"ops": list(ops), "umask": umask, "caller": caller}, lowers,
+                               upper, work, options=options, data_layers=data_layers, timeout=300,
+                               what="kernel ops")
 
 
-def _child_main() -> int:
-    """Namespace child: mount, fork a chrooted applier, unmount."""
-    job = json.loads(sys.stdin.buffer.read())
-    ops = _dec(job["ops"])
-    os.chdir(os.fsencode(job["base"]))
-    mnt = os.fsencode(job["mnt"])
-    failed = kernel.mount_here(os.fsencode(job["data"]), mnt)
-    if failed is not None:
-        sys.stderr.write("mount failed: %s\n" % failed)
-        return 2
-    try:
-        sys.stdout.flush()
-        pid = os.fork()
-        if pid == 0:
-            status = 1
-            try:
-                os.chroot(mnt)
-                os.chdir("/")
-                os.umask(job["umask"])
-                if job.get("caller"):
-                    become(job["caller"])
-                fs = KernelFS()
-                t0 = time.time_ns()
-                outcomes = apply_ops(fs, ops)
-                t1 = time.time_ns()
-                kernel._write_all(1, json.dumps({"outcomes": outcomes, "window": [t0, t1]}).encode())
-                status = 0
-            except BaseException as e:
-                os.write(2, ("applier failed: %r\n" % (e,)).encode())
-            finally:
-                os._exit(status)
-        _, status = os.waitpid(pid, 0)
-        return os.waitstatus_to_exitcode(status)
-    finally:
-        r = subprocess.run([b"umount", b"-n", mnt], capture_output=True)
-        if r.returncode != 0:  # never leave a mount behind (the namespace dies with us anyway)
-            subprocess.run([b"umount", b"-n", b"-l", mnt], check=False)
+def _apply_in_mount(root: bytes, job: dict) -> dict:
+    """Worker of :func:`apply_kernel`, chrooted into the mount (run by ``kernel.run_in_mount``)."""
+    os.umask(job["umask"])
+    if job.get("caller"):
+        become(job["caller"])
+    fs = KernelFS(root)
+    t0 = time.time_ns()
+    outcomes = apply_ops(fs, job["ops"])
+    t1 = time.time_ns()
+    return {"outcomes": outcomes, "window": [t0, t1]}
 
 
 # ---------------------------------------------------------------------------
@@ -687,124 +596,10 @@ def fresh_stack_view(stack_cls, layout, paths_extra=(), stack_kwargs=None, timeo
 # ---------------------------------------------------------------------------
 
 
-def _fresh(ns: int, window) -> bool:
-    return window is not None and window[0] - WINDOW_MARGIN_NS <= ns <= window[1] + WINDOW_MARGIN_NS
-
-
-def _data_map(path: bytes, size: int):
-    """The data extents of a regular file as [[start, end], ...] (SEEK_DATA/SEEK_HOLE)."""
-    out = []
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
-    except OSError as e:
-        return _errname(e)
-    try:
-        pos = 0
-        while pos < size:
-            try:
-                start = os.lseek(fd, pos, os.SEEK_DATA)
-            except OSError:
-                break
-            end = os.lseek(fd, start, os.SEEK_HOLE)
-            out.append([start, end])
-            pos = end
-    finally:
-        os.close(fd)
-    return out
-
-
-def _sha(path: bytes) -> str:
-    h = hashlib.sha256()
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
-    except OSError as e:
-        return _errname(e)
-    with os.fdopen(fd, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
-def dump_upper(upper, window=None, *, ignored_xattrs=IGNORED_UPPER_XATTRS) -> dict:
-    """A normalized record of every path in an upper directory (see the module docstring).
-
-    Keys are fsdecoded paths relative to *upper* ("" is the root).  *window*
-    (``[t0, t1]`` in ns) turns mtimes inside it into ``"fresh"``.
-    """
-    upper = os.fsencode(upper)
-    out: dict = {}
-    inodes: dict = {}
-    todo = [b""]
-    while todo:
-        rel = todo.pop()
-        path = upper + b"/" + rel if rel else upper
-        st = os.lstat(path)
-        fmt = stat.S_IFMT(st.st_mode)
-        whiteout = fmt == stat.S_IFCHR and st.st_rdev == 0
-        rec: dict = {"type": "whiteout" if whiteout else kernel._TYPE_NAMES.get(fmt, oct(fmt)),
-                     "mode": "%04o" % stat.S_IMODE(st.st_mode), "uid": st.st_uid, "gid": st.st_gid}
-        if fmt != stat.S_IFDIR:
-            rec["mtime"] = "fresh" if _fresh(st.st_mtime_ns, window) else st.st_mtime_ns
-            rec["size"] = st.st_size
-        if not whiteout:
-            rec["nlink"] = st.st_nlink
-            if fmt != stat.S_IFDIR and st.st_nlink > 1:
-                inodes.setdefault(st.st_ino, []).append(os.fsdecode(rel))
-        if fmt == stat.S_IFREG:
-            rec["sha256"] = _sha(path)
-            rec["data_map"] = _data_map(path, st.st_size)
-        elif fmt == stat.S_IFLNK:
-            rec["target"] = os.fsdecode(os.readlink(path))
-        elif fmt in (stat.S_IFCHR, stat.S_IFBLK) and not whiteout:
-            rec["rdev"] = "%d:%d" % (os.major(st.st_rdev), os.minor(st.st_rdev))
-        xattrs = {}
-        for name in sorted(os.listxattr(path, follow_symlinks=False)):
-            bname = os.fsencode(name)
-            if bname in ignored_xattrs:
-                continue
-            try:
-                xattrs[name] = os.getxattr(path, name, follow_symlinks=False).hex()
-            except OSError as e:
-                xattrs[name] = _errname(e)
-        if xattrs:
-            rec["xattrs"] = xattrs
-        out[os.fsdecode(rel)] = rec
-        if fmt == stat.S_IFDIR:
-            for name in sorted(os.listdir(path)):
-                todo.append(rel + b"/" + name if rel else name)
-    for paths in inodes.values():
-        for p in paths:
-            out[p]["links"] = sorted(paths)
-    return out
-
-
-#: Upper-dump fields recorded but not compared.  ``data_map``: the kernel's
-#: copy-up skips holes only at 1 MiB chunk boundaries (copy_up.c:
-#: ``ovl_copy_up_file`` checks SEEK_DATA once per chunk and splices the whole
-#: chunk), so a hole inside a chunk that holds data becomes allocated zeros;
-#: a copy that keeps every hole has the same content but another allocation.
-#: Empty this to require the kernel's allocation too.
-DUMP_IGNORE = ("data_map",)
-
-
-def compare_dumps(a: dict, b: dict, *, labels=("kernel", "stack"), ignore=None) -> list[str]:
-    """Differences between two upper dumps, as readable lines (fields in *ignore*,
-    default :data:`DUMP_IGNORE`, are left out)."""
-    ignore = set(DUMP_IGNORE if ignore is None else ignore)
-    if ignore:
-        a = {p: {k: v for k, v in r.items() if k not in ignore} for p, r in a.items()}
-        b = {p: {k: v for k, v in r.items() if k not in ignore} for p, r in b.items()}
-    out = []
-    for path in sorted(set(a) | set(b)):
-        ra, rb = a.get(path), b.get(path)
-        if ra is None or rb is None:
-            which = labels[0] if rb is None else labels[1]
-            out.append("upper %r: only in the %s upper: %s" % (path, which, ra if rb is None else rb))
-            continue
-        if ra != rb:
-            delta = {f: (ra.get(f), rb.get(f)) for f in sorted(set(ra) | set(rb)) if ra.get(f) != rb.get(f)}
-            out.append("upper %r: differs {field: (%s, %s)}: %s" % (path, labels[0], labels[1], delta))
-    return out
+def dump_upper(upper, window=None) -> dict:
+    """``dumps.dump_tree`` of an upper dir without the kernel-only bookkeeping xattrs
+    (``dumps.IGNORED_UPPER_XATTRS``), compared under ``dumps.WRITE_RULES``."""
+    return dumps.dump_tree(upper, window, ignored_xattrs=dumps.IGNORED_UPPER_XATTRS)
 
 
 # ---------------------------------------------------------------------------
@@ -822,7 +617,7 @@ def normalize_view(view: dict, window) -> dict:
                     continue
                 if s.get("type") == "dir":
                     del s["mtime_ns"]
-                elif _fresh(s["mtime_ns"], window):
+                elif dumps.is_fresh(s["mtime_ns"], window):
                     s["mtime_ns"] = "fresh"
     return view
 
@@ -1377,7 +1172,8 @@ def compare_sides(a: SideResult, b: SideResult, ops, *, view_ignore=VIEW_IGNORE)
             out.append("op %d %s: %s=%s %s=%s" % (i, format_op(op), a.label, oa, b.label, ob))
     if len(a.outcomes) != len(b.outcomes):
         out.append("outcome counts differ: %d vs %d" % (len(a.outcomes), len(b.outcomes)))
-    out += compare_dumps(a.upper_dump, b.upper_dump, labels=(a.label, b.label))
+    out += ["upper [%s] %s" % d for d in dumps.compare_dumps(a.upper_dump, b.upper_dump, dumps.WRITE_RULES,
+                                                              labels=(a.label, b.label))]
     ref = a.views.get("kernel")
     # The same difference seen in several views is reported once, naming them all.
     by_line: dict = {}
