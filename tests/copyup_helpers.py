@@ -7,8 +7,8 @@
   deterministic times, so two builds are identical but for inode numbers.
 * :func:`kernel_copy_up` makes the kernel copy paths up through a real
   overlay mount (``kernel.run_in_mount``: a private mount namespace), with
-  operations that copy up and change nothing else; :func:`stack_copy_up`
-  does the same with ``Stack.copy_up``.  The two upper dirs are compared
+  operations that copy up and change nothing else (the tests copy the same
+  paths up with ``Stack.copy_up``).  The two upper dirs are compared
   with ``dumps.dump_tree`` / ``dumps.compare_dumps`` under
   ``dumps.copy_up_rules``.
 * :class:`LoopFs` makes a filesystem image in a file, attaches it to a loop
@@ -281,17 +281,6 @@ def kernel_copy_up(lowers, upper, work, paths, options=()):
     """Copy *paths* up with the kernel (a mount in a private namespace)."""
     kernel.run_in_mount(_trigger_copy_ups, list(paths), lowers, upper, work, options=options, chroot=False,
                         what="kernel copy-up")
-
-
-def stack_copy_up(lowers, upper, work, paths, ns="trusted", **kw):
-    """Copy *paths* up with Stack.copy_up; returns {path: CopyUp.method}."""
-    import overlayfs
-
-    methods = {}
-    with overlayfs.Stack(lowers, upper, work, xattr_namespace=ns, **kw) as st:
-        for p in paths:
-            methods[p] = st.copy_up(p).method
-    return methods
 
 
 # ---------------------------------------------------------------------------
