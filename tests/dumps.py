@@ -46,7 +46,6 @@ load it by path.
 
 from __future__ import annotations
 
-import errno
 import hashlib
 import os
 import stat
@@ -65,10 +64,6 @@ KERNEL_ONLY_XATTRS = ("origin", "impure", "uuid")
 #: Upper-layer xattrs the write-parity dumps leave out (both namespaces).
 IGNORED_UPPER_XATTRS = frozenset("%s.overlay.%s" % (ns, k) for ns in ("trusted", "user")
                                  for k in KERNEL_ONLY_XATTRS)
-
-
-def _errname(err: OSError) -> str:
-    return errno.errorcode.get(err.errno, str(err.errno))
 
 
 def is_fresh(ns, window) -> bool:
@@ -105,7 +100,7 @@ def data_map(path, size=None):
     try:
         fd = os.open(os.fsencode(path), os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
     except OSError as e:
-        return _errname(e)
+        return kernel.errname(e)
     try:
         if size is None:
             size = os.fstat(fd).st_size
@@ -156,7 +151,7 @@ def dump_tree(root, window=None, *, ignored_xattrs=()) -> dict:
             try:
                 xattrs[name] = os.getxattr(path, name, follow_symlinks=False).hex()
             except OSError as e:
-                xattrs[name] = _errname(e)
+                xattrs[name] = kernel.errname(e)
         if xattrs:
             rec["xattrs"] = xattrs
         names = []
@@ -164,7 +159,7 @@ def dump_tree(root, window=None, *, ignored_xattrs=()) -> dict:
             try:
                 rec["sha256"] = sha256(path)
             except OSError as e:
-                rec["sha256"] = _errname(e)
+                rec["sha256"] = kernel.errname(e)
             rec["data_map"] = data_map(path, st.st_size)
         elif fmt == stat.S_IFLNK:
             rec["target"] = os.fsdecode(os.readlink(path))

@@ -114,7 +114,8 @@ class MountError(RuntimeError):
 # ---------------------------------------------------------------------------
 
 
-def _errname(err: OSError) -> str:
+def errname(err: OSError) -> str:
+    """The errno name of an OSError ("ENOENT"), as the views record errors."""
     return errno.errorcode.get(err.errno, str(err.errno))
 
 
@@ -234,7 +235,7 @@ def _record(fs, path: bytes, inodes=None) -> dict:
     try:
         lst = fs.lstat(path)
     except OSError as e:
-        rec["lstat"] = {"errno": _errname(e)}
+        rec["lstat"] = {"errno": errname(e)}
     else:
         rec["lstat"] = stat_record(lst)
         if inodes is not None:
@@ -242,7 +243,7 @@ def _record(fs, path: bytes, inodes=None) -> dict:
     try:
         st = fs.stat(path)
     except OSError as e:
-        rec["stat"] = {"errno": _errname(e)}
+        rec["stat"] = {"errno": errname(e)}
         st = None
     else:
         rec["stat"] = stat_record(st)
@@ -252,7 +253,7 @@ def _record(fs, path: bytes, inodes=None) -> dict:
         try:
             rec["sha256"] = hashlib.sha256(fs.read(path)).hexdigest()
         except OSError as e:
-            rec["sha256"] = _errname(e)
+            rec["sha256"] = errname(e)
         # The kernel looks up the data of a metacopy file in a data-only layer
         # lazily, at the first data access, and until then guesses st_blocks
         # from st_size.  Record the state after the read.
@@ -260,27 +261,27 @@ def _record(fs, path: bytes, inodes=None) -> dict:
             try:
                 rec[key] = stat_record(func(path))
             except OSError as e:
-                rec[key] = {"errno": _errname(e)}
+                rec[key] = {"errno": errname(e)}
     if stat.S_ISLNK(lst.st_mode):
         try:
             rec["readlink"] = os.fsdecode(fs.readlink(path))
         except OSError as e:
-            rec["readlink"] = _errname(e)
+            rec["readlink"] = errname(e)
     try:
         xattrs = {}
         for name in sorted(fs.listxattr(path)):
             try:
                 xattrs[name] = fs.getxattr(path, name).hex()
             except OSError as e:
-                xattrs[name] = _errname(e)
+                xattrs[name] = errname(e)
         rec["xattrs"] = xattrs
     except OSError as e:
-        rec["xattrs"] = _errname(e)
+        rec["xattrs"] = errname(e)
     if stat.S_ISDIR(lst.st_mode):
         try:
             names = fs.listdir(path)
         except OSError as e:
-            rec["listing"] = _errname(e)
+            rec["listing"] = errname(e)
         else:
             rec["listing"] = [os.fsdecode(n) for n in names]
             # Listed names that cannot be looked up (see compare_views).
@@ -289,7 +290,7 @@ def _record(fs, path: bytes, inodes=None) -> dict:
                 try:
                     fs.lstat(_join(path, name))
                 except OSError as e:
-                    failed[os.fsdecode(name)] = _errname(e)
+                    failed[os.fsdecode(name)] = errname(e)
             rec["listing_failed"] = failed
     return rec
 
@@ -608,7 +609,7 @@ def _outcome(func, *args, **kwargs):
     try:
         return func(*args, **kwargs)
     except OSError as e:
-        return _errname(e)
+        return errname(e)
 
 
 def _entry_test(stat_rec: dict, want_type: str):

@@ -309,10 +309,6 @@ class StackFS:
         return getattr(self.stack, name)
 
 
-def _errname(err: OSError) -> str:
-    return errno.errorcode.get(err.errno, str(err.errno))
-
-
 def _call(fs, op: dict):
     kind = op["op"]
     follow = {} if "follow" not in op else {"follow_symlinks": op["follow"]}
@@ -380,7 +376,7 @@ def apply_op(fs, op: dict) -> str:
                     else:
                         os.write(fd, op["data"])
                 except OSError as e:
-                    out += " write=" + _errname(e)
+                    out += " write=" + kernel.errname(e)
             st = os.fstat(fd)
             out += " size=%d mode=%o" % (st.st_size, stat.S_IMODE(st.st_mode))
             if acc != os.O_WRONLY:
@@ -388,12 +384,12 @@ def apply_op(fs, op: dict) -> str:
                     data = os.pread(fd, min(st.st_size, 8 << 20), 0)
                     out += " sha=" + hashlib.sha256(data).hexdigest()[:16]
                 except OSError as e:
-                    out += " read=" + _errname(e)
+                    out += " read=" + kernel.errname(e)
             return out
         finally:
             os.close(fd)
     except OSError as e:
-        return _errname(e)
+        return kernel.errname(e)
     except Exception as e:  # a wrong exception type is a parity failure, not a crash
         return "EXC %s: %s" % (type(e).__name__, e)
 
