@@ -135,3 +135,23 @@ def mountable() -> None:
     reason = _library_mount_unavailable()
     if reason:
         kernel.skip_or_fail(reason)
+
+
+@pytest.fixture(scope="session")
+def dockerd():
+    """A private dockerd (see peers.py); skipped, or failed under OVERLAYFS_REQUIRE_KERNEL=1, without one."""
+    import peers
+
+    docker = peers.start_docker()
+    yield docker
+    docker.close()
+
+
+@pytest.fixture(scope="session")
+def busybox_image(dockerd, tmp_path_factory):
+    """The tag of a busybox base image imported into ``dockerd`` from a rootfs built here."""
+    import peers
+
+    root = peers.busybox_rootfs(str(tmp_path_factory.mktemp("busybox-rootfs")))
+    dockerd.import_rootfs(root, "ovltest-busybox:1")
+    return "ovltest-busybox:1"
