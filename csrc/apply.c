@@ -363,11 +363,16 @@ static int xattr_set_at(int dfd, const char *name, const char *xname, const void
 	char proc[64];
 	int fd, r;
 
-	r = ovl_sys_setxattrat(dfd, name, AT_SYMLINK_NOFOLLOW | (*name ? 0 : AT_EMPTY_PATH),
-			       xname, v, n, 0);
+	if (!*name) {
+		/* O_PATH fds take no fsetxattr: through /proc, which reaches
+		 * the object itself */
+		snprintf(proc, sizeof(proc), "/proc/self/fd/%d", dfd);
+		return setxattr(proc, xname, v, n, 0) < 0 ? -errno : 0;
+	}
+	r = ovl_sys_setxattrat(dfd, name, AT_SYMLINK_NOFOLLOW, xname, v, n, 0);
 	if (r != -ENOSYS)
 		return r;
-	fd = *name ? openat(dfd, name, O_PATH | O_NOFOLLOW | O_CLOEXEC) : dup(dfd);
+	fd = openat(dfd, name, O_PATH | O_NOFOLLOW | O_CLOEXEC);
 	if (fd < 0)
 		return -errno;
 	snprintf(proc, sizeof(proc), "/proc/self/fd/%d", fd);
@@ -1038,9 +1043,11 @@ static int make_whiteout(struct ovl_apply *a, int dfd, const char *name, bool ro
 		return 0;
 	}
 	{
-		char v[2];
-		long r = ovl_sys_getxattrat(dfd, "", AT_EMPTY_PATH, a->x_opaque, v, sizeof(v));
+		char v[2], proc[64];
+		ssize_t r;
 
+		snprintf(proc, sizeof(proc), "/proc/self/fd/%d", dfd);
+		r = getxattr(proc, a->x_opaque, v, sizeof(v));
 		if (r == 1 && v[0] == 'y')
 			return 0;
 	}
