@@ -578,10 +578,82 @@ static int whiteout_to_dir(struct ovl_apply *a, int dfd, const char *name, mode_
 	return xattr_set_at(dfd, name, a->x_opaque, "y", 1);
 }
 
+/* Join the components of in (len bytes) to out (olen bytes, cleaned) the
+ * way RESOLVE_IN_ROOT walks them: ".." at the root stays at the root.
+ * Return 0 or -ENAMETOOLONG. */
+static int clamp_join(char *out, size_t *olen, const char *in, size_t len)
+{
+	size_t n = *olen, i = 0;
+
+	while (i < len) {
+		size_t j = i, cl;
+
+		while (j < len && in[j] != '/')
+			j++;
+		cl = j - i;
+		if (cl == 2 && in[i] == '.' && in[i + 1] == '.') {
+			while (n && out[n - 1] != '/')
+				n--;
+			if (n)
+				n--;
+		} else if (cl && !(cl == 1 && in[i] == '.')) {
+			if (n + cl + 2 >= PATH_MAX)
+				return -ENAMETOOLONG;
+			if (n)
+				out[n++] = '/';
+			memcpy(out + n, in + i, cl);
+			n += cl;
+		}
+		i = j + 1;
+	}
+	out[n] = 0;
+	*olen = n;
+	return 0;
+}
+
+static int open_parent_at(struct ovl_apply *a, const char *path, size_t len, bool create,
+			  int depth);
+
+/* A symlink met on the way whose target is missing: the directories to
+ * make are where it points, inside the root (what RESOLVE_IN_ROOT would
+ * have reached; containerd and umoci make them there too).  link is
+ * prev/comp, the path up to it buf[0..dl); rest the components after it. */
+static int follow_dangling(struct ovl_apply *a, int prev, const char *comp, const char *buf,
+			   size_t dl, const char *rest, size_t restlen, int depth)
+{
+	char target[PATH_MAX], np[PATH_MAX];
+	size_t n = 0;
+	ssize_t tl;
+	int err;
+
+	if (depth >= OVL_MAX_SYMLINKS)
+		return set_error(a, OVL_APPLY_E_IO, -ELOOP);
+	tl = readlinkat(prev, comp, target, sizeof(target) - 1);
+	if (tl < 0)
+		return io(a, -errno);
+	if (target[0] != '/') {
+		memcpy(np, buf, dl);
+		n = dl;
+		np[n] = 0;
+	}
+	err = clamp_join(np, &n, target, (size_t)tl);
+	if (!err)
+		err = clamp_join(np, &n, rest, restlen);
+	if (err)
+		return io(a, err);
+	return open_parent_at(a, np, n, true, depth + 1);
+}
+
 /* Open (O_PATH) the directory at path[0..len) inside the root, making what
  * is missing.  Return an fd (a->root for ""), cached; or -errno with the
  * error class set. */
 static int open_parent(struct ovl_apply *a, const char *path, size_t len, bool create)
+{
+	return open_parent_at(a, path, len, create, 0);
+}
+
+static int open_parent_at(struct ovl_apply *a, const char *path, size_t len, bool create,
+			  int depth)
 {
 	char buf[PATH_MAX];
 	int fd, prev, err;
@@ -609,7 +681,17 @@ static int open_parent(struct ovl_apply *a, const char *path, size_t len, bool c
 			fd = open_in_root(a, buf, O_PATH | O_DIRECTORY);
 			comp = base_of(buf, i, &dl);
 			if (fd == -ENOENT || fd == -ENOTDIR) {
-				if (fstatat(prev, comp, &st, AT_SYMLINK_NOFOLLOW) == 0) {
+				if (fstatat(prev, comp, &st, AT_SYMLINK_NOFOLLOW) == 0 &&
+				    S_ISLNK(st.st_mode)) {
+					char rest[PATH_MAX];
+					size_t rl = i < len ? len - i - 1 : 0;
+
+					memcpy(rest, path + len - rl, rl);
+					err = follow_dangling(a, prev, comp, buf, dl, rest, rl, depth);
+					if (prev != a->root)
+						close(prev);
+					return err;
+				} else if (fstatat(prev, comp, &st, AT_SYMLINK_NOFOLLOW) == 0) {
 					if (a->mode == OVL_APPLY_LAYER && is_wh_stat(a, prev, comp, &st))
 						err = whiteout_to_dir(a, prev, comp, 0755);
 					else
