@@ -174,3 +174,65 @@ def snapshot(base, exclude=()) -> dict:
                 rec += (os.readlink(p),)
             out[os.path.relpath(p, base)] = rec
     return out
+
+
+def records_worker(root: bytes, args: dict) -> dict:
+    """kernel.run_in_mount worker: :func:`records` of the mounted union (read-only:
+    dump_tree's putting back of a symlink's atime is skipped)."""
+    import errno
+
+    real = os.utime
+
+    def utime(*a, **kw):
+        try:
+            real(*a, **kw)
+        except OSError as e:
+            if e.errno != errno.EROFS:
+                raise
+
+    os.utime = utime  # this is the mount child's own process
+    return records(root, mtimes=args.get("mtimes", True), ignore_xattrs=args.get("ignore_xattrs", ()))
+
+
+def kernel_records(lowers, **args) -> dict:
+    """:func:`records` of the kernel's read-only overlay of *lowers* (top first)."""
+    import kernel
+
+    return kernel.run_in_mount(records_worker, args, lowers, chroot=False, what="kernel records")
+
+
+def reassemble(split: bytes, root) -> bytes:
+    """The tar stream a tar-split record (docs/tar-split.md, uncompressed) and
+    the applied tree at *root* give back: a reference reader of the format."""
+    import struct
+
+    assert split[:8] == b"OVLTSPL1"
+    out = []
+    i = 8
+    root = os.fsencode(root)
+    while i < len(split):
+        kind = split[i]
+        i += 1
+        if kind == 1:
+            (n,) = struct.unpack_from("<Q", split, i)
+            out.append(split[i + 8:i + 8 + n])
+            i += 8 + n
+        elif kind == 3:
+            (n,) = struct.unpack_from("<Q", split, i)
+            out.append(b"\0" * n)
+            i += 8
+        elif kind == 2:
+            (pl,) = struct.unpack_from("<H", split, i)
+            path = split[i + 2:i + 2 + pl]
+            i += 2 + pl
+            (nseg,) = struct.unpack_from("<Q", split, i)
+            i += 8
+            with open(root + b"/" + path, "rb") as f:
+                for _ in range(nseg):
+                    off, ln = struct.unpack_from("<QQ", split, i)
+                    i += 16
+                    f.seek(off)
+                    out.append(f.read(ln))
+        else:
+            raise ValueError(f"unknown record {kind}")
+    return b"".join(out)
