@@ -280,6 +280,10 @@ def test_layers_match_dockerd_overlay2(docker_layers, tmp_path):
         got = records(mine, ignore_xattrs=IGNORED)
         diffs = diff_records(want, got, labels=("dockerd", "apply"))
         assert not diffs, f"layer {i}:\n" + "\n".join(diffs[:30])
+        if i == 2:  # the second RUN: whiteouts, an opaque dir, a hardlink to a lower file
+            assert want["del1"]["type"] == "whiteout" and want["bin/true"]["type"] == "whiteout"
+            assert want["opq"]["xattrs"]["trusted.overlay.opaque"] == b"y".hex()
+            assert want["data/hard2"]["links"] == ["data/f", "data/hard2"]  # copy-up split data/hard off
 
 
 def test_kernel_view_matches_dockerd(docker_layers, tmp_path, mountable):
