@@ -16,7 +16,7 @@ import subprocess
 import tarfile
 
 import pytest
-from applyutil import dir_, diff_records, file, kernel_records, reassemble, records, symlink, tar
+from applyutil import diff_records, dir_, file, kernel_records, reassemble, records, symlink, tar
 
 from overlayfs import errors
 from overlayfs.apply import apply_layer
@@ -316,3 +316,27 @@ def test_rootfs_matches_umoci_raw_unpack(docker_layers, tmp_path):
     # umoci: implied directories are 0777 & ~umask (none here: docker writes every parent)
     diffs = diff_records(records(umoci_root), records(mine), labels=("umoci", "apply rootfs"))
     assert not diffs, "\n".join(diffs[:30])
+
+
+def test_cli_apply(tmp_path):
+    import sys
+
+    t = tmp_path / "l.tar.gz"
+    t.write_bytes(gzip.compress(tar(dir_(b"d"), file(b"d/f", b"x"), file(b"d/.wh.gone"))))
+    run = [sys.executable, "-m", "overlayfs", "apply"]
+    r = subprocess.run([*run, t, tmp_path / "layer", "--json", "--no-sync"], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    res = json.loads(r.stdout)
+    assert res["compression"] == "gzip" and res["whiteouts"] == 1 and res["files"] == 1
+    assert os.stat(tmp_path / "layer/d/gone").st_rdev == 0
+    r = subprocess.run([*run, "-", tmp_path / "root", "--rootfs"], input=gzip.decompress(t.read_bytes()),
+                       capture_output=True)
+    assert r.returncode == 1 and b"No such file or directory" in r.stderr  # rootfs needs the dir
+    (tmp_path / "root").mkdir()
+    r = subprocess.run([*run, "-", tmp_path / "root", "--rootfs"], input=gzip.decompress(t.read_bytes()),
+                       capture_output=True)
+    assert r.returncode == 0 and r.stdout.startswith(b"sha256:")
+    r = subprocess.run([*run, t, tmp_path / "l2", "--verify-diff-id", "sha256:" + "0" * 64],
+                       capture_output=True, text=True)
+    assert r.returncode == 1 and r.stderr.count("\n") == 1 and "diff ID mismatch" in r.stderr
+    assert not (tmp_path / "l2").exists()
