@@ -86,6 +86,19 @@ class _Head:
         self._src = src
         self.name = getattr(src, "name", None)
 
+    def readinto(self, buf: bytearray) -> int:
+        if self._head:
+            n = min(len(buf), len(self._head))
+            buf[:n] = self._head[:n]
+            self._head = self._head[n:]
+            return n
+        readinto = getattr(self._src, "readinto", None)
+        if readinto is not None:
+            return readinto(buf) or 0
+        data = self._src.read(len(buf)) or b""
+        buf[:len(data)] = data
+        return len(data)
+
     def read(self, n: int = -1) -> bytes:
         if self._head:
             if n is None or n < 0:
@@ -121,15 +134,22 @@ class _Reader:
         self._hash = hashlib.sha256()
         self.size = 0
 
-    def chunk(self) -> bytes:
-        try:
-            data = self._src.read(_compress.CHUNK) if self._plain else self._src.read_chunk()
-        except ValueError as e:  # corrupt or truncated compressed data
-            raise CorruptArchiveError(str(e)) from None
-        if data:
-            self._hash.update(data)
-            self.size += len(data)
-        return bytes(data) if data else b""
+    def chunk(self, buf: bytearray) -> memoryview | bytes:
+        """The next piece of the stream (b"" at the end): read into *buf*
+        (reused: no fresh pages for every chunk) when uncompressed."""
+        if self._plain:
+            n = self._src.readinto(buf)
+            data: memoryview | bytes = memoryview(buf)[:n]
+        else:
+            try:
+                data = self._src.read_chunk()
+            except ValueError as e:  # corrupt or truncated compressed data
+                raise CorruptArchiveError(str(e)) from None
+        if not len(data):
+            return b""
+        self._hash.update(data)
+        self.size += len(data)
+        return data
 
     def diff_id(self) -> str:
         return "sha256:" + self._hash.hexdigest()
@@ -141,21 +161,27 @@ class _Reader:
         return self.size if self._plain else self._src.compressed_size
 
 
-def _pump(reader: _Reader, q: queue.Queue[Any], stop: threading.Event) -> None:
-    """The reader thread: read, inflate and hash; hand chunks over."""
+def _pump(reader: _Reader, q: queue.Queue[Any], free: queue.Queue[bytearray],
+          stop: threading.Event) -> None:
+    """The reader thread: read, inflate and hash; hand chunks over (with the
+    buffer to give back to *free* once applied)."""
     try:
         while not stop.is_set():
-            data = reader.chunk()
+            try:
+                buf = free.get(timeout=0.1)
+            except queue.Empty:
+                continue
+            data = reader.chunk(buf)
             while not stop.is_set():
                 try:
-                    q.put(data, timeout=0.1)
+                    q.put((data, buf), timeout=0.1)
                     break
                 except queue.Full:
                     continue
-            if not data:
+            if not len(data):
                 return
     except BaseException as e:  # handed to the applying thread
-        q.put(e)
+        q.put((e, None))
 
 
 def apply_layer(
@@ -187,8 +213,10 @@ def apply_layer(
     the number of input bytes read so far, after every chunk.
 
     Raises the :mod:`overlayfs.errors` classes (``ValueError`` subclasses
-    with ``.entry``) for what is wrong with the archive, ``OSError`` for a
-    failed system call, ``FileExistsError`` if a layer *dest* exists.
+    with ``.entry``) for what is wrong with the archive; ``OSError`` for a
+    failed system call, with the entry's name as its filename (a parent
+    that is not a directory: ``NotADirectoryError``);
+    ``FileExistsError`` if a layer *dest* exists.
     """
     if mode not in ("layer", "rootfs"):
         raise ValueError(f"mode must be 'layer' or 'rootfs', not {mode!r}")
@@ -222,18 +250,22 @@ def apply_layer(
                              else tar_split)
                 split_out = gzip.GzipFile(fileobj=split_raw, mode="wb", mtime=0)
             q: queue.Queue[Any] = queue.Queue(_QUEUE_DEPTH)
+            free: queue.Queue[bytearray] = queue.Queue()
+            for _ in range(_QUEUE_DEPTH + 2):
+                free.put(bytearray(_compress.CHUNK))
             stop = threading.Event()
-            t = threading.Thread(target=_pump, args=(reader, q, stop), name="overlayfs-apply-read",
-                                 daemon=True)
+            t = threading.Thread(target=_pump, args=(reader, q, free, stop),
+                                 name="overlayfs-apply-read", daemon=True)
             t.start()
             try:
                 while True:
-                    data = q.get()
+                    data, buf = q.get()
                     if isinstance(data, BaseException):
                         raise data
-                    if not data:
+                    if not len(data):
                         break
                     applier.feed(data)
+                    free.put(buf)
                     if split_out is not None:
                         split_out.write(applier.split())
                     if progress is not None:
