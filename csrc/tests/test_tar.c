@@ -170,7 +170,8 @@ static int apply_chunks(const unsigned char *b, size_t n, size_t chunk, const ch
 int main(void)
 {
 	static const size_t chunks[] = { 1, 7, 511, 512, 513, 1000, 4096, 65536 };
-	const char *tars[] = { "gnu.tar", "pax.tar", "sparse.tar", "posix-sparse.tar" };
+	const char *tars[] = { "gnu.tar", "pax.tar", "sparse.tar", "posix-sparse.tar",
+			       "posix-sparse00.tar", "posix-sparse01.tar" };
 	char cmd[16384];
 
 	(void)ops;
@@ -185,7 +186,9 @@ int main(void)
 		 "tar --format=gnu -cf gnu.tar -C src . && "
 		 "tar --format=posix --xattrs -cf pax.tar -C src . && "
 		 "tar --format=gnu -S -cf sparse.tar -C src sp && "
-		 "tar --format=posix -S -cf posix-sparse.tar -C src sp",
+		 "tar --format=posix -S -cf posix-sparse.tar -C src sp && "
+		 "tar --format=posix -S --sparse-version=0.0 -cf posix-sparse00.tar -C src sp && "
+		 "tar --format=posix -S --sparse-version=0.1 -cf posix-sparse01.tar -C src sp",
 		 t_path(""));
 	sh(cmd);
 	for (size_t k = 0; k < sizeof(tars) / sizeof(tars[0]); k++) {
@@ -222,7 +225,7 @@ int main(void)
 			CHECK_EQ(run(c, n, 333, &part), -EBADMSG);
 			free(c);
 		}
-		if (k == 2 || k == 3)
+		if (k >= 2)
 			CHECK(strstr(whole.l.text, "size 3145729") != NULL);
 		if (k == 1 || k == 3) {
 			/* mutations: any outcome but a crash (ASan/UBSan builds) */
@@ -253,6 +256,14 @@ int main(void)
 				 "bash -c 'l() { cd \"$1\" && find . -mindepth 1 -printf \"%%p %%y %%m %%s %%l %%Ts\\n\" | sort; };"
 				 " cmp <(l %.1000s) <(l %.1000s) && { [ %zu -ge 2 ] || cmp <(l %.1000s) <(l %.1000s/src); }'",
 				 dest, cmp, k, dest, t_path(""));
+			if (k >= 2) {
+				struct stat sst;
+				char sp[4096];
+
+				snprintf(sp, sizeof(sp), "%s/sp", dest);
+				CHECK(stat(sp, &sst) == 0 && sst.st_size == 3145729 &&
+				      sst.st_blocks * 512 < 1048576);
+			}
 			sh(cmd);
 			/* a truncated stream leaves nothing */
 			snprintf(dest, sizeof(dest), "%s/trunc%zu", t_path(""), k);
