@@ -381,3 +381,14 @@ def test_broken_stores_give_clear_errors(tmp_path):
     (tmp_path / "overlay" / "l").mkdir(parents=True)
     with pytest.raises(FileNotFoundError, match="nolayer"):
         containers.resolve_target("podman:p", root=tmp_path)
+
+
+def test_rootless_podman_root(monkeypatch, tmp_path):
+    """Not as root: ~/.local/share/containers/storage ($XDG_DATA_HOME), read with user xattrs."""
+    monkeypatch.delenv(containers.PODMAN_ROOT_ENV, raising=False)
+    monkeypatch.setattr(containers.os, "geteuid", lambda: 1000)
+    monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path))
+    assert containers.podman_root() == (str(tmp_path / "containers" / "storage"), True)
+    with pytest.raises(FileNotFoundError) as info:
+        containers.resolve_target("podman:x")
+    assert info.value.filename == str(tmp_path / "containers" / "storage")
