@@ -60,7 +60,8 @@ from .store import LayerStore
 if TYPE_CHECKING:  # pragma: no cover
     from overlayfs import Stack
 
-__all__ = ["KINDS", "Target", "TargetKind", "open_container", "resolve_target"]
+__all__ = ["KINDS", "Target", "TargetKind", "docker_root", "open_container", "parse_spec",
+           "podman_root", "resolve_target"]
 
 TargetKind = Literal["docker", "docker-image", "podman", "podman-image"]
 #: the spec prefixes understood, and the kind each gives
