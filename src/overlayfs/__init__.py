@@ -19,6 +19,7 @@ from ._mountinfo import MountInfo, mounts
 from ._mountopts import MAX_LOWERS
 from ._namespace import run_in_private_namespace, run_in_user_namespace
 from .changes import Change
+from .containers import Target, open_container, resolve_target
 from .stack import Stack
 from .store import Layer, LayerStore, stack_from_layer_dir
 
@@ -34,9 +35,12 @@ __all__ = [
     "Mount",
     "MountInfo",
     "Stack",
+    "Target",
     "check",
     "mount",
     "mounts",
+    "open_container",
+    "resolve_target",
     "run_in_private_namespace",
     "run_in_user_namespace",
     "stack_from_layer_dir",
