@@ -22,6 +22,7 @@ from ._mountopts import MAX_LOWERS
 from ._namespace import run_in_private_namespace, run_in_user_namespace
 from .apply import ApplyResult, apply_layer
 from .changes import Change
+from .containers import Target, open_container, resolve_target
 from .errors import (
     ArchiveError,
     ArchiveTooLargeError,
@@ -55,9 +56,12 @@ __all__ = [
     "Mount",
     "MountInfo",
     "Stack",
+    "Target",
     "check",
     "mount",
     "mounts",
+    "open_container",
+    "resolve_target",
     "run_in_private_namespace",
     "run_in_user_namespace",
     "stack_from_layer_dir",
