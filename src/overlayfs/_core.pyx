@@ -1255,7 +1255,7 @@ cdef class _Applier:
         finally:
             PyMem_Free(lp)
         if rc < 0:
-            raise _oserror(rc, dest)
+            raise OSError(-rc, os.strerror(-rc), dest)
 
     cdef int _raise(self, int rc) except -1:
         cdef const char *name = NULL
