@@ -40,6 +40,33 @@ def errname(e: BaseException) -> str:
     return type(e).__name__
 
 
+def diff_views(kview, sview, limit=20) -> list[str]:
+    """Readable differences between two nested views.  A "hidden" list
+    (names listed but not found) of the Stack side may be a subset of the
+    kernel's."""
+    out: list[str] = []
+
+    def walk(where, a, b):
+        if len(out) >= limit:
+            return
+        if isinstance(a, dict) and isinstance(b, dict):
+            for k in sorted(set(a) | set(b), key=str):
+                if k not in a:
+                    out.append(f"{where}/{k!r}: only overlay: {str(b[k])[:300]}")
+                elif k not in b:
+                    out.append(f"{where}/{k!r}: only kernel: {str(a[k])[:300]}")
+                elif k == "hidden" and isinstance(a[k], list) and isinstance(b[k], list):
+                    if not set(b[k]) <= set(a[k]):
+                        out.append(f"{where}/hidden: overlay hides more: {sorted(set(b[k]) - set(a[k]))}")
+                else:
+                    walk(f"{where}/{k!r}", a[k], b[k])
+        elif a != b:
+            out.append(f"{where}: kernel {str(a)[:300]} != overlay {str(b)[:300]}")
+
+    walk("", kview, sview)
+    return out
+
+
 def outcome(func, *args, **kwargs):
     try:
         return {"ok": func(*args, **kwargs)}
@@ -59,12 +86,16 @@ def _cat_range(fs, path, start, end):
     return fs.cat_file(path, start, end).hex()[:64]
 
 
+def _fs_glob(fs, pattern):
+    return sorted(fs.glob(pattern))
+
+
 def _glob(top, pattern):
-    return sorted(str(c) for c in top.glob(pattern))
+    return _split(top.glob(pattern))
 
 
 def _rglob(top, pattern):
-    return sorted(str(c) for c in top.rglob(pattern))
+    return _split(top.rglob(pattern))
 
 
 def _stat_of(p, follow):
@@ -75,8 +106,28 @@ def _resolve(p, strict):
     return str(p.resolve(strict=strict))
 
 
+def _lexists(p) -> bool:
+    try:
+        p.lstat()
+    except OSError:
+        return False
+    return True
+
+
+def _split(paths) -> dict:
+    """Sorted str paths that lstat finds ("ok"), and the others ("hidden"):
+    the kernel lists char 0:0 whiteouts of a one-layer directory, which a
+    Stack hides (README), and pathlib yields what readdir lists."""
+    out: dict = {"ok": [], "hidden": []}
+    for c in paths:
+        out["ok" if _lexists(c) else "hidden"].append(str(c))
+    out["ok"].sort()
+    out["hidden"].sort()
+    return out
+
+
 def _iterdir(p):
-    return sorted(str(c) for c in p.iterdir())
+    return _split(p.iterdir())
 
 
 def _read_bytes(p):
@@ -84,7 +135,9 @@ def _read_bytes(p):
 
 
 def _read_text(p):
-    return hashlib.sha256(p.read_text(encoding="latin-1").encode("latin-1")).hexdigest()
+    # utf-8 (loaded at startup: no codec can be imported after the chroot)
+    text = p.read_text(encoding="utf-8", errors="surrogateescape")
+    return hashlib.sha256(text.encode("utf-8", "surrogateescape")).hexdigest()
 
 
 def fsspec_view(fs, extra) -> dict:
@@ -131,7 +184,7 @@ def fsspec_view(fs, extra) -> dict:
         with fs.open(p, "rb") as f:
             rec["open"] = hashlib.sha256(f.read()).hexdigest()
         view["cat"][p] = rec
-    view["glob"] = {g: outcome(_glob, fs, g) for g in FS_GLOBS}
+    view["glob"] = {g: outcome(_fs_glob, fs, g) for g in FS_GLOBS}
     view["du"] = outcome(fs.du, "/", total=False)
     return view
 
@@ -139,6 +192,13 @@ def fsspec_view(fs, extra) -> dict:
 def _stat_rec(st: os.stat_result) -> dict:
     return {"mode": st.st_mode, "uid": st.st_uid, "gid": st.st_gid, "size": st.st_size,
             "nlink": st.st_nlink, "mtime_ns": st.st_mtime_ns, "ino": st.st_ino, "rdev": st.st_rdev}
+
+
+def _test(method) -> bool:
+    try:
+        return bool(method())
+    except OSError:
+        return False
 
 
 def _readlink(p) -> str:
@@ -157,7 +217,10 @@ def path_view(root, paths) -> dict:
         p = root / rel if rel else root
         rec: dict = {
             "str": str(p), "name": p.name, "suffix": p.suffix, "parent": str(p.parent),
-            "tests": [p.exists(), p.is_dir(), p.is_file(), p.is_symlink()],
+            # pathlib 3.11 raises for errors but ENOENT, ENOTDIR, EBADF and
+            # ELOOP (ENAMETOOLONG...); StackPath answers False, as os.path
+            # does (and pathlib from 3.14): an error counts as False.
+            "tests": [_test(p.exists), _test(p.is_dir), _test(p.is_file), _test(p.is_symlink)],
             "lstat": outcome(_stat_of, p, False),
             "stat": outcome(_stat_of, p, True),
             "resolve": outcome(_resolve, p, False),

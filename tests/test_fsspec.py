@@ -91,28 +91,6 @@ class TestOverlayPipe(abstract.AbstractPipeTests, OverlayFixtures):
 # ---------------------------------------------------------------------------
 
 
-def diff_views(kview, sview, limit=20):
-    """Readable differences between two nested views."""
-    out: list[str] = []
-
-    def walk(where, a, b):
-        if len(out) >= limit:
-            return
-        if isinstance(a, dict) and isinstance(b, dict):
-            for k in sorted(set(a) | set(b), key=str):
-                if k not in a:
-                    out.append(f"{where}/{k!r}: only overlay: {str(b[k])[:300]}")
-                elif k not in b:
-                    out.append(f"{where}/{k!r}: only kernel: {str(a[k])[:300]}")
-                else:
-                    walk(f"{where}/{k!r}", a[k], b[k])
-        elif a != b:
-            out.append(f"{where}: kernel {str(a)[:300]} != overlay {str(b)[:300]}")
-
-    walk("", kview, sview)
-    return out
-
-
 def drop_created(obj):
     """Remove every "created" (ctime) field of a view, in place."""
     if isinstance(obj, dict):
@@ -153,7 +131,7 @@ def test_random_stack_matches_localfs_over_mount(tmp_path, seed, upper):
         # it walks, after its view of them: ctimes compared without upper.
         for v in (kview, sview):
             drop_created(v)
-    problems = diff_views(kview, sview)
+    problems = iface_views.diff_views(kview, sview)
     assert not problems, "\n".join(problems)
 
 
