@@ -248,3 +248,33 @@ def kernel_fsspec_worker(root: bytes, args: dict) -> dict:
 
 def kernel_path_worker(root: bytes, args: dict) -> dict:
     return path_view(pathlib.Path("/"), args["paths"])
+
+
+# -- process pool workers (imported by name in spawned children) ------------------------
+
+_worker_stack = None
+
+
+def read_union_file(st, path: str) -> tuple[str, bytes]:
+    """Read a file of a Stack sent (pickled) with the task."""
+    with st.open(path) as f:
+        return f.name, f.read()
+
+
+def init_worker_stack(st) -> None:
+    """Pool initializer: keep the Stack (unpickled once per worker)."""
+    global _worker_stack
+    _worker_stack = st
+
+
+def read_with_worker_stack(path: str) -> tuple[int, bytes]:
+    with _worker_stack.open(path) as f:  # type: ignore[union-attr]
+        return os.getpid(), f.read()
+
+
+def read_stack_path(p) -> str:
+    return p.read_text()
+
+
+def cat_overlay(fs, path: str) -> bytes:
+    return fs.cat_file(path)

@@ -82,12 +82,14 @@ class Stack(_Stack):
     new Stack over the same layers (their absolute paths) with the same
     options, with the credentials of the process that unpickles it, so a
     Stack can be sent to multiprocessing and concurrent.futures workers.
-    The copy has its own fds and cache; close it when done (or it is
-    closed, with a ResourceWarning, when collected).  A closed Stack does
-    not pickle (ValueError).
+    The copy has its own fds and cache, and is closed without a
+    ResourceWarning when collected (a worker cannot close what a pool
+    unpickled for it).  Pass a Stack to a pool's initializer to open it
+    once per worker rather than once per task.  A closed Stack does not
+    pickle (ValueError).
     """
 
-    __slots__ = ("_options",)
+    __slots__ = ("_options", "_unpickled")
 
     def __init__(
         self,
@@ -117,6 +119,12 @@ class Stack(_Stack):
             xattr_namespace=xattr_namespace, whiteouts=whiteouts, cache=cache, metacopy=metacopy,
             redirect_follow=redirect_follow, redirect_dir=redirect_dir,
             cache_max_bytes=cache_max_bytes, volatile=volatile, devices=devices)
+
+    def __del__(self) -> None:
+        if getattr(self, "_unpickled", False):
+            self.close()
+        else:
+            super().__del__()
 
     def __reduce__(self) -> tuple[Any, ...]:
         """Pickle as the arguments: the layers' absolute paths and the options."""
@@ -311,4 +319,6 @@ class Stack(_Stack):
 def _reopen(cls: type[Stack], lowers: Sequence[_Path], upper: _Path | None, work: _Path | None,
             options: dict[str, Any]) -> Stack:
     """Unpickle a Stack: open a new one with the pickled arguments."""
-    return cls(lowers, upper, work, **options)
+    st = cls(lowers, upper, work, **options)
+    st._unpickled = True
+    return st
