@@ -137,6 +137,7 @@ class Stack(_Stack):
         (an importlib.resources Traversable, read side of pathlib.Path; the
         write side too where the stack has an upper).  No parts: the root.
         Cost: none until a method of the path is called."""
+        self._check_open()
         return StackPath(self, *parts)
 
     @classmethod
