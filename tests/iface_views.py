@@ -16,7 +16,6 @@ import errno
 import hashlib
 import os
 import pathlib
-import stat
 
 from fsspec.implementations.local import LocalFileSystem
 

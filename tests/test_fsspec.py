@@ -191,7 +191,7 @@ def test_ls_info_and_symlinks_like_localfs(layers):
         assert sorted(fs.glob("/d/*")) == ["/d/f", "/d/sub", "/d/top"]
         assert fs.find("/", maxdepth=1) == ["/broken", "/dirlnk", "/lnk"]  # links are "other"
         mtime = os.stat(os.path.join(lowers[1], "d", "f")).st_mtime
-        assert fs.modified("/d/f") == datetime.datetime.fromtimestamp(mtime, tz=datetime.timezone.utc)
+        assert fs.modified("/d/f") == datetime.datetime.fromtimestamp(mtime, tz=datetime.UTC)
         assert fs.created("/d/f").tzinfo is not None
         assert fs.ukey("/d/f") == fs.ukey("/d/f") and fs.checksum("/d/f") == fs.checksum("/d/f")
         with fs.open("/d/f", "rb") as f:

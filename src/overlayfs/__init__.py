@@ -11,6 +11,8 @@
   short links, ``lower`` files) that Docker's tools recognize.
 - ``Stack.diff``/``LayerStore.diff`` (``overlayfs.changes``): what an upper
   layer changes in the view of its lowers, as ``Change`` tuples.
+- ``Stack.path()`` (``StackPath``, pathlib-style, a Traversable) and, with
+  fsspec installed, the ``overlay://`` filesystem (``overlayfs.fsspec``).
 """
 from ._check import CheckReport, check
 from ._core import CacheInfo, CopyUp, Entry
@@ -19,6 +21,7 @@ from ._mountinfo import MountInfo, mounts
 from ._mountopts import MAX_LOWERS
 from ._namespace import run_in_private_namespace, run_in_user_namespace
 from .changes import Change
+from .path import StackPath
 from .stack import Stack
 from .store import Layer, LayerStore, stack_from_layer_dir
 
@@ -34,6 +37,7 @@ __all__ = [
     "Mount",
     "MountInfo",
     "Stack",
+    "StackPath",
     "check",
     "mount",
     "mounts",

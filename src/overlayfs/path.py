@@ -54,7 +54,7 @@ class StackPath(Traversable):
     _pure: PurePosixPath
     _stack: Stack
 
-    def __init__(self, stack: Stack, *parts: str | PurePosixPath) -> None:
+    def __init__(self, stack: Stack, *parts: str | os.PathLike[str]) -> None:
         self._stack = stack
         self._pure = PurePosixPath("/", *parts)
 
@@ -97,10 +97,10 @@ class StackPath(Traversable):
     def __reduce__(self) -> tuple[Any, ...]:
         return (StackPath, (self._stack, str(self._pure)))
 
-    def __truediv__(self, child: str | PurePosixPath) -> StackPath:
+    def __truediv__(self, child: str | os.PathLike[str]) -> StackPath:
         return self._new(self._pure / child)
 
-    def joinpath(self, *descendants: str | PurePosixPath) -> StackPath:
+    def joinpath(self, *descendants: str | os.PathLike[str]) -> StackPath:
         """This path with descendants appended (an absolute one starts again
         at the union root), like pathlib."""
         return self._new(self._pure.joinpath(*descendants))

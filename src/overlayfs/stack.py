@@ -91,6 +91,9 @@ class Stack(_Stack):
 
     __slots__ = ("_options", "_unpickled")
 
+    _options: dict[str, Any]
+    _unpickled: bool
+
     def __init__(
         self,
         lowers: Sequence[_Path],
@@ -115,7 +118,7 @@ class Stack(_Stack):
                         redirect_dir=redirect_dir, cache_max_bytes=cache_max_bytes,
                         volatile=volatile, devices=devices)
         # What __reduce__ re-opens with (the layer paths are kept by the base).
-        self._options: dict[str, Any] = dict(
+        self._options = dict(
             xattr_namespace=xattr_namespace, whiteouts=whiteouts, cache=cache, metacopy=metacopy,
             redirect_follow=redirect_follow, redirect_dir=redirect_dir,
             cache_max_bytes=cache_max_bytes, volatile=volatile, devices=devices)
