@@ -211,10 +211,10 @@ class OverlayFileSystem(AbstractFileSystem, metaclass=_StackCached):
             return os.pread(f.fileno(), hi - lo, lo)
 
     def created(self, path: Any) -> datetime.datetime:
-        return datetime.datetime.fromtimestamp(self.info(path)["created"], tz=datetime.timezone.utc)
+        return datetime.datetime.fromtimestamp(self.info(path)["created"], tz=datetime.UTC)
 
     def modified(self, path: Any) -> datetime.datetime:
-        return datetime.datetime.fromtimestamp(self.info(path)["mtime"], tz=datetime.timezone.utc)
+        return datetime.datetime.fromtimestamp(self.info(path)["mtime"], tz=datetime.UTC)
 
     def _open(self, path: Any, mode: str = "rb", block_size: int | None = None,
               autocommit: bool = True, cache_options: Any = None, **kwargs: Any) -> Any:
