@@ -599,8 +599,13 @@ cdef class _Stack:
             os.close(fd)
             raise
         # .name is the union path, as open(path).name is the path (not the fd).
-        raw = getattr(f, "buffer", f)
-        getattr(raw, "raw", raw).name = os.fspath(path)
+        if "b" not in mode:
+            raw = f.buffer.raw
+        elif buffering == 0:
+            raw = f
+        else:
+            raw = f.raw
+        raw.name = os.fspath(path)
         return f
 
     def os_open(self, path, int flags=O_RDONLY, int mode=0o777):
