@@ -262,7 +262,9 @@ def test_registered_protocol_and_urls(layers):
         assert fs._strip_protocol("overlay:///d/f/") == "/d/f"
     finally:
         fs.close()
-        OverlayFileSystem.clear_instance_cache()
+    fs2 = fsspec.filesystem("overlay", lowers=lowers)  # a closed one is not handed out again
+    assert fs2 is not fs and not fs2.stack.closed
+    fs2.close()
     with overlayfs.Stack(lowers) as st:
         a, b = OverlayFileSystem(stack=st), OverlayFileSystem(stack=st)
         assert a is not b  # never cached: a Stack is not a token

@@ -87,10 +87,14 @@ class OverlayFileSystem(AbstractFileSystem, metaclass=_StackCached):
         self.auto_mkdir = auto_mkdir
 
     def close(self) -> None:
-        """Close the Stack this filesystem opened (not one given as stack=)."""
+        """Close the Stack this filesystem opened (not one given as stack=),
+        and drop the filesystem from fsspec's instance cache."""
         finalizer = getattr(self, "_finalizer", None)
         if finalizer is not None:
             finalizer()
+            with type(self)._instantiation_lock:
+                if type(self)._cache.get(self._fs_token) is self:
+                    del type(self)._cache[self._fs_token]
 
     @property
     def fsid(self) -> str:
