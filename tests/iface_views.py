@@ -16,6 +16,7 @@ import errno
 import hashlib
 import os
 import pathlib
+import time
 
 from fsspec.implementations.local import LocalFileSystem
 
@@ -247,6 +248,56 @@ def kernel_fsspec_worker(root: bytes, args: dict) -> dict:
 
 def kernel_path_worker(root: bytes, args: dict) -> dict:
     return path_view(pathlib.Path("/"), args["paths"])
+
+
+def kernel_fsspec_ops_worker(root: bytes, args: dict) -> dict:
+    return apply_fs_ops(LocalFileSystem(), args["ops"])
+
+
+# -- fsspec write operations -------------------------------------------------------------
+
+
+def apply_fs_op(fs, op) -> str:
+    """Apply one operation [method, args, kwargs] through fsspec; "ok", the
+    errno name, or the exception's class name (FileExistsError: the
+    LocalFileSystem raises it without an errno)."""
+    name, args, kwargs = op
+    try:
+        if name == "append":
+            with fs.open(args[0], "ab") as f:
+                f.write(args[1].encode())
+        elif name == "pipe_file":
+            fs.pipe_file(args[0], args[1].encode(), **kwargs)
+        else:
+            getattr(fs, name)(*args, **kwargs)
+    except (OSError, ValueError) as e:
+        if isinstance(e, OSError) and e.errno is not None and not isinstance(e, FileExistsError):
+            return errname(e)
+        return type(e).__name__
+    return "ok"
+
+
+def apply_fs_ops(fs, ops) -> dict:
+    t0 = time.time_ns()
+    outcomes = [apply_fs_op(fs, op) for op in ops]
+    return {"outcomes": outcomes, "window": [t0, time.time_ns()]}
+
+
+def normalize_after_writes(view):
+    """Drop what two copies of the layers cannot share (inode numbers) and
+    what the operations set to "now" (mtime, ctime), and directory sizes
+    (ext4 grows a directory as names come and go), in place."""
+    if isinstance(view, dict):
+        for key in ("mtime", "created", "ino"):
+            view.pop(key, None)
+        if view.get("type") == "directory":
+            view.pop("size", None)
+        for v in view.values():
+            normalize_after_writes(v)
+    elif isinstance(view, list):
+        for v in view:
+            normalize_after_writes(v)
+    return view
 
 
 # -- process pool workers (imported by name in spawned children) ------------------------
