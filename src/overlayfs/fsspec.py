@@ -33,9 +33,11 @@ from __future__ import annotations
 
 import datetime
 import errno
+import inspect
 import os
 import stat
 import weakref
+from collections.abc import Sequence
 from typing import Any
 
 from fsspec.spec import AbstractFileSystem, _Cached
@@ -46,6 +48,8 @@ from .stack import Stack
 __all__ = ["OverlayFileSystem"]
 
 _COPY_CHUNK = 1 << 20
+
+_Path = str | bytes | os.PathLike[str] | os.PathLike[bytes]
 
 
 class _StackCached(_Cached):
@@ -70,7 +74,8 @@ class OverlayFileSystem(AbstractFileSystem, metaclass=_StackCached):
     protocol = "overlay"
     root_marker = "/"
 
-    def __init__(self, lowers: Any = None, upper: Any = None, work: Any = None, *,
+    def __init__(self, lowers: Sequence[_Path] | None = None, upper: _Path | None = None,
+                 work: _Path | None = None, *,
                  stack: Stack | None = None, auto_mkdir: bool = False, **kwargs: Any) -> None:
         fs_options = {k: kwargs.pop(k) for k in ("use_listings_cache", "listings_expiry_time",
                                                  "max_paths") if k in kwargs}
@@ -320,3 +325,10 @@ class OverlayFileSystem(AbstractFileSystem, metaclass=_StackCached):
         if self.stack.isdir(path2):
             path2 = self._join(path2, path1.rstrip("/").rsplit("/", 1)[-1])
         self.stack.move(path1, path2)
+
+
+# fsspec's caching metaclass takes (*args, **kwargs): show __init__'s signature in help().
+_init = inspect.signature(OverlayFileSystem.__init__)
+OverlayFileSystem.__signature__ = _init.replace(  # type: ignore[attr-defined]
+    parameters=list(_init.parameters.values())[1:], return_annotation=inspect.Signature.empty)
+del _init

@@ -135,7 +135,7 @@ class Stack(_Stack):
         return (_reopen, (type(self), self.lowers, self.upper, self.work,
                           {**self._options, "data_layers": self.data_layers}))
 
-    def path(self, *parts: str) -> StackPath:
+    def path(self, *parts: str | os.PathLike[str]) -> StackPath:
         """A pathlib-style path in the union: ``overlayfs.path.StackPath``
         (an importlib.resources Traversable, read side of pathlib.Path; the
         write side too where the stack has an upper).  No parts: the root.
