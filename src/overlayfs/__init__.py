@@ -21,6 +21,7 @@ from ._mountinfo import MountInfo, mounts
 from ._mountopts import MAX_LOWERS
 from ._namespace import run_in_private_namespace, run_in_user_namespace
 from .changes import Change
+from .containers import Target, open_container, resolve_target
 from .path import StackPath
 from .stack import Stack
 from .store import Layer, LayerStore, stack_from_layer_dir
@@ -38,9 +39,12 @@ __all__ = [
     "MountInfo",
     "Stack",
     "StackPath",
+    "Target",
     "check",
     "mount",
     "mounts",
+    "open_container",
+    "resolve_target",
     "run_in_private_namespace",
     "run_in_user_namespace",
     "stack_from_layer_dir",
