@@ -13,6 +13,8 @@
   layer changes in the view of its lowers, as ``Change`` tuples.
 - ``apply_layer`` (``overlayfs.apply``): a layer tar into a layer directory
   (dockerd's overlay2 ApplyDiff) or a rootfs; its errors in ``overlayfs.errors``.
+- ``Stack.path()`` (``StackPath``, pathlib-style, a Traversable) and, with
+  fsspec installed, the ``overlay://`` filesystem (``overlayfs.fsspec``).
 """
 from ._check import CheckReport, check
 from ._core import CacheInfo, CopyUp, Entry
@@ -32,6 +34,7 @@ from .errors import (
     TruncatedArchiveError,
     UnsafeArchiveError,
 )
+from .path import StackPath
 from .stack import Stack
 from .store import Layer, LayerStore, stack_from_layer_dir
 
@@ -56,6 +59,7 @@ __all__ = [
     "Mount",
     "MountInfo",
     "Stack",
+    "StackPath",
     "Target",
     "check",
     "mount",

@@ -602,8 +602,9 @@ cdef class _Stack:
         Reading needs no copy-up (the data of a metacopy file is read from
         the layer holding it).  A write mode ("w", "a", "x", "+") copies the
         file up first, or creates it in the upper layer; without an upper
-        layer it raises OSError(EROFS).  Cost: the lookup, then one contained
-        open in the layer (plus the copy-up for writing)."""
+        layer it raises OSError(EROFS).  The file object's .name is path (the
+        union path, str or bytes as given).  Cost: the lookup, then one
+        contained open in the layer (plus the copy-up for writing)."""
         cdef int flags
         plus = "+" in mode
         if "w" in mode:
@@ -616,10 +617,19 @@ cdef class _Stack:
             flags = O_RDWR if plus else O_RDONLY
         fd = self.os_open(path, flags | O_CLOEXEC, 0o666)
         try:
-            return io.open(fd, mode, buffering, encoding, errors, newline, closefd=True)
+            f = io.open(fd, mode, buffering, encoding, errors, newline, closefd=True)
         except BaseException:
             os.close(fd)
             raise
+        # .name is the union path, as open(path).name is the path (not the fd).
+        if "b" not in mode:
+            raw = f.buffer.raw
+        elif buffering == 0:
+            raw = f
+        else:
+            raw = f.raw
+        raw.name = os.fspath(path)
+        return f
 
     def os_open(self, path, int flags=O_RDONLY, int mode=0o777):
         """Open path like os.open and return the fd.
