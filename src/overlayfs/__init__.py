@@ -11,6 +11,8 @@
   short links, ``lower`` files) that Docker's tools recognize.
 - ``Stack.diff``/``LayerStore.diff`` (``overlayfs.changes``): what an upper
   layer changes in the view of its lowers, as ``Change`` tuples.
+- ``apply_layer`` (``overlayfs.apply``): a layer tar into a layer directory
+  (dockerd's overlay2 ApplyDiff) or a rootfs; its errors in ``overlayfs.errors``.
 - ``Stack.path()`` (``StackPath``, pathlib-style, a Traversable) and, with
   fsspec installed, the ``overlay://`` filesystem (``overlayfs.fsspec``).
 """
@@ -20,14 +22,33 @@ from ._mount import Mount, mount, unmount
 from ._mountinfo import MountInfo, mounts
 from ._mountopts import MAX_LOWERS
 from ._namespace import run_in_private_namespace, run_in_user_namespace
+from .apply import ApplyResult, apply_layer
 from .changes import Change
 from .containers import Target, open_container, resolve_target
+from .errors import (
+    ArchiveError,
+    ArchiveTooLargeError,
+    CorruptArchiveError,
+    DiffIDMismatchError,
+    InvalidWhiteoutError,
+    TruncatedArchiveError,
+    UnsafeArchiveError,
+)
 from .path import StackPath
 from .stack import Stack
 from .store import Layer, LayerStore, stack_from_layer_dir
 
 __all__ = [
     "MAX_LOWERS",
+    "ApplyResult",
+    "ArchiveError",
+    "ArchiveTooLargeError",
+    "CorruptArchiveError",
+    "DiffIDMismatchError",
+    "InvalidWhiteoutError",
+    "TruncatedArchiveError",
+    "UnsafeArchiveError",
+    "apply_layer",
     "CacheInfo",
     "Change",
     "CheckReport",
