@@ -1033,8 +1033,8 @@ def write_oci_layout(dest: str | os.PathLike[str], layers: Iterable[LayerInput],
     os.makedirs(os.path.join(root, "blobs", "sha256"), exist_ok=True)
     layout_path = os.path.join(root, "oci-layout")
     if not os.path.exists(layout_path):
-        with open(layout_path, "wb") as f:
-            f.write(_json_bytes({"imageLayoutVersion": "1.0.0"}))
+        with open(layout_path, "wb") as lf:
+            lf.write(_json_bytes({"imageLayoutVersion": "1.0.0"}))
     descs = []
     diff_ids = []
     for item in layers:
