@@ -35,7 +35,7 @@
 extern "C" {
 #endif
 
-#define OVL_API_VERSION 2
+#define OVL_API_VERSION 3
 
 /* What libovl.so exports: these functions and nothing else (the core is
  * built with -fvisibility=hidden), as libuv marks its API with UV_EXTERN. */
@@ -282,6 +282,108 @@ OVL_API uint64_t ovl_cache_generation(const struct ovl_stack *s);
 /* Forget what is cached about path (and everything below it), or about
  * everything when path is NULL.  Return 0 or -errno. */
 OVL_API int ovl_invalidate(struct ovl_stack *s, const char *path);
+
+/* Applying a layer tar (apply.c): graphdriver ApplyDiff, umoci raw unpack.
+ *
+ * A push API: ovl_apply_begin, then ovl_apply_feed with the uncompressed
+ * tar stream in chunks of any size, then ovl_apply_end; ovl_apply_free
+ * always.  Every object is made fd-relative under the target root: parent
+ * paths are resolved with openat2(RESOLVE_IN_ROOT) (a symlink met on the
+ * way resolves inside the root, absolute ones from the root), the last
+ * component is never followed, and owners, modes, xattrs and times are
+ * set on an fd or with AT_SYMLINK_NOFOLLOW.  The rules (apply.c has them
+ * in full): an entry name or hardlink target that is empty or escapes the
+ * root lexically ("..") is refused; a leading "/" is dropped (names are
+ * relative to the root, as tar and moby take them); the root entry "./"
+ * is skipped; duplicate entries: the last wins (a directory over a
+ * directory merges and takes the new metadata, anything else replaces);
+ * directory times are set at the end; PAX global headers are ignored.
+ *
+ * OVL_APPLY_LAYER builds one overlay layer directory, dest, which must
+ * not exist: into a temp dir beside it, published with one
+ * renameat2(RENAME_NOREPLACE) after one syncfs; on failure nothing is
+ * left.  ".wh.NAME" becomes a whiteout (char 0:0, or with
+ * OVL_APPLY_XATTR_WHITEOUTS a zero-size file with <ns>.overlay.whiteout in
+ * a directory marked <ns>.overlay.opaque=x), DIR/.wh..wh..opq makes DIR
+ * opaque (<ns>.overlay.opaque=y); at the root, where the kernel ignores
+ * opaque, it is emulated with whiteouts of every name the lowers show
+ * (with no lowers: OVL_APPLY_E_WHITEOUT).  The lowers (host paths, top
+ * first, read as a stack) also give implied parents their mode and owner
+ * and let a hardlink to a lower file copy it up first.
+ * OVL_APPLY_ROOTFS applies into the existing directory dest (moby
+ * ApplyLayer): a whiteout deletes NAME, an opaque marker deletes every
+ * child this layer did not make (a whiteout never deletes what the same
+ * layer made: the OCI rule). */
+enum ovl_apply_mode {
+	OVL_APPLY_LAYER = 0,
+	OVL_APPLY_ROOTFS = 1,
+};
+
+/* struct ovl_apply_config.flags */
+#define OVL_APPLY_SAME_OWNER	0x1	/* chown to the tar's uid/gid */
+#define OVL_APPLY_DEVICES	0x2	/* make char/block devices (else skipped) */
+#define OVL_APPLY_NO_SYNC	0x4	/* no syncfs before publishing */
+#define OVL_APPLY_XATTR_WHITEOUTS 0x8	/* whiteouts as xattr files, not char 0:0 */
+#define OVL_APPLY_TAR_SPLIT	0x10	/* record tar-split (ovl_apply_split) */
+
+struct ovl_apply_config {
+	const char *dest;		/* host path */
+	const char *const *lowers;	/* OVL_APPLY_LAYER only, top first */
+	size_t nlowers;
+	int mode;			/* enum ovl_apply_mode */
+	int xattr_ns;			/* enum ovl_xattr_ns, of the whiteout xattrs */
+	unsigned flags;			/* OVL_APPLY_* */
+	uint64_t max_size;		/* tar bytes allowed, 0: no limit */
+};
+
+/* Why an apply failed (ovl_apply_error). */
+enum ovl_apply_class {
+	OVL_APPLY_E_NONE = 0,
+	OVL_APPLY_E_CORRUPT = 1,	/* bad header, checksum, number, PAX record,
+					   sparse map, trailing garbage, id out of range */
+	OVL_APPLY_E_TRUNCATED = 2,	/* the stream ended inside an entry */
+	OVL_APPLY_E_UNSAFE = 3,		/* a name or hardlink target escapes or is empty */
+	OVL_APPLY_E_WHITEOUT = 4,	/* ".wh." alone, ".wh..", of ".wh.*", char 0:0,
+					   root opaque without lowers */
+	OVL_APPLY_E_CONFLICT = 5,	/* a parent is not a directory */
+	OVL_APPLY_E_TOO_LARGE = 6,	/* past max_size, or an extension past 1 MiB */
+	OVL_APPLY_E_IO = 7,		/* a system call failed (the errno) */
+};
+
+struct ovl_apply_stats {
+	uint64_t bytes;			/* tar bytes consumed */
+	uint64_t entries;		/* headers applied (whiteouts included) */
+	uint64_t files, dirs, symlinks, hardlinks, devices, fifos;
+	uint64_t whiteouts, opaques;
+	uint64_t skipped;		/* devices without OVL_APPLY_DEVICES, volume labels */
+	uint64_t copied_up;		/* lower files copied up for hardlinks */
+	uint64_t data_bytes;		/* file data written */
+};
+
+struct ovl_apply;
+
+/* Start an apply.  Return 0 and set *out, or -errno: -EEXIST (layer mode:
+ * dest exists), -ENOENT/-ENOTDIR (rootfs mode: dest; either: its parent),
+ * -EINVAL (a bad mode, lowers with OVL_APPLY_ROOTFS), or an ovl_stack_open
+ * error for the lowers. */
+OVL_API int ovl_apply_begin(const struct ovl_apply_config *cfg, struct ovl_apply **out);
+/* Apply len bytes of the tar stream.  Return 0 (all consumed) or -errno;
+ * ovl_apply_error says why.  After an error every call fails again. */
+OVL_API int ovl_apply_feed(struct ovl_apply *a, const void *buf, size_t len);
+/* The stream ended: check it ended cleanly, finish (directory times, root
+ * opaque emulation, syncfs) and, in layer mode, publish dest.  Return 0
+ * and fill *stats (if not NULL), or -errno with ovl_apply_error set. */
+OVL_API int ovl_apply_end(struct ovl_apply *a, struct ovl_apply_stats *stats);
+/* Why the last call failed: an enum ovl_apply_class, with *entry and *len the
+ * raw name of the entry being applied (NULL when none) and *err its errno. */
+OVL_API int ovl_apply_error(const struct ovl_apply *a, const char **entry, size_t *len,
+			    int *err);
+/* The tar-split bytes recorded since the last call (OVL_APPLY_TAR_SPLIT;
+ * the format is docs/tar-split.md, before compression): *buf points at
+ * them until the next call into a.  Return their length. */
+OVL_API size_t ovl_apply_split(struct ovl_apply *a, const void **buf);
+/* Free a; an unfinished layer-mode apply removes its temp dir. */
+OVL_API void ovl_apply_free(struct ovl_apply *a);
 
 #ifdef __cplusplus
 }

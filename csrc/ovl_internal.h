@@ -450,4 +450,58 @@ int ovl_create_common(struct ovl_stack *s, const struct ovl_cred *cred, const ch
 
 /* file.c, super.c: only the functions of ovl.h */
 
+/* tar.c */
+/* One entry of a tar stream as the reader hands it out.  Pointers stay
+ * valid until the entry's data is over (ops->entry_end). */
+struct ovl_tar_xattr {
+	char *name;		/* NUL-terminated (SCHILY.xattr.NAME) */
+	char *value;		/* binary, len bytes */
+	size_t len;
+};
+struct ovl_tar_seg {
+	uint64_t off, len;	/* a data extent of a sparse file */
+};
+struct ovl_tar_entry {
+	char *name;		/* NUL-terminated; may hold a NUL (namelen counts) */
+	size_t namelen;
+	char *linkname;		/* symlink target or hardlink target */
+	size_t linklen;
+	char type;		/* '0' file, '1' hardlink, '2' symlink, '3' char,
+				   '4' block, '5' dir, '6' fifo */
+	mode_t mode;		/* permission, set-id and sticky bits */
+	uint64_t uid, gid;
+	uint64_t devmajor, devminor;
+	struct timespec mtime, atime;
+	bool has_atime;
+	uint64_t size;		/* the file's size (a sparse file's real size) */
+	uint64_t data_size;	/* data bytes in the archive */
+	bool is_sparse;
+	struct ovl_tar_seg *sparse;	/* the data extents, in order */
+	size_t nsparse;
+	struct ovl_tar_xattr *xattrs;
+	size_t nxattrs;
+	const uint8_t *raw;	/* every header byte of the entry (extension
+				   headers and sparse maps too), if recording */
+	size_t rawlen;
+};
+/* ovl_tar_ops.raw kinds: the bytes of the stream that are neither headers
+ * nor data (tar-split). */
+#define OVL_TAR_RAW_PAD 1	/* padding after an entry's data */
+#define OVL_TAR_RAW_TRAILER 2	/* the end blocks and what follows them */
+struct ovl_tar_ops {
+	int (*entry)(void *ctx, const struct ovl_tar_entry *e);
+	int (*data)(void *ctx, const void *buf, size_t len, uint64_t off);
+	int (*entry_end)(void *ctx);
+	int (*raw)(void *ctx, int kind, const void *buf, size_t len);	/* may be NULL */
+};
+struct ovl_tar;
+int ovl_tar_new(const struct ovl_tar_ops *ops, void *ctx, bool record,
+		struct ovl_tar **out);
+int ovl_tar_feed(struct ovl_tar *t, const void *buf, size_t n);
+int ovl_tar_finish(struct ovl_tar *t);
+const struct ovl_tar_entry *ovl_tar_current(const struct ovl_tar *t);
+void ovl_tar_free(struct ovl_tar *t);
+
+/* apply.c: only the functions of ovl.h */
+
 #endif /* OVL_INTERNAL_H */

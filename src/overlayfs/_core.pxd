@@ -111,3 +111,51 @@ cdef extern from "ovl.h" nogil:
     int ovl_open_write(ovl_stack *s, const char *path, int oflags, mode_t mode)
     int ovl_rename(ovl_stack *s, const char *src, const char *dst)
     int ovl_link(ovl_stack *s, const char *src, const char *dst)
+
+
+# Applying a layer tar (csrc/apply.c).
+cdef extern from "ovl.h" nogil:
+    struct ovl_apply:
+        pass
+
+    enum:
+        OVL_APPLY_LAYER
+        OVL_APPLY_ROOTFS
+        OVL_APPLY_SAME_OWNER
+        OVL_APPLY_DEVICES
+        OVL_APPLY_NO_SYNC
+        OVL_APPLY_XATTR_WHITEOUTS
+        OVL_APPLY_TAR_SPLIT
+        OVL_APPLY_E_NONE
+        OVL_APPLY_E_CORRUPT
+        OVL_APPLY_E_TRUNCATED
+        OVL_APPLY_E_UNSAFE
+        OVL_APPLY_E_WHITEOUT
+        OVL_APPLY_E_CONFLICT
+        OVL_APPLY_E_TOO_LARGE
+        OVL_APPLY_E_IO
+
+    struct ovl_apply_config:
+        const char *dest
+        const char *const *lowers
+        size_t nlowers
+        int mode
+        int xattr_ns
+        unsigned flags
+        uint64_t max_size
+
+    struct ovl_apply_stats:
+        uint64_t bytes
+        uint64_t entries
+        uint64_t files, dirs, symlinks, hardlinks, devices, fifos
+        uint64_t whiteouts, opaques
+        uint64_t skipped
+        uint64_t copied_up
+        uint64_t data_bytes
+
+    int ovl_apply_begin(const ovl_apply_config *cfg, ovl_apply **out)
+    int ovl_apply_feed(ovl_apply *a, const void *buf, size_t len)
+    int ovl_apply_end(ovl_apply *a, ovl_apply_stats *stats)
+    int ovl_apply_error(const ovl_apply *a, const char **entry, size_t *len, int *err)
+    size_t ovl_apply_split(ovl_apply *a, const void **buf)
+    void ovl_apply_free(ovl_apply *a)

@@ -1176,3 +1176,129 @@ cdef class Entry:
 
     def __reduce__(self):
         raise TypeError("cannot pickle 'Entry' objects")
+
+
+# --- Applying a layer tar (csrc/apply.c) -----------------------------------
+
+from . import errors as _errors
+
+APPLY_SAME_OWNER = OVL_APPLY_SAME_OWNER
+APPLY_DEVICES = OVL_APPLY_DEVICES
+APPLY_NO_SYNC = OVL_APPLY_NO_SYNC
+APPLY_XATTR_WHITEOUTS = OVL_APPLY_XATTR_WHITEOUTS
+APPLY_TAR_SPLIT = OVL_APPLY_TAR_SPLIT
+
+_APPLY_STATS = ("bytes", "entries", "files", "dirs", "symlinks", "hardlinks", "devices",
+                "fifos", "whiteouts", "opaques", "skipped", "copied_up", "data_bytes")
+
+
+cdef class _Applier:
+    """One apply of a tar stream into a layer dir or a rootfs (ovl_apply_*).
+
+    feed() takes any bytes-like chunk and releases the GIL while the C core
+    parses it and makes the entries; end() finishes and publishes.  Errors
+    are raised as the classes of overlayfs.errors with .entry, or OSError.
+    Not for use by two threads at once.
+    """
+    cdef ovl_apply *_a
+    cdef object _dest
+
+    def __cinit__(self, dest, lowers, bint rootfs, bint user_xattr, unsigned flags,
+                  uint64_t max_size):
+        cdef ovl_apply_config cfg
+        cdef _CPath dholder = _CPath()
+        cdef list holders = []
+        cdef const char **lp = NULL
+        cdef Py_ssize_t i, n = len(lowers)
+        cdef int rc
+        self._dest = dest
+        cfg.dest = _cpath(dest, dholder)
+        if n:
+            lp = <const char **>PyMem_Malloc(n * sizeof(char *))
+            if lp == NULL:
+                raise MemoryError()
+        try:
+            for i in range(n):
+                holders.append(_CPath())
+                lp[i] = _cpath(lowers[i], <_CPath>holders[i])
+            cfg.lowers = lp
+            cfg.nlowers = <size_t>n
+            cfg.mode = OVL_APPLY_ROOTFS if rootfs else OVL_APPLY_LAYER
+            cfg.xattr_ns = OVL_XATTR_USER if user_xattr else OVL_XATTR_TRUSTED
+            cfg.flags = flags
+            cfg.max_size = max_size
+            with nogil:
+                rc = ovl_apply_begin(&cfg, &self._a)
+        finally:
+            PyMem_Free(lp)
+        if rc < 0:
+            raise _oserror(rc, dest)
+
+    cdef int _raise(self, int rc) except -1:
+        cdef const char *name = NULL
+        cdef size_t nlen = 0
+        cdef int err = 0
+        cdef int cls = ovl_apply_error(self._a, &name, &nlen, &err)
+        entry = None if name == NULL else PyBytes_FromStringAndSize(name, <Py_ssize_t>nlen)
+        if cls == OVL_APPLY_E_NONE or cls == OVL_APPLY_E_IO or cls == OVL_APPLY_E_CONFLICT:
+            if err == 0:
+                err = -rc
+            if err < 0:
+                err = -err
+            raise OSError(err, os.strerror(err),
+                          os.fsdecode(entry) if entry is not None else self._dest)
+        raise _errors._from_class(cls, -err if err < 0 else err, entry)
+
+    def feed(self, const unsigned char[::1] buf not None):
+        """Apply the next len(buf) bytes of the tar stream."""
+        cdef int rc
+        cdef size_t n = <size_t>buf.shape[0]
+        if self._a == NULL:
+            raise ValueError("applier is closed")
+        if n == 0:
+            return
+        with nogil:
+            rc = ovl_apply_feed(self._a, &buf[0], n)
+        if rc < 0:
+            self._raise(rc)
+
+    def end(self):
+        """The stream ended: finish and publish.  Return the stats as a dict."""
+        cdef ovl_apply_stats st
+        cdef int rc
+        if self._a == NULL:
+            raise ValueError("applier is closed")
+        with nogil:
+            rc = ovl_apply_end(self._a, &st)
+        if rc < 0:
+            self._raise(rc)
+        return {"bytes": st.bytes, "entries": st.entries, "files": st.files,
+                "dirs": st.dirs, "symlinks": st.symlinks, "hardlinks": st.hardlinks,
+                "devices": st.devices, "fifos": st.fifos, "whiteouts": st.whiteouts,
+                "opaques": st.opaques, "skipped": st.skipped, "copied_up": st.copied_up,
+                "data_bytes": st.data_bytes}
+
+    def split(self):
+        """The tar-split bytes recorded since the last call (docs/tar-split.md)."""
+        cdef const void *p = NULL
+        cdef size_t n
+        if self._a == NULL:
+            return b""
+        n = ovl_apply_split(self._a, &p)
+        return PyBytes_FromStringAndSize(<const char *>p, <Py_ssize_t>n) if n else b""
+
+    def close(self):
+        """Free the applier; an unpublished layer's temp dir is removed."""
+        cdef ovl_apply *a = self._a
+        self._a = NULL
+        if a != NULL:
+            with nogil:
+                ovl_apply_free(a)
+
+    def __dealloc__(self):
+        if self._a != NULL:
+            ovl_apply_free(self._a)
+            self._a = NULL
+
+    def __reduce__(self):
+        raise TypeError("cannot pickle '_Applier' objects")

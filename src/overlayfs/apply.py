@@ -1,0 +1,271 @@
+"""Applying a layer tar: graphdriver ApplyDiff, containerd Applier, ``umoci raw unpack``.
+
+:func:`apply_layer` reads a layer (a path or a binary file object; plain tar,
+gzip -- several members too -- zstd, bzip2 or xz, told apart by magic) and
+hands the uncompressed stream to the C core (``csrc/tar.c`` parses it,
+``csrc/apply.c`` makes the entries fd-relative under the target: every rule
+about names, links, whiteouts, owners and duplicates is there and in
+``csrc/ovl.h``).  Two threads: one reads, inflates and hashes (the diff ID
+is the sha256 of every uncompressed byte, trailing zeros included), the
+other applies; both release the GIL, so on two cores they overlap.
+
+Modes:
+
+- ``"layer"`` (dockerd's overlay2): ``dest`` must not exist; it is built
+  beside and published with one rename after one ``syncfs``, or not at all.
+  Whiteouts in the kernel's form (``whiteouts="chardev"``: char 0:0;
+  ``"xattr"``: a zero-size file with ``<ns>.overlay.whiteout``), opaque
+  directories with ``<ns>.overlay.opaque=y``, an opaque layer root emulated
+  with whiteouts of the ``lowers`` (refused without them).
+- ``"rootfs"`` (moby ApplyLayer): into the existing directory ``dest``;
+  whiteouts delete, an opaque marker deletes what this layer did not make.
+"""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import os
+import queue
+import threading
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import IO, Any, Literal
+
+from . import _compress
+from ._core import (
+    APPLY_DEVICES,
+    APPLY_NO_SYNC,
+    APPLY_SAME_OWNER,
+    APPLY_TAR_SPLIT,
+    APPLY_XATTR_WHITEOUTS,
+    _Applier,
+)
+from .errors import CorruptArchiveError, DiffIDMismatchError
+
+__all__ = ["ApplyResult", "apply_layer"]
+
+_Path = str | bytes | os.PathLike[str] | os.PathLike[bytes]
+_QUEUE_DEPTH = 4  # chunks in flight between the reader and the applier (memory bound)
+
+
+@dataclass(frozen=True)
+class ApplyResult:
+    """What :func:`apply_layer` did."""
+
+    diff_id: str
+    """``sha256:...`` of the uncompressed stream (every byte read, to EOF)."""
+    digest: str
+    """``sha256:...`` of the bytes as given (the blob digest; = diff_id if uncompressed)."""
+    compression: str
+    """``none``, ``gzip``, ``zstd``, ``bzip2`` or ``xz``."""
+    size: int
+    """Uncompressed bytes (the tar stream)."""
+    compressed_size: int
+    entries: int
+    files: int
+    dirs: int
+    symlinks: int
+    hardlinks: int
+    devices: int
+    fifos: int
+    whiteouts: int
+    opaques: int
+    skipped: int
+    """Devices not made (``devices=False``) and volume labels."""
+    copied_up: int
+    """Lower files copied into the layer as hardlink targets."""
+    data_bytes: int
+
+
+class _Head:
+    """A binary stream with its first bytes read back in front (for the magic)."""
+
+    def __init__(self, head: bytes, src: IO[bytes]):
+        self._head = head
+        self._src = src
+        self.name = getattr(src, "name", None)
+
+    def read(self, n: int = -1) -> bytes:
+        if self._head:
+            if n is None or n < 0:
+                data, self._head = self._head + self._src.read(), b""
+                return data
+            data, self._head = self._head[:n], self._head[n:]
+            if len(data) < n:
+                data += self._src.read(n - len(data)) or b""
+            return data
+        return self._src.read(n)
+
+
+def _read_head(src: IO[bytes], n: int = 6) -> bytes:
+    head = b""
+    while len(head) < n:
+        data = src.read(n - len(head))
+        if not data:
+            break
+        head += data
+    return head
+
+
+class _Reader:
+    """Uncompressed chunks of the layer and their digests."""
+
+    def __init__(self, src: IO[bytes], compression: str):
+        head = _read_head(src)
+        stream = _Head(head, src)
+        self.compression = _compress.detect(head) if compression == "auto" else compression
+        self._plain = self.compression == "none"
+        self._src: Any = stream if self._plain else _compress.open_decompressed(
+            stream, self.compression)  # type: ignore[arg-type]
+        self._hash = hashlib.sha256()
+        self.size = 0
+
+    def chunk(self) -> bytes:
+        try:
+            data = self._src.read(_compress.CHUNK) if self._plain else self._src.read_chunk()
+        except ValueError as e:  # corrupt or truncated compressed data
+            raise CorruptArchiveError(str(e)) from None
+        if data:
+            self._hash.update(data)
+            self.size += len(data)
+        return bytes(data) if data else b""
+
+    def diff_id(self) -> str:
+        return "sha256:" + self._hash.hexdigest()
+
+    def digest(self) -> str:
+        return self.diff_id() if self._plain else self._src.digest()
+
+    def compressed_size(self) -> int:
+        return self.size if self._plain else self._src.compressed_size
+
+
+def _pump(reader: _Reader, q: queue.Queue[Any], stop: threading.Event) -> None:
+    """The reader thread: read, inflate and hash; hand chunks over."""
+    try:
+        while not stop.is_set():
+            data = reader.chunk()
+            while not stop.is_set():
+                try:
+                    q.put(data, timeout=0.1)
+                    break
+                except queue.Full:
+                    continue
+            if not data:
+                return
+    except BaseException as e:  # handed to the applying thread
+        q.put(e)
+
+
+def apply_layer(
+    src: _Path | IO[bytes],
+    dest: _Path,
+    *,
+    lowers: Sequence[_Path] = (),
+    mode: Literal["layer", "rootfs"] = "layer",
+    whiteouts: Literal["chardev", "xattr"] = "chardev",
+    xattr_ns: Literal["trusted", "user"] = "trusted",
+    same_owner: bool = True,
+    devices: bool = True,
+    expect_diff_id: str | None = None,
+    max_size: int | None = None,
+    sync: bool = True,
+    tar_split: _Path | IO[bytes] | None = None,
+    progress: Callable[[int], object] | None = None,
+    compression: str = "auto",
+) -> ApplyResult:
+    """Apply the layer tar *src* to *dest*; return an :class:`ApplyResult`.
+
+    *lowers* (layer mode only) are the layer directories below, top first:
+    implied parent directories take their mode and owner, a hardlink to a
+    lower file copies it up first, an opaque root is emulated with their
+    names.  *expect_diff_id* is checked after the last byte and before the
+    layer is published (rootfs mode: after the fact).  *max_size* bounds the
+    uncompressed bytes.  *tar_split*, a path or binary file object, gets the
+    gzip'd tar-split record (docs/tar-split.md).  *progress* is called with
+    the number of input bytes read so far, after every chunk.
+
+    Raises the :mod:`overlayfs.errors` classes (``ValueError`` subclasses
+    with ``.entry``) for what is wrong with the archive, ``OSError`` for a
+    failed system call, ``FileExistsError`` if a layer *dest* exists.
+    """
+    if mode not in ("layer", "rootfs"):
+        raise ValueError(f"mode must be 'layer' or 'rootfs', not {mode!r}")
+    if whiteouts not in ("chardev", "xattr"):
+        raise ValueError(f"whiteouts must be 'chardev' or 'xattr', not {whiteouts!r}")
+    if xattr_ns not in ("trusted", "user"):
+        raise ValueError(f"xattr_ns must be 'trusted' or 'user', not {xattr_ns!r}")
+    if mode == "rootfs" and lowers:
+        raise ValueError("lowers are for mode='layer' only")
+    if max_size is not None and max_size <= 0:
+        raise ValueError("max_size must be positive")
+    flags = ((APPLY_SAME_OWNER if same_owner else 0) | (APPLY_DEVICES if devices else 0)
+             | (0 if sync else APPLY_NO_SYNC)
+             | (APPLY_XATTR_WHITEOUTS if whiteouts == "xattr" else 0)
+             | (APPLY_TAR_SPLIT if tar_split is not None else 0))
+    lower_paths = [os.fspath(p) for p in lowers]
+
+    own_src = not hasattr(src, "read")
+    fsrc: IO[bytes] = open(src, "rb", buffering=0) if own_src else src  # type: ignore[arg-type,call-overload]
+    split_out: Any = None
+    split_raw: Any = None
+    own_split = False
+    try:
+        reader = _Reader(fsrc, compression)
+        applier = _Applier(os.fspath(dest), lower_paths, mode == "rootfs",
+                           xattr_ns == "user", flags, max_size or 0)
+        try:
+            if tar_split is not None:
+                own_split = not hasattr(tar_split, "write")
+                split_raw = open(tar_split, "wb") if own_split else tar_split  # type: ignore[arg-type,call-overload]
+                split_out = gzip.GzipFile(fileobj=split_raw, mode="wb", mtime=0)
+            q: queue.Queue[Any] = queue.Queue(_QUEUE_DEPTH)
+            stop = threading.Event()
+            t = threading.Thread(target=_pump, args=(reader, q, stop), name="overlayfs-apply-read",
+                                 daemon=True)
+            t.start()
+            try:
+                while True:
+                    data = q.get()
+                    if isinstance(data, BaseException):
+                        raise data
+                    if not data:
+                        break
+                    applier.feed(data)
+                    if split_out is not None:
+                        split_out.write(applier.split())
+                    if progress is not None:
+                        progress(reader.compressed_size())
+            finally:
+                stop.set()
+                t.join()
+            diff_id = reader.diff_id()
+            if expect_diff_id is not None and expect_diff_id != diff_id and mode == "layer":
+                raise DiffIDMismatchError(expect_diff_id, diff_id)
+            stats = applier.end()
+            if split_out is not None:
+                split_out.write(applier.split())
+                split_out.close()
+                split_out = None
+                if own_split:
+                    split_raw.close()
+            if expect_diff_id is not None and expect_diff_id != diff_id:
+                raise DiffIDMismatchError(expect_diff_id, diff_id)
+        finally:
+            applier.close()
+    finally:
+        if split_out is not None:
+            split_out.close()
+            if own_split:
+                split_raw.close()
+                if isinstance(tar_split, (str, bytes, os.PathLike)):
+                    try:
+                        os.unlink(tar_split)
+                    except OSError:
+                        pass
+        if own_src:
+            fsrc.close()
+    del stats["bytes"]
+    return ApplyResult(diff_id=diff_id, digest=reader.digest(), compression=reader.compression,
+                       size=reader.size, compressed_size=reader.compressed_size(), **stats)
