@@ -52,6 +52,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import IO, Any, Final, Union
 
 from ._compress import CHUNK, DecompressedReader, detect, open_compressed, open_decompressed
+from .errors import DiffIDMismatchError as _ApplyDiffIDMismatchError
 
 __all__ = [
     "DiffIDMismatchError",
@@ -113,11 +114,14 @@ class MissingBlobError(ImageError, FileNotFoundError):
         return str(self.args[0])
 
 
-class DiffIDMismatchError(ImageError):
-    """A layer's bytes do not hash to the digest or diff ID the image declares."""
+class DiffIDMismatchError(ImageError, _ApplyDiffIDMismatchError):
+    """A layer's bytes do not hash to the digest or diff ID the image declares. Also an
+    :class:`overlayfs.errors.DiffIDMismatchError` (what ``apply_layer`` raises), so one
+    ``except`` catches a mismatch found while reading or while applying."""
 
     def __init__(self, message: str, expected: str, actual: str):
-        super().__init__(message)
+        ValueError.__init__(self, message)
+        self.entry = None
         self.expected = expected
         self.actual = actual
 
