@@ -11,6 +11,8 @@
   short links, ``lower`` files) that Docker's tools recognize.
 - ``Stack.diff``/``LayerStore.diff`` (``overlayfs.changes``): what an upper
   layer changes in the view of its lowers, as ``Change`` tuples.
+- ``open_image`` (``overlayfs.image``): OCI image layouts and ``docker save``
+  archives, their layers, diff IDs and chain IDs; ``LayerStore.import_image``.
 """
 from ._check import CheckReport, check
 from ._core import CacheInfo, CopyUp, Entry
@@ -19,8 +21,9 @@ from ._mountinfo import MountInfo, mounts
 from ._mountopts import MAX_LOWERS
 from ._namespace import run_in_private_namespace, run_in_user_namespace
 from .changes import Change
+from .image import Image, ImageLayer, Platform, chain_id, diff_id, open_image, write_oci_layout
 from .stack import Stack
-from .store import Layer, LayerStore, stack_from_layer_dir
+from .store import ImportResult, Layer, LayerStore, stack_from_layer_dir
 
 __all__ = [
     "MAX_LOWERS",
@@ -29,17 +32,25 @@ __all__ = [
     "CheckReport",
     "CopyUp",
     "Entry",
+    "Image",
+    "ImageLayer",
+    "ImportResult",
     "Layer",
     "LayerStore",
     "Mount",
     "MountInfo",
+    "Platform",
     "Stack",
+    "chain_id",
     "check",
+    "diff_id",
     "mount",
     "mounts",
+    "open_image",
     "run_in_private_namespace",
     "run_in_user_namespace",
     "stack_from_layer_dir",
     "unmount",
+    "write_oci_layout",
 ]
 __version__ = "0.1.0"
