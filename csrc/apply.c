@@ -72,6 +72,21 @@
 #define __NR_fchmodat2 452
 #endif
 
+/* A parent directory opened lately: its union path, an O_PATH fd, whether
+ * it is setgid (new objects take its group).  A key may pass symlinks, so
+ * the cache is emptied whenever anything that exists is removed or
+ * replaced (duplicates only: rare); creating never changes what a cached
+ * path resolves to. */
+#define PCACHE 32
+struct pcache_ent {
+	char *path;		/* NULL: free slot */
+	size_t len;
+	int fd;
+	bool setgid;
+	gid_t gid;
+	uint64_t used;
+};
+
 struct dir_time {
 	char *path;
 	ino_t ino;
@@ -106,11 +121,10 @@ struct ovl_apply {
 	int fd;			/* regular file being written, -1 */
 	bool seq;		/* data written sequentially (not sparse) */
 
-	/* last parent opened */
-	char ppath[PATH_MAX];
-	size_t pplen;
-	int pfd;
-	bool psetgid;		/* new objects there take its group */
+	/* parents opened lately (most entries share a few) */
+	struct pcache_ent pc[PCACHE];
+	uint64_t tick;
+	bool psetgid;		/* the current parent: new objects take its group */
 	gid_t pgid;
 
 	struct dir_time *dirs;
@@ -439,12 +453,19 @@ static bool is_wh_stat(struct ovl_apply *a, int dfd, const char *name, const str
 	return ovl_sys_getxattrat(dfd, name, AT_SYMLINK_NOFOLLOW, a->x_whiteout, v, 0) >= 0;
 }
 
-static void pcache_drop(struct ovl_apply *a)
+/* Empty the parent cache but for the entry whose fd is keep (in use). */
+static void pcache_flush(struct ovl_apply *a, int keep)
 {
-	if (a->pfd >= 0 && a->pfd != a->root)
-		close(a->pfd);
-	a->pfd = -1;
-	a->pplen = SIZE_MAX;
+	for (int i = 0; i < PCACHE; i++) {
+		struct pcache_ent *c = &a->pc[i];
+
+		if (!c->path || (keep >= 0 && c->fd == keep))
+			continue;
+		if (c->fd != a->root)
+			close(c->fd);
+		free(c->path);
+		c->path = NULL;
+	}
 }
 
 /* --- metadata ------------------------------------------------------------ */
@@ -573,9 +594,76 @@ static int mkdir_implied(struct ovl_apply *a, int dfd, const char *name, const c
  * whiteout, as the kernel does). */
 static int whiteout_to_dir(struct ovl_apply *a, int dfd, const char *name, mode_t mode)
 {
+	pcache_flush(a, dfd);
 	if (unlinkat(dfd, name, 0) < 0 || mkdirat(dfd, name, mode) < 0)
 		return -errno;
 	return xattr_set_at(dfd, name, a->x_opaque, "y", 1);
+}
+
+/* Join the components of in (len bytes) to out (olen bytes, cleaned) the
+ * way RESOLVE_IN_ROOT walks them: ".." at the root stays at the root.
+ * Return 0 or -ENAMETOOLONG. */
+static int clamp_join(char *out, size_t *olen, const char *in, size_t len)
+{
+	size_t n = *olen, i = 0;
+
+	while (i < len) {
+		size_t j = i, cl;
+
+		while (j < len && in[j] != '/')
+			j++;
+		cl = j - i;
+		if (cl == 2 && in[i] == '.' && in[i + 1] == '.') {
+			while (n && out[n - 1] != '/')
+				n--;
+			if (n)
+				n--;
+		} else if (cl && !(cl == 1 && in[i] == '.')) {
+			if (n + cl + 2 >= PATH_MAX)
+				return -ENAMETOOLONG;
+			if (n)
+				out[n++] = '/';
+			memcpy(out + n, in + i, cl);
+			n += cl;
+		}
+		i = j + 1;
+	}
+	out[n] = 0;
+	*olen = n;
+	return 0;
+}
+
+static int open_parent_at(struct ovl_apply *a, const char *path, size_t len, bool create,
+			  int depth);
+
+/* A symlink met on the way whose target is missing: the directories to
+ * make are where it points, inside the root (what RESOLVE_IN_ROOT would
+ * have reached; containerd and umoci make them there too).  link is
+ * prev/comp, the path up to it buf[0..dl); rest the components after it. */
+static int follow_dangling(struct ovl_apply *a, int prev, const char *comp, const char *buf,
+			   size_t dl, const char *rest, size_t restlen, int depth)
+{
+	char target[PATH_MAX], np[PATH_MAX];
+	size_t n = 0;
+	ssize_t tl;
+	int err;
+
+	if (depth >= OVL_MAX_SYMLINKS)
+		return set_error(a, OVL_APPLY_E_IO, -ELOOP);
+	tl = readlinkat(prev, comp, target, sizeof(target) - 1);
+	if (tl < 0)
+		return io(a, -errno);
+	if (target[0] != '/') {
+		memcpy(np, buf, dl);
+		n = dl;
+		np[n] = 0;
+	}
+	err = clamp_join(np, &n, target, (size_t)tl);
+	if (!err)
+		err = clamp_join(np, &n, rest, restlen);
+	if (err)
+		return io(a, err);
+	return open_parent_at(a, np, n, true, depth + 1);
 }
 
 /* Open (O_PATH) the directory at path[0..len) inside the root, making what
@@ -583,14 +671,30 @@ static int whiteout_to_dir(struct ovl_apply *a, int dfd, const char *name, mode_
  * error class set. */
 static int open_parent(struct ovl_apply *a, const char *path, size_t len, bool create)
 {
+	return open_parent_at(a, path, len, create, 0);
+}
+
+static int open_parent_at(struct ovl_apply *a, const char *path, size_t len, bool create,
+			  int depth)
+{
 	char buf[PATH_MAX];
 	int fd, prev, err;
 	size_t i;
 	struct stat st;
 
-	if (a->pplen == len && !memcmp(a->ppath, path, len))
-		return a->pfd;
-	pcache_drop(a);
+	struct pcache_ent *c, *victim = NULL;
+
+	for (i = 0; i < PCACHE; i++) {
+		c = &a->pc[i];
+		if (c->path && c->len == len && !memcmp(c->path, path, len)) {
+			c->used = ++a->tick;
+			a->psetgid = c->setgid;
+			a->pgid = c->gid;
+			return c->fd;
+		}
+		if (!victim || !c->path || (victim->path && c->used < victim->used))
+			victim = c;
+	}
 	memcpy(buf, path, len);
 	buf[len] = 0;
 	fd = len ? open_in_root(a, buf, O_PATH | O_DIRECTORY) : a->root;
@@ -609,7 +713,17 @@ static int open_parent(struct ovl_apply *a, const char *path, size_t len, bool c
 			fd = open_in_root(a, buf, O_PATH | O_DIRECTORY);
 			comp = base_of(buf, i, &dl);
 			if (fd == -ENOENT || fd == -ENOTDIR) {
-				if (fstatat(prev, comp, &st, AT_SYMLINK_NOFOLLOW) == 0) {
+				if (fstatat(prev, comp, &st, AT_SYMLINK_NOFOLLOW) == 0 &&
+				    S_ISLNK(st.st_mode)) {
+					char rest[PATH_MAX];
+					size_t rl = i < len ? len - i - 1 : 0;
+
+					memcpy(rest, path + len - rl, rl);
+					err = follow_dangling(a, prev, comp, buf, dl, rest, rl, depth);
+					if (prev != a->root)
+						close(prev);
+					return err;
+				} else if (fstatat(prev, comp, &st, AT_SYMLINK_NOFOLLOW) == 0) {
 					if (a->mode == OVL_APPLY_LAYER && is_wh_stat(a, prev, comp, &st))
 						err = whiteout_to_dir(a, prev, comp, 0755);
 					else
@@ -630,14 +744,33 @@ static int open_parent(struct ovl_apply *a, const char *path, size_t len, bool c
 	} else if (fd < 0) {
 		return io(a, fd);
 	}
-	a->pfd = fd;
-	memcpy(a->ppath, path, len);
-	a->pplen = len;
 	a->psetgid = false;
 	if (fstat(fd, &st) == 0 && (st.st_mode & S_ISGID)) {
 		a->psetgid = true;
 		a->pgid = st.st_gid;
 	}
+	/* the walk above may have emptied the cache: find a slot again */
+	for (i = 0; i < PCACHE && victim && victim->path; i++)
+		if (!a->pc[i].path || a->pc[i].used < victim->used)
+			victim = &a->pc[i];
+	if (victim->path) {
+		if (victim->fd != a->root)
+			close(victim->fd);
+		free(victim->path);
+	}
+	victim->path = malloc(len + 1);
+	if (!victim->path) {
+		if (fd != a->root)
+			close(fd);
+		return io(a, -ENOMEM);
+	}
+	memcpy(victim->path, path, len);
+	victim->path[len] = 0;
+	victim->len = len;
+	victim->fd = fd;
+	victim->setgid = a->psetgid;
+	victim->gid = a->pgid;
+	victim->used = ++a->tick;
 	return fd;
 }
 
@@ -646,9 +779,9 @@ static int replace(struct ovl_apply *a, int dfd, const char *name)
 {
 	struct stat st;
 
-	(void)a;	/* the cached parent is dfd itself: still valid */
 	if (fstatat(dfd, name, &st, AT_SYMLINK_NOFOLLOW) < 0)
 		return errno == ENOENT ? 0 : -errno;
+	pcache_flush(a, dfd);
 	return remove_at(dfd, name);
 }
 
@@ -744,6 +877,8 @@ static int do_dir(struct ovl_apply *a, int dfd, const char *name, const struct o
 			return err;
 	}
 	a->st.dirs++;
+	if (exact && !need_chown(a, e) && !e->nxattrs)
+		return add_dir_time(a, a->path, a->plen, 0, e);	/* mkdir made it all */
 	fd = openat(dfd, name, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
 	if (fd < 0)
 		return -errno;
@@ -1001,6 +1136,7 @@ static int do_opaque(struct ovl_apply *a, int dfd, const char *dir, size_t dlen)
 			close(fd);
 			return -errno;
 		}
+		pcache_flush(a, dfd);
 		while (!err && (de = readdir(d))) {
 			size_t nl = strlen(de->d_name), cl;
 
@@ -1282,7 +1418,7 @@ static int set_dir_times(struct ovl_apply *a)
 		if (dfd < 0)
 			continue;	/* gone since (replaced, whited out) */
 		if (fstatat(dfd, base, &st, AT_SYMLINK_NOFOLLOW) < 0 || !S_ISDIR(st.st_mode) ||
-		    st.st_ino != d->ino)
+		    (d->ino && st.st_ino != d->ino))
 			continue;
 		if (utimensat(dfd, base, d->ts, AT_SYMLINK_NOFOLLOW) < 0)
 			return -errno;
@@ -1306,8 +1442,7 @@ int ovl_apply_begin(const struct ovl_apply_config *cfg, struct ovl_apply **out)
 	a->mode = cfg->mode;
 	a->flags = cfg->flags;
 	a->max_size = cfg->max_size;
-	a->parent_fd = a->root = a->fd = a->pfd = -1;
-	a->pplen = SIZE_MAX;
+	a->parent_fd = a->root = a->fd = -1;
 	a->zero_at = SIZE_MAX;
 	a->euid = geteuid();
 	a->egid = getegid();
@@ -1502,7 +1637,7 @@ void ovl_apply_free(struct ovl_apply *a)
 		return;
 	if (a->fd >= 0)
 		close(a->fd);
-	pcache_drop(a);
+	pcache_flush(a, -1);
 	if (a->root >= 0)
 		close(a->root);
 	if (a->tmp_made)

@@ -5,6 +5,8 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
 
 #include "ovl_internal.h"
 #include "testutil.h"
@@ -138,11 +140,38 @@ static void sh(const char *cmd)
 	}
 }
 
+/* Apply tar in chunks into dest (layer or rootfs mode); return the error
+ * class (0 on success). */
+static int apply_chunks(const unsigned char *b, size_t n, size_t chunk, const char *dest,
+			int mode, unsigned flags)
+{
+	struct ovl_apply_config cfg = { .dest = dest, .mode = mode, .flags = flags };
+	struct ovl_apply_stats st;
+	struct ovl_apply *a;
+	const void *sp;
+	int err, cls = 0;
+
+	err = ovl_apply_begin(&cfg, &a);
+	CHECK_EQ(err, 0);
+	if (err)
+		return -1;
+	for (size_t i = 0; i < n && !err; i += chunk) {
+		err = ovl_apply_feed(a, b + i, n - i < chunk ? n - i : chunk);
+		ovl_apply_split(a, &sp);
+	}
+	if (!err)
+		err = ovl_apply_end(a, &st);
+	if (err)
+		cls = ovl_apply_error(a, NULL, NULL, NULL);
+	ovl_apply_free(a);
+	return cls;
+}
+
 int main(void)
 {
 	static const size_t chunks[] = { 1, 7, 511, 512, 513, 1000, 4096, 65536 };
 	const char *tars[] = { "gnu.tar", "pax.tar", "sparse.tar", "posix-sparse.tar" };
-	char cmd[4096];
+	char cmd[16384];
 
 	(void)ops;
 	t_setup("tar");
@@ -195,6 +224,42 @@ int main(void)
 		}
 		if (k == 2 || k == 3)
 			CHECK(strstr(whole.l.text, "size 3145729") != NULL);
+		if (k == 1 || k == 3) {
+			/* mutations: any outcome but a crash (ASan/UBSan builds) */
+			unsigned char *m = malloc(n);
+			unsigned seed = 12345;
+
+			for (int round = 0; round < 300; round++) {
+				memcpy(m, b, n);
+				for (int f = 0; f < 4; f++) {
+					seed = seed * 1103515245u + 12345u;
+					m[(seed >> 4) % (n < 8192 ? n : 8192)] ^= (unsigned char)(1u << (seed % 8));
+				}
+				run(m, n, 1 + round % 700, &part);
+			}
+			free(m);
+		}
+		{
+			char dest[2048], cmp[2048];
+
+			snprintf(dest, sizeof(dest), "%s/layer%zu", t_path(""), k);
+			CHECK_EQ(apply_chunks(b, n, 7, dest, OVL_APPLY_LAYER,
+					      OVL_APPLY_SAME_OWNER | OVL_APPLY_TAR_SPLIT | OVL_APPLY_NO_SYNC), 0);
+			snprintf(cmp, sizeof(cmp), "%s/rootfs%zu", t_path(""), k);
+			mkdir(cmp, 0755);
+			CHECK_EQ(apply_chunks(b, n, 4096, cmp, OVL_APPLY_ROOTFS, OVL_APPLY_SAME_OWNER), 0);
+			/* the same tree both ways, and the source's (but for "./") */
+			snprintf(cmd, sizeof(cmd),
+				 "bash -c 'l() { cd \"$1\" && find . -mindepth 1 -printf \"%%p %%y %%m %%s %%l %%Ts\\n\" | sort; };"
+				 " cmp <(l %.1000s) <(l %.1000s) && { [ %zu -ge 2 ] || cmp <(l %.1000s) <(l %.1000s/src); }'",
+				 dest, cmp, k, dest, t_path(""));
+			sh(cmd);
+			/* a truncated stream leaves nothing */
+			snprintf(dest, sizeof(dest), "%s/trunc%zu", t_path(""), k);
+			CHECK_EQ(apply_chunks(b, 512 + 100, 5, dest, OVL_APPLY_LAYER, 0),
+				 OVL_APPLY_E_TRUNCATED);
+			CHECK(access(dest, F_OK) != 0);
+		}
 		free(b);
 	}
 	return t_teardown();

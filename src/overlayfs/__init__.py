@@ -13,6 +13,8 @@
   layer changes in the view of its lowers, as ``Change`` tuples.
 - ``open_image`` (``overlayfs.image``): OCI image layouts and ``docker save``
   archives, their layers, diff IDs and chain IDs; ``LayerStore.import_image``.
+- ``apply_layer`` (``overlayfs.apply``): a layer tar into a layer directory
+  (dockerd's overlay2 ApplyDiff) or a rootfs; its errors in ``overlayfs.errors``.
 """
 from ._check import CheckReport, check
 from ._core import CacheInfo, CopyUp, Entry
@@ -20,13 +22,32 @@ from ._mount import Mount, mount, unmount
 from ._mountinfo import MountInfo, mounts
 from ._mountopts import MAX_LOWERS
 from ._namespace import run_in_private_namespace, run_in_user_namespace
+from .apply import ApplyResult, apply_layer
 from .changes import Change
+from .errors import (
+    ArchiveError,
+    ArchiveTooLargeError,
+    CorruptArchiveError,
+    DiffIDMismatchError,
+    InvalidWhiteoutError,
+    TruncatedArchiveError,
+    UnsafeArchiveError,
+)
 from .image import Image, ImageLayer, Platform, chain_id, diff_id, open_image, write_oci_layout
 from .stack import Stack
 from .store import ImportResult, Layer, LayerStore, stack_from_layer_dir
 
 __all__ = [
     "MAX_LOWERS",
+    "ApplyResult",
+    "ArchiveError",
+    "ArchiveTooLargeError",
+    "CorruptArchiveError",
+    "DiffIDMismatchError",
+    "InvalidWhiteoutError",
+    "TruncatedArchiveError",
+    "UnsafeArchiveError",
+    "apply_layer",
     "CacheInfo",
     "Change",
     "CheckReport",

@@ -14,6 +14,10 @@ or a path, auto-detected; - reads stdin):
 layers IMAGE  lists the layers: digest, diff ID, media type, size, chain ID.
 diffid LAYER  prints the diff ID (sha256 of the uncompressed tar) of a layer blob.
 unpack IMAGE STORE_DIR  imports the image into an overlay2-style layer store.
+
+apply applies a layer tar (plain, gzip, zstd; "-" for stdin) to a new layer
+      directory as dockerd's overlay2 does, or with --rootfs into an existing
+      tree (``python -m overlayfs apply --help``).
 """
 from __future__ import annotations
 
@@ -343,6 +347,72 @@ def main_image(argv: Sequence[str], out: IO[str] | None = None) -> int:
     except KeyboardInterrupt:
         sys.stderr.write(f"overlayfs {args.cmd}: interrupted\n")
         return 130
+# --- apply: a layer tar into a layer dir or a rootfs ------------------------
+
+def main_apply(argv: Sequence[str] | None = None, out: IO[str] | None = None) -> int:
+    """``python -m overlayfs apply LAYER|- DIR [...]``: apply a layer tar.
+
+    Prints the diff ID (or a JSON report with ``--json``); one-line errors on
+    stderr and exit status 1; a progress line on stderr when it is a terminal.
+    """
+    from . import errors
+    from .apply import apply_layer
+
+    parser = argparse.ArgumentParser(
+        prog="python -m overlayfs apply",
+        description="Apply a layer tar (plain, gzip, zstd, bzip2 or xz; '-' reads stdin) to DIR: "
+                    "a new overlay layer directory (whiteouts as char 0:0 or xattrs, opaque dirs "
+                    "as <ns>.overlay.opaque), published atomically; or with --rootfs into an existing "
+                    "tree, whiteouts deleting.")
+    parser.add_argument("layer", help="the layer tar, or - for stdin")
+    parser.add_argument("dir", help="the layer directory to create (or, --rootfs, the tree to apply to)")
+    parser.add_argument("--lower", action="append", default=[], metavar="DIR",
+                        help="a lower layer directory, top-most first (repeat): implied parent "
+                             "attributes, hardlinks to lower files, an opaque root")
+    parser.add_argument("--rootfs", action="store_true", help="apply into an existing tree (moby ApplyLayer)")
+    parser.add_argument("--whiteouts", choices=["chardev", "xattr"], default="chardev",
+                        help="whiteout form in layer mode (default: chardev, char 0:0)")
+    parser.add_argument("--userxattr", action="store_true", help="user.overlay.* instead of trusted.overlay.*")
+    parser.add_argument("--no-devices", action="store_true", help="skip char and block devices")
+    parser.add_argument("--no-same-owner", action="store_true", help="do not chown to the tar's ids")
+    parser.add_argument("--verify-diff-id", metavar="sha256:HEX", help="refuse a layer with another diff ID")
+    parser.add_argument("--max-size", type=int, metavar="BYTES", help="refuse more uncompressed bytes")
+    parser.add_argument("--tar-split", metavar="FILE", help="write the tar-split record (gzip) to FILE")
+    parser.add_argument("--no-sync", action="store_true", help="skip the syncfs before publishing")
+    parser.add_argument("--json", action="store_true", help="print the result as JSON")
+    args = parser.parse_args(list(argv) if argv is not None else None)
+    stream = out if out is not None else sys.stdout
+    total = None
+    if args.layer != "-":
+        try:
+            total = os.path.getsize(args.layer)
+        except OSError:
+            total = None
+    progress = None
+    if sys.stderr.isatty():
+        def progress(done: int) -> None:
+            pct = f" {100 * done // total:3d}%" if total else ""
+            sys.stderr.write(f"\rapplying {args.layer}: {done / 2**20:8.1f} MiB{pct}")
+    try:
+        result = apply_layer(
+            sys.stdin.buffer if args.layer == "-" else args.layer, args.dir,
+            lowers=args.lower, mode="rootfs" if args.rootfs else "layer", whiteouts=args.whiteouts,
+            xattr_ns="user" if args.userxattr else "trusted", same_owner=not args.no_same_owner,
+            devices=not args.no_devices, expect_diff_id=args.verify_diff_id, max_size=args.max_size,
+            sync=not args.no_sync, tar_split=args.tar_split, progress=progress)
+    except (errors.ArchiveError, OSError, ValueError) as e:
+        if progress is not None:
+            sys.stderr.write("\n")
+        print(f"overlayfs apply: {args.layer}: {e}", file=sys.stderr)
+        return 1
+    if progress is not None:
+        sys.stderr.write("\n")
+    if args.json:
+        json.dump(result.__dict__, stream, indent=2)
+        stream.write("\n")
+    else:
+        stream.write(f"{result.diff_id}\n")
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -357,11 +427,15 @@ def main(argv: list[str] | None = None) -> int:
     tree.add_argument("--whiteouts", default="kernel", choices=["kernel", "oci", "auto"])
     sub.add_parser("check", help="check the prerequisites for mounting overlays",
                    add_help=False)
+    sub.add_parser("apply", help="apply a layer tar to a layer directory or a rootfs",
+                   add_help=False)
     for verb in _IMAGE_VERBS:
         sub.add_parser(verb, help=_IMAGE_VERBS[verb], add_help=False)
     argv = sys.argv[1:] if argv is None else argv
     if argv and argv[0] == "check":
         return main_check(argv[1:])
+    if argv and argv[0] == "apply":
+        return main_apply(argv[1:])
     if argv and argv[0] in _IMAGE_VERBS:
         return main_image(argv)
     args = parser.parse_args(argv)

@@ -206,8 +206,8 @@ def apply_layer(
              | (APPLY_TAR_SPLIT if tar_split is not None else 0))
     lower_paths = [os.fspath(p) for p in lowers]
 
-    own_src = not hasattr(src, "read")
-    fsrc: IO[bytes] = open(src, "rb", buffering=0) if own_src else src  # type: ignore[arg-type,call-overload]
+    own_src = isinstance(src, (str, bytes, os.PathLike))
+    fsrc: IO[bytes] = open(src, "rb", buffering=0) if isinstance(src, (str, bytes, os.PathLike)) else src
     split_out: Any = None
     split_raw: Any = None
     own_split = False
@@ -217,8 +217,9 @@ def apply_layer(
                            xattr_ns == "user", flags, max_size or 0)
         try:
             if tar_split is not None:
-                own_split = not hasattr(tar_split, "write")
-                split_raw = open(tar_split, "wb") if own_split else tar_split  # type: ignore[arg-type,call-overload]
+                own_split = isinstance(tar_split, (str, bytes, os.PathLike))
+                split_raw = (open(tar_split, "wb") if isinstance(tar_split, (str, bytes, os.PathLike))
+                             else tar_split)
                 split_out = gzip.GzipFile(fileobj=split_raw, mode="wb", mtime=0)
             q: queue.Queue[Any] = queue.Queue(_QUEUE_DEPTH)
             stop = threading.Event()
