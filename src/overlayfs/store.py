@@ -35,7 +35,7 @@ import shutil
 import tempfile
 import threading
 from collections.abc import Callable, Mapping
-from typing import TYPE_CHECKING, Any, Final, Literal, overload
+from typing import IO, TYPE_CHECKING, Any, Final, Literal, overload
 
 from . import _syscalls as _sys
 from ._mount import mount as _mount_overlay
@@ -600,6 +600,42 @@ class LayerStore:
         finally:
             if own:
                 img.close()
+
+    def export_image(self, layer_id: str, dest: str | os.PathLike[str], *,
+                     exporter: Callable[[str, IO[bytes]], object] | None = None,
+                     compression: str = "gzip", ref: str | None = None) -> str:
+        """Write the image whose top layer is ``layer_id`` as an OCI image layout at *dest*
+        (:func:`overlayfs.image.write_oci_layout`); returns the manifest digest.
+
+        Each layer's ``diff`` dir, bottom first, becomes a layer tar through
+        ``exporter(diff_dir, out)``, which writes the tar to the binary file *out*; the
+        default is :func:`overlayfs.export.export_layer` (graphdriver ``Diff``) where this
+        build has it. The config is the one :meth:`import_image` recorded for an image with
+        exactly these layers, if any (its ``rootfs`` recomputed from the tars written),
+        else a minimal one for the running machine. Temporary tars go beside *dest*.
+        """
+        from .image import write_oci_layout
+
+        if exporter is None:
+            try:
+                from .export import export_layer  # type: ignore[import-not-found,unused-ignore]
+            except ImportError:
+                raise ValueError("export_image: this build has no overlayfs.export; pass "
+                                 "exporter=") from None
+            exporter = export_layer
+        ids = list(reversed(self.chain(layer_id)))
+        config = next((rec.get("config") for rec in self.images()
+                       if rec.get("layers") == ids), None)
+        where = os.path.dirname(os.path.abspath(os.fspath(dest))) or "."
+        os.makedirs(where, exist_ok=True)
+        with tempfile.TemporaryDirectory(prefix=".export-", dir=where) as tmp:
+            tars = []
+            for n, lid in enumerate(ids):
+                path = os.path.join(tmp, f"{n}.tar")
+                with open(path, "wb") as out:
+                    exporter(os.path.join(self.root, lid, "diff"), out)
+                tars.append(path)
+            return write_oci_layout(dest, tars, config=config, compression=compression, ref=ref)
 
     def images(self) -> list[dict[str, Any]]:
         """The records :meth:`import_image` wrote (``id``, ``ref``, ``repo_tags``,
