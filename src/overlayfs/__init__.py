@@ -11,6 +11,8 @@
   short links, ``lower`` files) that Docker's tools recognize.
 - ``Stack.diff``/``LayerStore.diff`` (``overlayfs.changes``): what an upper
   layer changes in the view of its lowers, as ``Change`` tuples.
+- ``open_image`` (``overlayfs.image``): OCI image layouts and ``docker save``
+  archives, their layers, diff IDs and chain IDs; ``LayerStore.import_image``.
 - ``apply_layer`` (``overlayfs.apply``): a layer tar into a layer directory
   (dockerd's overlay2 ApplyDiff) or a rootfs; its errors in ``overlayfs.errors``.
 - ``Stack.path()`` (``StackPath``, pathlib-style, a Traversable) and, with
@@ -34,9 +36,10 @@ from .errors import (
     TruncatedArchiveError,
     UnsafeArchiveError,
 )
+from .image import Image, ImageLayer, Platform, chain_id, diff_id, open_image, write_oci_layout
 from .path import StackPath
 from .stack import Stack
-from .store import Layer, LayerStore, stack_from_layer_dir
+from .store import ImportResult, Layer, LayerStore, stack_from_layer_dir
 
 __all__ = [
     "MAX_LOWERS",
@@ -54,21 +57,29 @@ __all__ = [
     "CheckReport",
     "CopyUp",
     "Entry",
+    "Image",
+    "ImageLayer",
+    "ImportResult",
     "Layer",
     "LayerStore",
     "Mount",
     "MountInfo",
+    "Platform",
     "Stack",
     "StackPath",
     "Target",
+    "chain_id",
     "check",
+    "diff_id",
     "mount",
     "mounts",
     "open_container",
     "resolve_target",
+    "open_image",
     "run_in_private_namespace",
     "run_in_user_namespace",
     "stack_from_layer_dir",
     "unmount",
+    "write_oci_layout",
 ]
 __version__ = "0.1.0"

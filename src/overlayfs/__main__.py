@@ -8,6 +8,13 @@ tree  prints the merged tree of the given layers (top-most first).
 check reports whether this machine can mount overlays here: kernel version,
       overlay support, d_type and xattrs on the backing filesystem, the new
       mount API, privileges.
+
+Images (IMAGE := oci:DIR[:REF] | oci-archive:TAR[:REF] | docker-archive:TAR[:REPO:TAG],
+or a path, auto-detected; - reads stdin):
+layers IMAGE  lists the layers: digest, diff ID, media type, size, chain ID.
+diffid LAYER  prints the diff ID (sha256 of the uncompressed tar) of a layer blob.
+unpack IMAGE STORE_DIR  imports the image into an overlay2-style layer store.
+
 apply applies a layer tar (plain, gzip, zstd; "-" for stdin) to a new layer
       directory as dockerd's overlay2 does, or with --rootfs into an existing
       tree (``python -m overlayfs apply --help``).
@@ -22,10 +29,13 @@ import subprocess
 import sys
 import tempfile
 from collections.abc import Sequence
-from typing import IO
+from typing import IO, TYPE_CHECKING, cast
 
 from . import Stack
 from ._check import check
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .image import Image
 
 
 def _layer_name(stack: Stack, idx: int) -> str:
@@ -168,6 +178,175 @@ def main_check(argv: Sequence[str] | None = None, out: IO[str] | None = None) ->
     return 0 if report.ok else 1
 
 
+# --- images: layers, diffid, unpack ---------------------------------------------------------
+
+_IMAGE_VERBS = {
+    "layers": "list an image's layers (digest, diff ID, media type, size, chain ID)",
+    "diffid": "print the diff ID of a layer tar (any compression)",
+    "unpack": "import an image into an overlay2-style layer store",
+}
+
+
+class _Progress:
+    """A one-line progress display on stderr when it is a terminal; silent otherwise."""
+
+    def __init__(self, label: str, total: int | None = None, stream: IO[str] | None = None):
+        self.stream = stream if stream is not None else sys.stderr
+        self.on = self.stream.isatty()
+        self.label = label
+        self.total = total
+        self.done = 0
+
+    def __call__(self, n: int) -> None:
+        self.done += n
+        if not self.on:
+            return
+        mb = self.done / 1e6
+        if self.total:
+            text = f"{self.label}: {mb:.1f} / {self.total / 1e6:.1f} MB"
+        else:
+            text = f"{self.label}: {mb:.1f} MB"
+        self.stream.write("\r" + text[:78].ljust(78))
+        self.stream.flush()
+
+    def close(self) -> None:
+        if self.on and self.done:
+            self.stream.write("\r" + " " * 78 + "\r")
+            self.stream.flush()
+
+
+def _spool_stdin() -> IO[bytes]:
+    """stdin copied to an anonymous temp file (image archives are read with seeks)."""
+    tmp = tempfile.TemporaryFile(prefix="overlayfs-image-")
+    shutil.copyfileobj(sys.stdin.buffer, tmp, 1 << 20)
+    tmp.seek(0)
+    return tmp
+
+
+def _open_image_arg(text: str, platform: str | None) -> Image:
+    from .image import ImageError, open_image, parse_image_ref
+
+    transport, path, ref = parse_image_ref(text)
+    src: str | IO[bytes] = _spool_stdin() if path == "-" else path
+    if transport == "oci" and not (path != "-" and os.path.isdir(path)):
+        raise ImageError(f"oci:{path}: not a directory (use oci-archive: for a tar)")
+    if transport in ("oci-archive", "docker-archive") and path != "-" and os.path.isdir(path):
+        raise ImageError(f"{transport}:{path}: a directory (use oci: for a layout dir)")
+    image = open_image(src, platform=platform, ref=ref)
+    if transport == "oci-archive" and image.format != "oci-archive":
+        image.close()
+        raise ImageError(f"{path}: a {image.format}, not an oci-archive")
+    if transport == "docker-archive" and image.format not in ("docker-archive", "docker-dir"):
+        image.close()
+        raise ImageError(f"{path}: a {image.format}, not a docker-archive")
+    return image
+
+
+def _cmd_layers(args: argparse.Namespace, out: IO[str]) -> int:
+    with _open_image_arg(args.image, args.platform) as image:
+        rows = [{"digest": la.digest, "diff_id": la.diff_id, "media_type": la.media_type,
+                 "size": la.size, "chain_id": la.chain_id} for la in image.layers]
+        if args.json:
+            json.dump({"format": image.format, "ref": image.ref, "id": image.id,
+                       "platform": str(image.platform), "manifest_digest": image.manifest_digest,
+                       "layers": rows}, out, indent=2)
+            out.write("\n")
+            return 0
+        out.write(f"# {image.format} {image.ref or ''} {image.platform} id {image.id}\n")
+        for r in rows:
+            out.write(f"{r['digest']}  diff {r['diff_id']}  chain {r['chain_id']}  "
+                      f"{r['size']}  {r['media_type']}\n")
+    return 0
+
+
+def _cmd_diffid(args: argparse.Namespace, out: IO[str]) -> int:
+    from .image import diff_id
+
+    for layer in args.layers:
+        if layer == "-":
+            src: IO[bytes] = sys.stdin.buffer
+            total = None
+        else:
+            src = open(layer, "rb")
+            total = os.fstat(src.fileno()).st_size
+        progress = _Progress(f"diffid {layer}", total)
+        try:
+            result = diff_id(cast(IO[bytes], _Counting(src, progress)))
+        finally:
+            progress.close()
+            if src is not sys.stdin.buffer:
+                src.close()
+        out.write(f"{result}  {layer}\n" if len(args.layers) > 1 else f"{result}\n")
+    return 0
+
+
+class _Counting:
+    """A file object that reports the bytes read through it to *progress*."""
+
+    def __init__(self, inner: IO[bytes], progress: _Progress):
+        self._inner = inner
+        self._progress = progress
+
+    def read(self, n: int = -1) -> bytes:
+        data = self._inner.read(n)
+        self._progress(len(data))
+        return data
+
+
+def _cmd_unpack(args: argparse.Namespace, out: IO[str]) -> int:
+    from .store import LayerStore
+
+    if not hasattr(LayerStore, "import_image"):
+        raise ValueError("unpack: this build has no LayerStore.import_image")
+    store = LayerStore(args.store)
+    with _open_image_arg(args.image, args.platform) as image:
+        progress = _Progress(f"unpack {args.image}")
+        try:
+            result = store.import_image(image, progress=progress)  # type: ignore[attr-defined]
+        finally:
+            progress.close()
+        if args.json:
+            json.dump(result.as_dict(), out, indent=2)
+            out.write("\n")
+        else:
+            out.write(f"{result.top}\n")
+    return 0
+
+
+def main_image(argv: Sequence[str], out: IO[str] | None = None) -> int:
+    """``python -m overlayfs layers|diffid|unpack ...``; one-line errors, exit status 1."""
+    parser = argparse.ArgumentParser(prog="python -m overlayfs",
+                                     description="Read container images and layers.")
+    sub = parser.add_subparsers(dest="cmd", required=True)
+    image_help = ("oci:DIR[:REF], oci-archive:TAR[:REF], docker-archive:TAR[:REPO:TAG], "
+                  "or a path (auto-detected); - for stdin")
+    p = sub.add_parser("layers", help=_IMAGE_VERBS["layers"])
+    p.add_argument("image", help=image_help)
+    p.add_argument("--platform", help="os/arch[/variant] (default: this machine)")
+    p.add_argument("--json", action="store_true")
+    p = sub.add_parser("diffid", help=_IMAGE_VERBS["diffid"])
+    p.add_argument("layers", nargs="+", metavar="LAYER", help="a layer tar (any compression) or -")
+    p = sub.add_parser("unpack", help=_IMAGE_VERBS["unpack"])
+    p.add_argument("image", help=image_help)
+    p.add_argument("store", help="the layer store directory (created if missing)")
+    p.add_argument("--platform", help="os/arch[/variant] (default: this machine)")
+    p.add_argument("--json", action="store_true")
+    args = parser.parse_args(list(argv))
+    stream = out if out is not None else sys.stdout
+    cmd = {"layers": _cmd_layers, "diffid": _cmd_diffid, "unpack": _cmd_unpack}[args.cmd]
+    try:
+        return cmd(args, stream)
+    except BrokenPipeError:  # `... | head`
+        sys.stderr.close()
+        return 1
+    except (ValueError, OSError) as e:  # ImageError is a ValueError
+        msg = str(e) if not isinstance(e, OSError) or e.strerror is None or not e.filename \
+            else f"{e.strerror}: {e.filename}"
+        sys.stderr.write(f"overlayfs {args.cmd}: error: {' '.join(msg.split())}\n")
+        return 1
+    except KeyboardInterrupt:
+        sys.stderr.write(f"overlayfs {args.cmd}: interrupted\n")
+        return 130
 # --- apply: a layer tar into a layer dir or a rootfs ------------------------
 
 def main_apply(argv: Sequence[str] | None = None, out: IO[str] | None = None) -> int:
@@ -250,11 +429,15 @@ def main(argv: list[str] | None = None) -> int:
                    add_help=False)
     sub.add_parser("apply", help="apply a layer tar to a layer directory or a rootfs",
                    add_help=False)
+    for verb in _IMAGE_VERBS:
+        sub.add_parser(verb, help=_IMAGE_VERBS[verb], add_help=False)
     argv = sys.argv[1:] if argv is None else argv
     if argv and argv[0] == "check":
         return main_check(argv[1:])
     if argv and argv[0] == "apply":
         return main_apply(argv[1:])
+    if argv and argv[0] in _IMAGE_VERBS:
+        return main_image(argv)
     args = parser.parse_args(argv)
     if args.cmd == "demo":
         return demo()

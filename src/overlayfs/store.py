@@ -28,13 +28,14 @@ import base64
 import dataclasses
 import errno
 import fcntl
+import json
 import os
 import re
 import shutil
 import tempfile
 import threading
-from collections.abc import Mapping
-from typing import TYPE_CHECKING, Any, Final, Literal, overload
+from collections.abc import Callable, Mapping
+from typing import IO, TYPE_CHECKING, Any, Final, Literal, overload
 
 from . import _syscalls as _sys
 from ._mount import mount as _mount_overlay
@@ -45,8 +46,9 @@ from .changes import Change, changes
 
 if TYPE_CHECKING:  # pragma: no cover
     from overlayfs import Stack
+    from overlayfs.image import Image, Platform
 
-__all__ = ["Change", "Layer", "LayerStore", "stack_from_layer_dir"]
+__all__ = ["Change", "ImportResult", "Layer", "LayerStore", "stack_from_layer_dir"]
 
 LINK_DIR: Final = "l"
 #: overlay2's short link length: (26 + len("l/") + 1) * 128 layers fits in a page.
@@ -55,6 +57,8 @@ _ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,254}\Z")
 _SHORT = re.compile(r"[A-Za-z0-9]{1,64}\Z")
 _TMP_PREFIX: Final = ".tmp-"
 _TRASH_PREFIX: Final = ".trash-"
+#: Where import_image records the images it imported (not a layer id: starts with '.').
+IMAGES_DIR: Final = ".images"
 
 # Mount reference counts, per mount point, shared by every LayerStore in the process
 # (moby daemon/internal/mountref: the first use adopts a mount that already exists).
@@ -83,6 +87,20 @@ class Layer:
     @property
     def merged(self) -> str:
         return os.path.join(self.path, "merged")
+
+
+@dataclasses.dataclass(frozen=True)
+class ImportResult:
+    """What :meth:`LayerStore.import_image` did."""
+
+    top: str  #: the id of the image's top layer (``store.stack(top)`` is the image's rootfs)
+    layers: tuple[str, ...]  #: every layer id of the image, bottom first
+    created: tuple[str, ...]  #: the ids this call applied (the others were there already)
+    image_id: str  #: the config digest
+    ref: str | None
+
+    def as_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
 
 
 def _new_short() -> str:
@@ -309,12 +327,16 @@ class LayerStore:
 
     # --- create / remove / commit ---------------------------------------------------------
 
-    def create(self, layer_id: str, parent: str | None = None) -> Layer:
+    def create(self, layer_id: str, parent: str | None = None, *,
+               populate: Callable[[str], object] | None = None) -> Layer:
         """Create an empty layer on top of ``parent`` (which becomes committed).
 
         Atomic: assembled in a temporary directory and renamed into place, so after a
         failure nothing of the layer is left; if another creator publishes the same id
         first, this one gets FileExistsError. ValueError past :data:`MAX_LOWERS` layers.
+        ``populate(path)``, if given, must create ``path`` (the layer's ``diff`` in the
+        temporary directory) with the layer's contents; an exception from it abandons the
+        layer (:meth:`import_image` applies a layer tar this way).
         Cost: ~10 system calls plus a few fsyncs (with ``durable``).
         """
         self._writable("create")
@@ -341,7 +363,10 @@ class LayerStore:
         link_path = None
         try:
             os.chmod(tmp, 0o710)
-            os.mkdir(os.path.join(tmp, "diff"), 0o755)
+            if populate is None:
+                os.mkdir(os.path.join(tmp, "diff"), 0o755)
+            else:
+                populate(os.path.join(tmp, "diff"))
             while True:  # a fresh short name; the symlink's creation is the uniqueness test
                 short = _new_short()
                 link_path = os.path.join(self.root, LINK_DIR, short)
@@ -486,6 +511,147 @@ class LayerStore:
             os.unlink(os.path.join(link_dir, short))
             actions.append(f"removed the stale {LINK_DIR}/{short} -> {target}")
         return actions
+
+    # --- images --------------------------------------------------------------------------
+
+    def import_image(self, image: Image | str | os.PathLike[str], *,
+                     platform: Platform | str | None = None, ref: str | None = None,
+                     whiteouts: Literal["chardev", "xattr"] = "chardev",
+                     max_layer_size: int | None = None,
+                     progress: Callable[[int], object] | None = None) -> ImportResult:
+        """Import an image (an :class:`overlayfs.image.Image`, or a path for
+        :func:`overlayfs.image.open_image` with *platform* and *ref*) into the store, the way
+        ``docker load`` fills overlay2: each layer applied once by
+        :func:`overlayfs.apply.apply_layer` into ``<id>/diff`` over the layers below it,
+        with ``link``, ``lower`` and ``l/<short>`` as dockerd writes them.
+
+        Layer ids are the chain ID's hex digits (dockerd uses a random cache id and keeps
+        the chain ID in its layerdb; here the id *is* the chain ID), so a layer that two
+        images share is applied once and later imports skip it. Every layer's diff ID is
+        verified, and its blob digest too, before the layer is published; a failure leaves
+        no trace of that layer (the ones below it stay, complete and reusable). An image
+        record goes to ``<root>/.images/<config hex>.json`` (see :meth:`images`).
+        *progress* gets the number of layer bytes read since its previous call. Layers
+        applied here are committed (read-only); ``create(new, parent=result.top)`` gives a
+        writable layer over the image.
+        """
+        from .apply import apply_layer
+        from .image import DiffIDMismatchError, ImageError, open_image
+
+        self._writable("import_image")
+        own = not hasattr(image, "layers")
+        img: Image = open_image(image, platform=platform, ref=ref) if own else image  # type: ignore[arg-type,assignment]
+        try:
+            ids: list[str] = []
+            created: list[str] = []
+            parent: str | None = None
+            for n, layer in enumerate(img.layers):
+                if layer.chain_id is None or layer.diff_id is None:
+                    raise ImageError(f"import_image: layer {n} ({layer.digest}) has no diff ID "
+                                     f"in the image config")
+                layer_id = layer.chain_id.split(":", 1)[1]
+                if layer_id not in self:
+                    lowers = [] if parent is None else \
+                        [os.path.join(self.root, parent, "diff"), *self.lower_dirs(parent)]
+                    last = [0]
+
+                    def report(done: int, last: list[int] = last) -> None:
+                        if progress is not None:
+                            progress(done - last[0])
+                            last[0] = done
+
+                    def populate(diff: str, layer: Any = layer, lowers: list[str] = lowers,
+                                 report: Callable[[int], None] = report) -> None:
+                        with layer.open() as blob:
+                            result = apply_layer(blob, diff, lowers=lowers, mode="layer",
+                                                 whiteouts=whiteouts, xattr_ns=self.xattr_namespace,
+                                                 expect_diff_id=layer.diff_id,
+                                                 max_size=max_layer_size, sync=self.durable,
+                                                 progress=report)
+                        if layer.digest.startswith("sha256:") and result.digest != layer.digest:
+                            raise DiffIDMismatchError(
+                                f"layer {layer.digest}: the blob hashes to {result.digest}",
+                                layer.digest, result.digest)
+
+                    try:
+                        self.create(layer_id, parent, populate=populate)
+                        created.append(layer_id)
+                    except FileExistsError:
+                        if layer_id not in self:  # not a concurrent import of the same layer
+                            raise
+                elif parent is not None:
+                    want = self.get(layer_id).lower[:1]
+                    link = self.get(parent).link
+                    if want and link and want[0] != f"{LINK_DIR}/{link}":
+                        raise ValueError(f"import_image: layer {layer_id} exists over another "
+                                         f"parent than {parent}")
+                ids.append(layer_id)
+                parent = layer_id
+            if parent is not None:
+                self._mark_committed(parent)
+            record = {"id": img.id, "ref": img.ref, "repo_tags": img.repo_tags,
+                      "manifest_digest": img.manifest_digest, "layers": ids,
+                      "diff_ids": [la.diff_id for la in img.layers], "config": img.config}
+            os.makedirs(os.path.join(self.root, IMAGES_DIR), mode=0o700, exist_ok=True)
+            _write_atomic(os.path.join(self.root, IMAGES_DIR, img.id.split(":", 1)[1] + ".json"),
+                          json.dumps(record).encode(), 0o600, self.durable)
+            return ImportResult(ids[-1] if ids else "", tuple(ids), tuple(created), img.id,
+                                img.ref)
+        finally:
+            if own:
+                img.close()
+
+    def export_image(self, layer_id: str, dest: str | os.PathLike[str], *,
+                     exporter: Callable[[str, IO[bytes]], object] | None = None,
+                     compression: str = "gzip", ref: str | None = None) -> str:
+        """Write the image whose top layer is ``layer_id`` as an OCI image layout at *dest*
+        (:func:`overlayfs.image.write_oci_layout`); returns the manifest digest.
+
+        Each layer's ``diff`` dir, bottom first, becomes a layer tar through
+        ``exporter(diff_dir, out)``, which writes the tar to the binary file *out*; the
+        default is :func:`overlayfs.export.export_layer` (graphdriver ``Diff``) where this
+        build has it. The config is the one :meth:`import_image` recorded for an image with
+        exactly these layers, if any (its ``rootfs`` recomputed from the tars written),
+        else a minimal one for the running machine. Temporary tars go beside *dest*.
+        """
+        from .image import write_oci_layout
+
+        if exporter is None:
+            try:
+                from .export import export_layer  # type: ignore[import-not-found,unused-ignore]
+            except ImportError:
+                raise ValueError("export_image: this build has no overlayfs.export; pass "
+                                 "exporter=") from None
+            exporter = export_layer
+        ids = list(reversed(self.chain(layer_id)))
+        config = next((rec.get("config") for rec in self.images()
+                       if rec.get("layers") == ids), None)
+        where = os.path.dirname(os.path.abspath(os.fspath(dest))) or "."
+        os.makedirs(where, exist_ok=True)
+        with tempfile.TemporaryDirectory(prefix=".export-", dir=where) as tmp:
+            tars = []
+            for n, lid in enumerate(ids):
+                path = os.path.join(tmp, f"{n}.tar")
+                with open(path, "wb") as out:
+                    exporter(os.path.join(self.root, lid, "diff"), out)
+                tars.append(path)
+            return write_oci_layout(dest, tars, config=config, compression=compression, ref=ref)
+
+    def images(self) -> list[dict[str, Any]]:
+        """The records :meth:`import_image` wrote (``id``, ``ref``, ``repo_tags``,
+        ``layers`` bottom first, ``diff_ids``, ``config``), sorted by id."""
+        folder = os.path.join(self.root, IMAGES_DIR)
+        try:
+            names = sorted(os.listdir(folder))
+        except FileNotFoundError:
+            return []
+        out = []
+        for name in names:
+            if name.endswith(".json"):
+                text = _read_text(os.path.join(folder, name))
+                if text:
+                    out.append(json.loads(text))
+        return out
 
     # --- views and mounts -----------------------------------------------------------------
 
