@@ -450,4 +450,6 @@ int ovl_create_common(struct ovl_stack *s, const struct ovl_cred *cred, const ch
 
 /* file.c, super.c: only the functions of ovl.h */
 
+/* tar_write.c, export.c: only the functions of ovl.h */
+
 #endif /* OVL_INTERNAL_H */
