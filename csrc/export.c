@@ -119,6 +119,12 @@ static int cmp_names(const void *a, const void *b)
 	return strcmp(*(char *const *)a, *(char *const *)b);
 }
 
+static int cmp_xattrs(const void *a, const void *b)
+{
+	return strcmp(((const struct ovl_tar_xattr *)a)->name,
+		      ((const struct ovl_tar_xattr *)b)->name);
+}
+
 /* names[] over a buffer of (d_type, name, NUL) records, sorted by name. */
 static int frame_index(struct frame *f, size_t used)
 {
@@ -526,7 +532,8 @@ static int read_xattrs(struct ovl_export *e, const struct xsrc *x, struct xinfo 
 		e->nxattrs++;
 	}
 	free(voff);
-	qsort(e->xattrs, e->nxattrs, sizeof(*e->xattrs), cmp_names);
+	if (e->nxattrs > 1)
+		qsort(e->xattrs, e->nxattrs, sizeof(*e->xattrs), cmp_xattrs);
 out:
 	free(heap);
 	return err;
@@ -912,12 +919,14 @@ int ovl_export_open(const struct ovl_export_opts *o, struct ovl_export **out)
 	e->path = calloc(1, 256);
 	e->xlist = malloc(4096);
 	e->xvals = malloc(4096);
-	if (!e->path || !e->xlist || !e->xvals) {
+	e->out = malloc(8192);
+	if (!e->path || !e->xlist || !e->xvals || !e->out) {
 		err = -ENOMEM;
 		goto fail;
 	}
 	e->pathcap = 256;
 	e->xlistcap = e->xvalcap = 4096;
+	e->outcap = 8192;
 	fd = -1;
 	if (o->layer) {
 		fd = open(o->layer, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
