@@ -11,8 +11,9 @@
  * A layer dir is read fd-relative from its root (never following a
  * symlink) and its kernel forms become the OCI ones, as moby's
  * overlayWhiteoutConverter.ConvertWrite makes them: a char 0:0 whiteout and
- * an xattr whiteout (a zero-size file with <ns>.overlay.whiteout in a
- * directory marked opaque=x, the kernel's rule) become ".wh.NAME" (a
+ * an xattr whiteout (a zero-size file with <ns>.overlay.whiteout: whatever
+ * its directory's marker, as the kernel's lookup honours it once the layer
+ * has any directory marked opaque=x, and as namei.c does) become ".wh.NAME" (a
  * regular empty file, mode 0600, the whiteout's owner and mtime); a
  * directory with <ns>.overlay.opaque=y gets ".wh..wh..opq" (mode the
  * directory's permission bits) right after its own entry.  Whiteouts are
@@ -761,7 +762,7 @@ static int next_layer(struct ovl_export *e, struct frame *f, const char *name)
 		e->err_reason = "metacopy";
 		goto out;
 	}
-	if (xi.whiteout && S_ISREG(st.st_mode) && st.st_size == 0 && f->opaque == 'x') {
+	if (xi.whiteout && S_ISREG(st.st_mode) && st.st_size == 0) {
 		close(fd);
 		return fail(e, queue_whiteout(e, len, &st), e->path, NULL);
 	}
@@ -935,7 +936,13 @@ int ovl_export_open(const struct ovl_export_opts *o, struct ovl_export **out)
 			goto fail;
 		}
 	}
-	err = push_frame(e, 0, fd, 0);
+	/* A layer root marked opaque=x may hold xattr whiteouts ("y" means
+	 * nothing on a root: the kernel ignores it). */
+	char opq[2] = { 0, 0 };
+
+	if (fd >= 0 && fgetxattr(fd, e->x_opaque, opq, sizeof(opq)) != 1)
+		opq[0] = 0;
+	err = push_frame(e, 0, fd, opq[0] == 'x' ? 'x' : 0);
 	if (err)
 		goto fail;
 	*out = e;

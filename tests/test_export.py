@@ -63,7 +63,7 @@ def make_layer(root) -> str:
     os.setxattr(L + b"/xdir", "trusted.overlay.opaque", b"x")
     _file(L + b"/xdir/xwh")
     os.setxattr(L + b"/xdir/xwh", "trusted.overlay.whiteout", b"")
-    _file(L + b"/plain-xwh")  # not in an opaque=x dir: an ordinary (empty) file
+    _file(L + b"/plain-xwh")  # not in an opaque=x dir: still a whiteout for lookups
     os.setxattr(L + b"/plain-xwh", "trusted.overlay.whiteout", b"")
     _file(L + b"/cap2", b"bin", mode=0o755)
     os.setxattr(L + b"/cap2", "security.capability", CAP_V2)
@@ -107,11 +107,11 @@ def test_entries(layer, tmp_path):
     assert recs[b"tty"] == {**recs[b"tty"], "type": "chr", "dev": [5, 0]}
     assert recs[b"loop"] == {**recs[b"loop"], "type": "blk", "dev": [7, 3]}
     # whiteouts: moby's ConvertWrite form
-    for wh in (b".wh.gone", b"xdir/.wh.xwh"):
+    for wh in (b".wh.gone", b"xdir/.wh.xwh", b".wh.plain-xwh"):
         assert recs[wh] == {"type": "file", "mode": "0o600", "uid": 0, "gid": 0, "mtime": T + 1,
                             "size": 0, "sha256": hashlib.sha256(b"").hexdigest(), "xattrs": {}}
     assert b"gone" not in recs and b"xdir/xwh" not in recs
-    assert recs[b"plain-xwh"]["type"] == "file"  # the kernel ignores it outside opaque=x dirs
+    assert b"plain-xwh" not in recs and recs[b".wh.plain-xwh"]["mode"] == "0o600"
     # opaque: the marker right after the dir, mode = the dir's permission bits
     assert order[order.index(b"opq") + 1] == b"opq/.wh..wh..opq"
     assert recs[b"opq/.wh..wh..opq"]["mode"] == "0o755"

@@ -16,8 +16,9 @@ The same dir always gives the same bytes, so the same diff ID; ``source_date_epo
 
 Decisions (see ``docs/oci-layers.md`` §0 fact 8, §1.2):
 
-* whiteouts (char 0:0; a zero-size file with ``<ns>.overlay.whiteout`` in a directory
-  marked ``opaque=x``) become ``.wh.NAME`` (a regular empty file, mode 0600, the
+* whiteouts (char 0:0; a zero-size file with ``<ns>.overlay.whiteout``, whatever its
+  directory's marker, as the Stack's lookup and the kernel's, once the layer has any
+  ``opaque=x`` directory, honour it) become ``.wh.NAME`` (a regular empty file, mode 0600, the
   whiteout's owner and mtime, never a hardlink); an opaque directory is its entry
   followed by ``DIR/.wh..wh..opq`` (mode: the directory's permission bits);
 * regular files with several links are one hardlink group per inode: the first name
@@ -436,12 +437,12 @@ def _xattr(path: bytes, name: str) -> bytes | None:
         return None
 
 
-def _is_whiteout(path: bytes, st: os.stat_result, prefix: str, parent_opaque: bytes | None) -> bool:
-    """The kernel's whiteout forms: a char 0:0, or (in a directory marked opaque=x)
-    a zero-size regular file carrying ``<ns>.overlay.whiteout``."""
+def _is_whiteout(path: bytes, st: os.stat_result, prefix: str) -> bool:
+    """The kernel's whiteout forms: a char 0:0, or a zero-size regular file carrying
+    ``<ns>.overlay.whiteout`` (as lookups honour it)."""
     if stat.S_ISCHR(st.st_mode):
         return st.st_rdev == 0
-    if stat.S_ISREG(st.st_mode) and st.st_size == 0 and parent_opaque == b"x":
+    if stat.S_ISREG(st.st_mode) and st.st_size == 0:
         return _xattr(path, prefix + "whiteout") is not None
     return False
 
@@ -493,18 +494,24 @@ def _squash_chunks(w: _PyTar, layers: list[_Path], below: list[_Path] | None,
             """Directory ``rel`` of the merged view; ``dirs`` its layer dirs, ``hidden``:
             the squashed layer already hides everything below it (an opaque marker at
             it or above)."""
-            entries = {os.fsencode(e.name): e for e in merged.scandir(rel)}
+            entries = {}
+            for e in merged.scandir(rel):
+                try:
+                    e.stat(follow_symlinks=False)
+                except FileNotFoundError:
+                    continue  # listed, but a whiteout (the kernel lists some xattr whiteouts too)
+                entries[os.fsencode(e.name)] = e
             names = sorted(entries)
             whited: set[bytes] = set()
             if not hidden:
-                for host, opq in dirs:
+                for host, _ in dirs:
                     with os.scandir(host) as it:
                         for de in it:
                             n = os.fsencode(de.name)
                             if n in entries or n in whited:
                                 continue
                             if _is_whiteout(os.fsencode(de.path), de.stat(follow_symlinks=False),
-                                            prefix, opq):
+                                            prefix):
                                 whited.add(n)
             whs = sorted(n for n in whited if below_has(_join(rel, n)))
             # Whiteouts and entries in one byte order.
@@ -516,17 +523,14 @@ def _squash_chunks(w: _PyTar, layers: list[_Path], below: list[_Path] | None,
                     yield w.whiteout(path, None)
                     continue
                 e = entries[n]
-                try:
-                    yield from w.entry(merged, path, e.layer)
-                except FileNotFoundError:
-                    continue  # listed, but a whiteout's name (the kernel lists those too)
+                yield from w.entry(merged, path, e.layer)
                 if e.is_dir(follow_symlinks=False):
                     sub, stops = child_dirs(dirs, n)
                     if stops and not hidden:
                         yield w.opaque(path, merged.lstat(path))
                     yield from visit(path, sub, hidden or stops)
 
-        root = [(h, None) for h in hosts]
+        root = [(h, _xattr(h, prefix + "opaque")) for h in hosts]
         yield from visit(b"", root, False)
         yield _end()
 
