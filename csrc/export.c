@@ -16,7 +16,8 @@
  * has any directory marked opaque=x, and as namei.c does) become ".wh.NAME" (a
  * regular empty file, mode 0600, the whiteout's owner and mtime); a
  * directory with <ns>.overlay.opaque=y gets ".wh..wh..opq" (mode the
- * directory's permission bits) right after its own entry.  Whiteouts are
+ * directory's permission bits, its owner, mtime 0: moby's extra header has
+ * no time) right after its own entry.  Whiteouts are
  * never hardlinks (the kernel links every whiteout of an upper to one
  * inode).  A layer with a redirect (a directory renamed with
  * redirect_dir=on) or a metacopy file keeps part of its meaning in the
@@ -564,7 +565,7 @@ static int queue_header(struct ovl_export *e, struct ovl_tar_entry *te)
 static void entry_from_stat(struct ovl_tar_entry *te, const struct stat *st)
 {
 	memset(te, 0, sizeof(*te));
-	te->mode = st->st_mode & 07777;
+	te->mode = st->st_mode;	/* type bits too, as moby */
 	te->uid = st->st_uid;
 	te->gid = st->st_gid;
 	te->mtime = st->st_mtim.tv_sec;
@@ -661,7 +662,9 @@ static int queue_entry(struct ovl_export *e, size_t len, const struct stat *st, 
 			}
 			memcpy(name, e->path, len);
 			memcpy(name + len, "/.wh..wh..opq", 13);
+			/* moby's extra header: no ModTime (0), the dir's owner */
 			entry_from_stat(&m, st);
+			m.mtime = 0;
 			m.mode = st->st_mode & 0777;
 			m.type = OVL_TAR_REG;
 			m.name = name;

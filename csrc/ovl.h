@@ -308,7 +308,8 @@ struct ovl_tar_entry {
 	const char *linkname;	/* symlink target, or the hardlink's first name */
 	size_t linklen;
 	char type;		/* OVL_TAR_* */
-	uint32_t mode;		/* permission bits incl. set-id and sticky */
+	uint32_t mode;		/* permission bits incl. set-id and sticky, and the
+				   S_IFMT bits as moby writes them (st_mode) */
 	int64_t uid, gid;
 	int64_t size;		/* data bytes that follow (regular files) */
 	int64_t mtime;		/* whole seconds */

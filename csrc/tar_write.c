@@ -9,7 +9,10 @@
  * and every xattr (SCHILY.xattr.NAME=VALUE, the value binary-safe: a PAX
  * record is length-prefixed).  The ustar field of a value moved to PAX is
  * 0.  uname/gname stay empty, mtime is whole seconds, atime and ctime are
- * never written: the same metadata always gives the same bytes.
+ * never written: the same metadata always gives the same bytes.  The mode
+ * field is written as given: moby's headers carry the file type bits too
+ * (go-archive fillGo18FileTypeBits: 0100644 for a regular file), readers
+ * take the permission bits.
  */
 #define _GNU_SOURCE
 #include <errno.h>
@@ -217,7 +220,7 @@ long ovl_tar_header(const struct ovl_tar_entry *e, void *out, size_t size)
 		return OVL_TAR_BLOCK;
 	}
 
-	ustar_block(blk, e->type, e->mode & 07777, big_uid ? 0 : e->uid, big_gid ? 0 : e->gid,
+	ustar_block(blk, e->type, e->mode & 07777777, big_uid ? 0 : e->uid, big_gid ? 0 : e->gid,
 		    big_size ? 0 : e->size, big_mtime ? 0 : e->mtime);
 	if (pax_path) {
 		/* What fits, for readers without PAX (as Go leaves it). */

@@ -43,9 +43,10 @@ def xattrs_of(m: tarfile.TarInfo) -> dict:
     return out
 
 
-def records(data, *, xattrs=True, mtime=True, order=None) -> dict:
+def records(data, *, xattrs=True, mtime=True, order=None, raw_mode=False) -> dict:
     """``{name: record}`` of an archive (bytes or a path); ``order`` (a list) gets the
-    names in archive order."""
+    names in archive order.  Modes are the permission bits unless ``raw_mode`` (moby
+    writes the file type bits too; GNU tar does not)."""
     out: dict = {}
     content: dict = {}
     with open_tar(data) as tf:
@@ -55,7 +56,8 @@ def records(data, *, xattrs=True, mtime=True, order=None) -> dict:
                 order.append(name)
             if name in (b"", b"."):
                 continue
-            rec = {"type": _TYPES.get(m.type, m.type.decode()), "mode": oct(m.mode), "uid": m.uid, "gid": m.gid}
+            mode = m.mode if raw_mode else m.mode & 0o7777
+            rec = {"type": _TYPES.get(m.type, m.type.decode()), "mode": oct(mode), "uid": m.uid, "gid": m.gid}
             if mtime:
                 rec["mtime"] = int(m.mtime)
             if m.type in (tarfile.REGTYPE, tarfile.AREGTYPE):
@@ -139,3 +141,12 @@ def extract_layer(data, layer: str) -> None:
             times.append((path, m.mtime))
     for path, mtime in reversed(times):
         os.utime(path, ns=(int(mtime) * 10**9, int(mtime) * 10**9), follow_symlinks=False)
+
+
+def differences(ours: dict, theirs: dict) -> list[str]:
+    """Readable differences of two :func:`records` results (empty when equal)."""
+    out = []
+    for n in sorted(set(ours) | set(theirs)):
+        if ours.get(n) != theirs.get(n):
+            out.append(f"{n!r}:\n  ours   {ours.get(n)}\n  theirs {theirs.get(n)}")
+    return out

@@ -20,7 +20,8 @@ Decisions (see ``docs/oci-layers.md`` §0 fact 8, §1.2):
   directory's marker, as the Stack's lookup and the kernel's, once the layer has any
   ``opaque=x`` directory, honour it) become ``.wh.NAME`` (a regular empty file, mode 0600, the
   whiteout's owner and mtime, never a hardlink); an opaque directory is its entry
-  followed by ``DIR/.wh..wh..opq`` (mode: the directory's permission bits);
+  followed by ``DIR/.wh..wh..opq`` (mode: the directory's permission bits, its owner,
+  mtime 0: moby's extra header sets no time);
 * regular files with several links are one hardlink group per inode: the first name
   written is a file, the others type ``1`` naming it;
 * xattrs: ``security.capability`` only (a v3 capability is written as v2, as moby
@@ -343,13 +344,16 @@ class _PyTar:
         return min(t, self.sde) if self.sde is not None else t
 
     def header(self, name: bytes, typeflag: str, st: os.stat_result | None, *, mode: int | None = None,
-               size: int = 0, linkname: bytes = b"", xattrs: Iterable[tuple[str, bytes]] = ()) -> bytes:
+               size: int = 0, linkname: bytes = b"", xattrs: Iterable[tuple[str, bytes]] = (),
+               mtime: int | None = None) -> bytes:
         self.entries += 1
         uid = st.st_uid if st else 0
         gid = st.st_gid if st else 0
-        mtime = self._mtime(int(st.st_mtime // 1)) if st else self._mtime(0)
-        if mode is None:
-            mode = stat.S_IMODE(st.st_mode) if st else 0o644
+        if mtime is None:
+            mtime = int(st.st_mtime // 1) if st else 0
+        mtime = self._mtime(mtime)
+        if mode is None:  # the type bits too, as moby writes them
+            mode = st.st_mode if st else 0o644
         major = minor = 0
         if st is not None and typeflag in "34":
             major, minor = os.major(st.st_rdev), os.minor(st.st_rdev)
@@ -408,7 +412,7 @@ class _PyTar:
         return self.header(_join(d, _WH + base), "0", st, mode=0o600)
 
     def opaque(self, path: bytes, st: os.stat_result) -> bytes:
-        return self.header(path + b"/" + _OPQ, "0", st, mode=stat.S_IMODE(st.st_mode) & 0o777)
+        return self.header(path + b"/" + _OPQ, "0", st, mode=stat.S_IMODE(st.st_mode) & 0o777, mtime=0)
 
 
 def _file_data(view: Stack, path: bytes, size: int) -> Iterator[bytes]:
