@@ -64,7 +64,7 @@ def records(data, *, xattrs=True, mtime=True, order=None, raw_mode=False) -> dic
                 f = tf.extractfile(m)
                 assert f is not None
                 h = hashlib.sha256()
-                for chunk in iter(lambda: f.read(1 << 20), b""):
+                while chunk := f.read(1 << 20):
                     h.update(chunk)
                 rec["size"] = m.size
                 rec["sha256"] = content[name] = h.hexdigest()

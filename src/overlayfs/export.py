@@ -6,9 +6,9 @@ The archive bytes of :func:`export_layer` and :func:`flatten` come from the C co
 (``csrc/export.c``, ``csrc/tar_write.c``): a walk in byte order, a directory before
 its children, PAX headers as moby writes them (uname/gname empty, whole-second
 mtimes, no atime/ctime), file data read straight into a reused buffer.  A thread
-runs that producer while the calling thread hashes (the diff ID: sha256 of the
-uncompressed stream), compresses and writes: ``hashlib``, ``zlib`` and file writes
-release the GIL, so the two halves run on two cores.  Memory stays at a few MiB
+runs that producer and writes (or compresses) what it makes while the calling thread
+hashes it (the diff ID: sha256 of the uncompressed stream): ``hashlib``, ``zlib`` and
+file writes release the GIL, so the two halves run on two cores.  Memory stays at a few MiB
 whatever the layer's size.
 
 The same dir always gives the same bytes, so the same diff ID; ``source_date_epoch``
@@ -81,7 +81,7 @@ class ExportResult(NamedTuple):
 
 def _c_chunks(exp: _Export) -> Iterator[memoryview]:
     """The archive in chunks, read by the C producer into _NBUF reused buffers (the
-    consumer is never more than _NBUF - 2 chunks behind, see _pump)."""
+    hashing side is never more than _NBUF - 2 chunks behind, see _pump)."""
     bufs = [bytearray(CHUNK) for _ in range(_NBUF)]
     i = 0
     while True:
@@ -95,15 +95,27 @@ def _c_chunks(exp: _Export) -> Iterator[memoryview]:
 
 def _pump(chunks: Iterator[bytes | memoryview], out: IO[bytes], compression: str | None,
           level: int | None) -> tuple[str, str, int]:
-    """Run *chunks* in a thread; hash, compress and write them here.  Return (diff_id,
-    digest, bytes written)."""
+    """Run *chunks* and write (or compress) each in a thread; hash them here (the diff
+    ID).  Both halves hold no GIL for their heavy part (the C producer's reads, the
+    writes, ``zlib``, ``hashlib`` on large buffers), so they use two cores.  Return
+    (diff_id, digest, bytes written)."""
     q: queue.Queue[Any] = queue.Queue(maxsize=_NBUF - 2)
     stop = threading.Event()
     done = object()
+    writer: Any = None
+    if compression not in (None, "none"):
+        from ._compress import open_compressed
+        writer = open_compressed(out, compression, level)
+    written = [0]
 
     def produce() -> None:
         try:
             for c in chunks:
+                if writer is not None:
+                    writer.write(c)
+                else:
+                    _write_all(out, c)
+                    written[0] += len(c)
                 while not stop.is_set():
                     try:
                         q.put(c, timeout=0.1)
@@ -112,18 +124,15 @@ def _pump(chunks: Iterator[bytes | memoryview], out: IO[bytes], compression: str
                         continue
                 if stop.is_set():
                     return
+            if writer is not None:
+                writer.close()
             q.put(done)
-        except BaseException as e:  # handed to the consumer
+        except BaseException as e:  # handed to the hashing side
             q.put(e)
 
     diff = hashlib.sha256()
-    writer: Any = None
-    if compression not in (None, "none"):
-        from ._compress import open_compressed
-        writer = open_compressed(out, compression, level)
     t = threading.Thread(target=produce, name="overlayfs-export", daemon=True)
     t.start()
-    size = 0
     try:
         while True:
             item = q.get()
@@ -132,11 +141,6 @@ def _pump(chunks: Iterator[bytes | memoryview], out: IO[bytes], compression: str
             if isinstance(item, BaseException):
                 raise item
             diff.update(item)
-            if writer is not None:
-                writer.write(item)
-            else:
-                _write_all(out, item)
-                size += len(item)
     finally:
         stop.set()
         t.join()
@@ -145,11 +149,10 @@ def _pump(chunks: Iterator[bytes | memoryview], out: IO[bytes], compression: str
             close()
     diff_id = "sha256:" + diff.hexdigest()
     if writer is not None:
-        writer.close()
         return diff_id, writer.digest(), writer.compressed_size
     with contextlib.suppress(AttributeError, OSError):
         out.flush()
-    return diff_id, diff_id, size
+    return diff_id, diff_id, written[0]
 
 
 def _write_all(out: IO[bytes], data: bytes | memoryview) -> None:
@@ -169,7 +172,7 @@ class _Target:
         self.path: str | bytes | None = None
         if isinstance(out, (str, bytes, os.PathLike)):
             self.path = os.fspath(out)
-            self.f: IO[bytes] = open(self.path, "wb")  # noqa: SIM115
+            self.f: IO[bytes] = open(self.path, "wb")
             self.start = 0
         else:
             self.f = out
@@ -549,7 +552,7 @@ def _naive_diff(upper: _Path, lowers: list[_Path], xattr_ns: str, xattrs: str,
     w = _PyTar(xattrs, source_date_epoch)
 
     def chunks() -> Iterator[bytes]:
-        found = changes(upper, lowers, xattr_namespace=xattr_ns)
+        found = changes(upper, lowers, xattr_namespace="user" if xattr_ns == "user" else "trusted")
         top = os.fsencode(upper)
         with Stack([top, *[os.fsencode(p) for p in lowers]], xattr_namespace=xattr_ns,
                    metacopy=xattr_ns == "trusted") as merged:
