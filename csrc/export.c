@@ -62,7 +62,6 @@ struct frame {
 	char *path;		/* relative to the root, "" for the root */
 	size_t pathlen;
 	int dfd;		/* a layer dir: the directory, open for reading */
-	char opaque;		/* a layer dir: its <ns>.overlay.opaque ('x': xattr whiteouts) */
 	char **names;		/* sorted; name[-1] is the d_type */
 	size_t n, i;
 	char *namebuf;
@@ -210,7 +209,7 @@ static int frame_read_stack(struct ovl_export *e, struct frame *f)
 }
 
 /* Start walking the directory at e->path (fd: a layer dir's, consumed). */
-static int push_frame(struct ovl_export *e, size_t pathlen, int fd, char opaque)
+static int push_frame(struct ovl_export *e, size_t pathlen, int fd)
 {
 	struct frame *f;
 	int err;
@@ -230,7 +229,6 @@ static int push_frame(struct ovl_export *e, size_t pathlen, int fd, char opaque)
 	f = &e->frames[e->depth++];
 	memset(f, 0, sizeof(*f));
 	f->dfd = fd;
-	f->opaque = opaque;
 	f->pathlen = pathlen;
 	f->path = strndup(e->path, pathlen);
 	if (!f->path)
@@ -674,7 +672,7 @@ static int queue_entry(struct ovl_export *e, size_t len, const struct stat *st, 
 			if (err)
 				goto out;
 		}
-		err = push_frame(e, len, fd, opaque);
+		err = push_frame(e, len, fd);
 		fd = -1;
 	} else if (te.type == OVL_TAR_REG && te.size > 0) {
 		e->data_fd = fd;
@@ -939,13 +937,9 @@ int ovl_export_open(const struct ovl_export_opts *o, struct ovl_export **out)
 			goto fail;
 		}
 	}
-	/* A layer root marked opaque=x may hold xattr whiteouts ("y" means
-	 * nothing on a root: the kernel ignores it). */
-	char opq[2] = { 0, 0 };
-
-	if (fd >= 0 && fgetxattr(fd, e->x_opaque, opq, sizeof(opq)) != 1)
-		opq[0] = 0;
-	err = push_frame(e, 0, fd, opq[0] == 'x' ? 'x' : 0);
+	/* The root's own entry is not written (nor its opaque xattr, which
+	 * the kernel ignores on a layer root). */
+	err = push_frame(e, 0, fd);
 	if (err)
 		goto fail;
 	*out = e;

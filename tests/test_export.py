@@ -202,6 +202,9 @@ def test_errors(tmp_path):
     with pytest.raises(FileNotFoundError):
         export_layer(tmp_path / "missing", tmp_path / "o.tar")
     assert not (tmp_path / "o.tar").exists()  # a failed export leaves no file
+    with pytest.raises(FileNotFoundError):
+        export_layer(tmp_path / "missing", os.devnull)
+    assert os.path.exists(os.devnull)  # ...but never removes what is not a regular file
     with pytest.raises(ValueError):
         export_layer(tmp_path, io.BytesIO(), xattrs="some")  # type: ignore[arg-type]
 

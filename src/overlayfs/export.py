@@ -165,15 +165,18 @@ def _write_all(out: IO[bytes], data: bytes | memoryview) -> None:
 
 
 class _Target:
-    """``out`` as a binary stream: a path is opened (and removed again if the export
-    fails); a file object is used as it is."""
+    """``out`` as a binary stream: a path is opened (and, if it is a regular file,
+    removed again when the export fails: never /dev/null or a fifo); a file object is
+    used as it is."""
 
     def __init__(self, out: _Out):
         self.path: str | bytes | None = None
+        self.regular = False
         if isinstance(out, (str, bytes, os.PathLike)):
             self.path = os.fspath(out)
             self.f: IO[bytes] = open(self.path, "wb")
-            self.start = 0
+            self.regular = stat.S_ISREG(os.fstat(self.f.fileno()).st_mode)
+            self.start = 0 if self.regular else -1
         else:
             self.f = out
             try:
@@ -196,7 +199,7 @@ class _Target:
         if self.path is None:
             return
         self.f.close()
-        if not ok:
+        if not ok and self.regular:
             with contextlib.suppress(OSError):
                 os.unlink(self.path)
 
