@@ -43,10 +43,8 @@ static bool is_ascii(const char *s, size_t len)
 /* Zero-padded octal in width-1 digits and a NUL, as Go's formatOctal. */
 static void put_octal(unsigned char *blk, int off, int width, unsigned long long v)
 {
-	char tmp[24];
-
-	snprintf(tmp, sizeof(tmp), "%0*llo", width - 1, v);
-	memcpy(blk + off, tmp, (size_t)width - 1);
+	for (int i = width - 2; i >= 0; i--, v >>= 3)
+		blk[off + i] = (unsigned char)('0' + (v & 7));
 	blk[off + width - 1] = '\0';
 }
 
