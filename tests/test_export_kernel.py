@@ -119,3 +119,27 @@ def test_squash_whiteout_dir_then_recreate(tmp_path):
     buf = io.BytesIO()
     squash([str(top), str(mid)], buf, below=[str(base)])
     assert b".wh.f" not in tarcmp.records(buf.getvalue())
+
+
+def test_cli_export_and_squash(tmp_path):
+    import json
+    import subprocess
+    import sys
+
+    lowers = _build(tmp_path, 3)
+    py = [sys.executable, "-m", "overlayfs"]
+    out = tmp_path / "flat.tar"
+    p = subprocess.run([*py, "export", "--upper", lowers[0], *lowers[1:], "-o", str(out), "--json"],
+                       capture_output=True, check=True)
+    summary = json.loads(p.stdout)
+    assert summary["diff_id"] == "sha256:" + hashlib.sha256(out.read_bytes()).hexdigest()
+    with Stack(lowers) as st:
+        buf = io.BytesIO()
+        assert flatten(st, buf).diff_id == summary["diff_id"]
+    p = subprocess.run([*py, "squash", *lowers[:2], "--below", lowers[2], "-o", "-"], capture_output=True,
+                       check=True)
+    buf = io.BytesIO()
+    squash(lowers[:2], buf, below=lowers[2:3])
+    assert p.stdout == buf.getvalue()
+    p = subprocess.run([*py, "export", "-o", "-"], capture_output=True)
+    assert p.returncode != 0 and b"Traceback" not in p.stderr
