@@ -647,7 +647,8 @@ int ovl_copy_up_ent(struct ovl_walk *w, struct ovl_dir *p, struct ovl_ent *e, in
 
 		err = 0;
 		if (mc && needs_data(flags)) {
-			err = mc->err ? mc->err : copy_up_meta_data(&c, rel, mc, flags);
+			err = mc->err ? ovl_mc_error(s, p, e) :
+			      copy_up_meta_data(&c, rel, mc, flags);
 			if (!err)
 				refill_ent(s, p, e);
 		}
@@ -668,7 +669,7 @@ int ovl_copy_up_ent(struct ovl_walk *w, struct ovl_dir *p, struct ovl_ent *e, in
 					      ovl_fill_extra(e->ext) : NULL;
 
 		if (mc && mc->err)
-			err = mc->err;
+			err = ovl_mc_error(s, p, e);
 		else
 			err = copy_file(&c, layer, rel, mc ? mc->layer : layer,
 					mc ? mc->path : rel, udir, e->name);

@@ -514,6 +514,7 @@ int ovl_mknod(struct ovl_stack *s, const char *path, mode_t mode, dev_t dev)
 	struct ovl_create c = { .mode = mode, .rdev = dev };
 	int err;
 
+	ovl_error_clear();
 	if (S_ISDIR(mode) || S_ISLNK(mode))
 		return -EINVAL;
 	if ((mode & S_IFMT) == 0)
@@ -548,6 +549,7 @@ int ovl_symlink(struct ovl_stack *s, const char *target, const char *path)
 
 	struct ovl_change ch;
 
+	ovl_error_clear();
 	if (!*target)
 		return -ENOENT;
 	err = ovl_change_begin(s, &ch);

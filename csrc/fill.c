@@ -231,3 +231,16 @@ void ovl_ent_attr(const struct ovl_dir *node, const struct ovl_ent *e, struct st
 {
 	ovl_fill_stat(node ? node->fill : (const struct ovl_fill *)e->ext, st);
 }
+
+/* The error of a metacopy file e of directory d whose data the lookup did
+ * not find (struct ovl_mcdata.err, nonzero: its path holds the redirect
+ * that found none), with the detail for ovl_last_error.  Return it. */
+int ovl_mc_error(const struct ovl_stack *s, const struct ovl_dir *d, const struct ovl_ent *e)
+{
+	const struct ovl_mcdata *mc = ovl_fill_extra(e->ext);
+
+	return ovl_error(s, mc->err, d->stack[e->top].layer,
+			 "metacopy file whose redirect leads to no regular file in the "
+			 "data-only layers", ovl_dl_path(d, e->top), e->name, mc->path,
+			 strlen(mc->path));
+}

@@ -142,7 +142,7 @@ static int realpath_op(struct ovl_walk *w, void *arg)
 		const struct ovl_mcdata *mc = ent_mcdata(e);
 
 		if (mc->err)
-			return mc->err;
+			return ovl_mc_error(s, w->dir, e);
 		a->layer = mc->layer;
 		rel = strdup(mc->path);
 		if (!rel)
@@ -327,7 +327,7 @@ static int open_op(struct ovl_walk *w, void *arg)
 		const struct ovl_mcdata *mc = ent_mcdata(e);
 
 		if (mc->err)
-			return mc->err;
+			return ovl_mc_error(s, w->dir, e);
 		layer = mc->layer;
 		rel = strdup(mc->path);
 		if (!rel)
@@ -348,6 +348,7 @@ int ovl_open(struct ovl_stack *s, const char *path, int oflags)
 	const int allowed = O_NONBLOCK | O_CLOEXEC | O_NOATIME | O_NOFOLLOW | O_NOCTTY | O_DIRECTORY;
 	int err;
 
+	ovl_error_clear();
 	if ((oflags & O_ACCMODE) != O_RDONLY || (oflags & (O_CREAT | O_TRUNC | O_APPEND)))
 		return -EROFS;
 	if (oflags & ~(O_ACCMODE | allowed))
@@ -473,6 +474,7 @@ long ovl_getxattr(struct ovl_stack *s, const char *path, unsigned flags,
 	char *real = NULL;
 	int err;
 
+	ovl_error_clear();
 	if (!strncmp(name, s->xprefix, s->xprefixlen)) {
 		/* A user's "<ns>.overlay.X" is stored escaped; X can't be empty. */
 		if (!name[s->xprefixlen])

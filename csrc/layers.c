@@ -36,6 +36,58 @@ char *ovl_path_join(const char *a, size_t alen, const char *b, size_t blen)
 	return p;
 }
 
+_Thread_local struct ovl_errd ovl_errd;
+
+/* Copy at most size - 1 bytes of src (len bytes, cut at a NUL) to dst. */
+static void copy_text(char *dst, size_t size, const char *src, size_t len)
+{
+	const char *nul = src ? memchr(src, '\0', len) : NULL;
+
+	if (!src)
+		len = 0;
+	if (nul)
+		len = (size_t)(nul - src);
+	if (len >= size)
+		len = size - 1;
+	memcpy(dst, src ? src : "", len);
+	dst[len] = '\0';
+}
+
+/* Record why the calling thread's call on s fails with err (a -errno),
+ * for ovl_last_error: layer holds dir/name (either may be NULL or empty),
+ * reason is static text, value (vlen bytes, may be NULL) what is wrong
+ * there.  Only error paths call it.  Return err. */
+int ovl_error(const struct ovl_stack *s, int err, int layer, const char *reason,
+	      const char *dir, const char *name, const char *value, size_t vlen)
+{
+	struct ovl_errd *e = &ovl_errd;
+	size_t dlen = dir ? strlen(dir) : 0, n;
+
+	e->s = s;
+	e->err = err;
+	e->d.layer = layer;
+	e->d.reason = reason;
+	copy_text(e->d.path, sizeof(e->d.path), dir, dlen);
+	n = strlen(e->d.path);
+	if (name && *name && n + 1 < sizeof(e->d.path)) {
+		if (n)
+			e->d.path[n++] = '/';
+		copy_text(e->d.path + n, sizeof(e->d.path) - n, name, strlen(name));
+	}
+	copy_text(e->d.value, sizeof(e->d.value), value, vlen);
+	return err;
+}
+
+int ovl_last_error(const struct ovl_stack *s, int err, struct ovl_error_detail *out)
+{
+	const struct ovl_errd *e = &ovl_errd;
+
+	if (!e->err || e->err != err || e->s != s)
+		return -ENODATA;
+	*out = e->d;
+	return 0;
+}
+
 /* Component-wise fallback for kernels without openat2. */
 static int open_walk(const struct ovl_layer *l, const char *relpath, int oflags)
 {

@@ -38,6 +38,11 @@ struct ovl_ld {
 	bool has_upper;
 	uint32_t nfound;
 	char *target;		/* a symlink's target, read when it was found */
+	/* For the error detail (ovl_error): the last metacopy file and the
+	 * last redirect found, their layers and paths (NULL: none or no
+	 * memory), and the redirect's value. */
+	int mlayer, rlayer;
+	char *mpath, *rpath, *rvalue;
 };
 
 static void hit_free(struct ovl_hit *h)
@@ -97,12 +102,53 @@ static int set_dir_stat(struct ovl_dir *d, const struct stat *st)
 	return 0;
 }
 
+/* Reasons of the error details (ovl_last_error), one text per cause. */
+#define WHY_GONE "gone from the layer since the directory was listed; the layer " \
+		 "changed behind the cache: call invalidate()"
+#define WHY_TYPE "its type changed since the directory was listed; the layer " \
+		 "changed behind the cache: call invalidate()"
+#define WHY_BAD_REDIRECT "invalid redirect xattr, neither one name nor an absolute " \
+			 "path without empty components"
+#define WHY_DOT_REDIRECT "redirect xattr with a \".\" or \"..\" component"
+#define WHY_NO_DATA "metacopy file with no data in the layers below"
+#define WHY_BAD_METACOPY "invalid metacopy xattr of 1 to 3 bytes"
+#define WHY_METACOPY_OFF "metacopy file, not followed without metacopy=on"
+#define WHY_NOFOLLOW "redirect, not followed with redirect_dir=nofollow"
+#define WHY_TRAP "the upper or work dir, reached through this lower layer: " \
+		 "overlapping layers"
+#define WHY_MOUNT "a mount point inside the layer"
+
+/* The detail of an invalid redirect (-EINVAL from ovl_parse_redirect) on
+ * path in layer: n is what getxattr returned for buf.  Return err. */
+static int redirect_error(const struct ovl_stack *s, int err, int layer, const char *path,
+			  const char *buf, long n)
+{
+	if (err != -EINVAL)
+		return err;
+	return ovl_error(s, err, layer, n == -ERANGE ? "redirect xattr longer than a path" :
+			 n == 0 ? "empty redirect xattr" : WHY_BAD_REDIRECT, path, NULL,
+			 n > 0 ? buf : NULL, n > 0 ? (size_t)n : 0);
+}
+
+/* Remember where a metacopy file or a redirect was found (ovl_ld.mpath,
+ * rpath): only the error details use it. */
+static void remember(int *layer, char **path, const struct ovl_hit *hit)
+{
+	*layer = hit->layer;
+	free(*path);
+	*path = strdup(hit->path);
+}
+
 /* namei.c:ovl_check_redirect: search the layers below under another name. */
-static int apply_redirect(struct ovl_ld *d, const char *r, size_t prelen, const char *post)
+static int apply_redirect(struct ovl_ld *d, const struct ovl_hit *hit, const char *r,
+			  size_t prelen, const char *post)
 {
 	size_t rlen = strlen(r), plen = strlen(post);
 	char *name;
 
+	remember(&d->rlayer, &d->rpath, hit);
+	free(d->rvalue);
+	d->rvalue = strdup(r);
 	d->absolute_redirect = false;
 	if (r[0] == '/') {
 		d->absolute_redirect = true;
@@ -186,7 +232,10 @@ static int lookup_kind(struct ovl_ld *d, int layer, const char *base, int base_s
 			if (*pfd < 0)
 				return *pfd;
 			if (fstatat(*pfd, name, &hit->st, AT_SYMLINK_NOFOLLOW) < 0)
-				return errno == ENOENT ? -ESTALE : -errno;
+				return errno != ENOENT ? -errno :
+				       ovl_error(s, -ESTALE, layer, WHY_GONE,
+						 ovl_dl_path(d->parent, (uint32_t)base_si), name,
+						 NULL, 0);
 		}
 		return kind;
 	}
@@ -233,10 +282,13 @@ static int lookup_nondir(struct ovl_ld *d, struct ovl_hit *hit, int kind, int pf
 		 * neither empty nor a digest header. */
 		n = ovl_at_getxattr(s, pfd, name, s->x_metacopy, buf, sizeof(buf));
 		if (n > 0 && n < 4)
-			return -EIO;
+			return ovl_error(s, -EIO, hit->layer, WHY_BAD_METACOPY, hit->path, NULL,
+					 NULL, 0);
 		if (n < 0 && n != -ENODATA && n != -EOPNOTSUPP && n != -ERANGE)
 			return (int)n;
 		hit->metacopy = n >= 0 || n == -ERANGE;
+		if (hit->metacopy)
+			remember(&d->mlayer, &d->mpath, hit);
 	}
 	d->metacopy = hit->metacopy;
 	d->stop = !hit->metacopy || oci;
@@ -252,8 +304,10 @@ static int lookup_nondir(struct ovl_ld *d, struct ovl_hit *hit, int kind, int pf
 		return 1;
 	n = ovl_at_getxattr(s, pfd, name, s->x_redirect, buf, sizeof(buf) - 1);
 	err = ovl_parse_redirect(buf, n, &redirect);
-	if (!err && redirect)
-		err = apply_redirect(d, redirect, prelen, post);
+	if (err)
+		return redirect_error(s, err, hit->layer, hit->path, buf, n);
+	if (redirect)
+		err = apply_redirect(d, hit, redirect, prelen, post);
 	free(redirect);
 	return err ? err : 1;
 }
@@ -277,7 +331,8 @@ static int lookup_dir(struct ovl_ld *d, struct ovl_hit *hit, bool stat_dir, bool
 		d->is_dir = true;
 	fd = ovl_layer_open_dir(s, layer, hit->path);
 	if (fd < 0)
-		return fd == -ENOENT ? -ESTALE : fd;
+		return fd != -ENOENT ? fd :
+		       ovl_error(s, -ESTALE, layer, WHY_GONE, hit->path, NULL, NULL, 0);
 	if (s->traps && layer > 0) {
 		/* The upper or work dir seen through a lower: "caught in a trap
 		 * of overlapping layers". */
@@ -289,7 +344,8 @@ static int lookup_dir(struct ovl_ld *d, struct ovl_hit *hit, bool stat_dir, bool
 		}
 		for (int t = 0; t < 2; t++)
 			if (tst.st_dev == s->trap[t].dev && tst.st_ino == s->trap[t].ino)
-				err = -ELOOP;
+				err = ovl_error(s, -ELOOP, layer, WHY_TRAP, hit->path, NULL,
+						NULL, 0);
 		if (err)
 			goto out;
 	}
@@ -336,8 +392,15 @@ static int lookup_dir(struct ovl_ld *d, struct ovl_hit *hit, bool stat_dir, bool
 	}
 	if (has_redirect) {
 		err = ovl_fd_redirect(s, fd, &redirect);
-		if (!err && redirect)
-			err = apply_redirect(d, redirect, prelen, post);
+		if (err == -EINVAL) {
+			/* Read again, for the detail only. */
+			char buf[PATH_MAX];
+			long n = ovl_fd_getxattr(fd, s->x_redirect, buf, sizeof(buf));
+
+			err = redirect_error(s, err, layer, hit->path, buf, n);
+		} else if (!err && redirect) {
+			err = apply_redirect(d, hit, redirect, prelen, post);
+		}
 	}
 out:
 	free(redirect);
@@ -360,8 +423,13 @@ static int lookup_single(struct ovl_ld *d, int layer, const char *base, int base
 
 	memset(hit, 0, sizeof(*hit));
 	if (complen == 0 || (complen == 1 && comp[0] == '.') ||
-	    (complen == 2 && comp[0] == '.' && comp[1] == '.'))
-		return -EACCES;	/* lookup_one() refuses these names */
+	    (complen == 2 && comp[0] == '.' && comp[1] == '.')) {
+		/* lookup_one() refuses these names; only a redirect has them */
+		const char *v = d->rvalue ? d->rvalue : d->name;
+
+		return ovl_error(s, -EACCES, d->rpath ? d->rlayer : layer, WHY_DOT_REDIRECT,
+				 d->rpath, NULL, v, strlen(v));
+	}
 	if (complen > OVL_NAME_MAX)
 		return 0;	/* ENAMETOOLONG in one layer is "absent" */
 	memcpy(name, comp, complen);
@@ -382,7 +450,10 @@ static int lookup_single(struct ovl_ld *d, int layer, const char *base, int base
 		goto out;
 	}
 	if (kind != OK_DIR && hit->st.st_dev != s->layers[layer].dev) {
-		err = -EXDEV;	/* a mount point inside the layer */
+		/* a mount point inside the layer */
+		err = ovl_error(s, -EXDEV, layer, WHY_MOUNT,
+				base_si >= 0 ? ovl_dl_path(d->parent, (uint32_t)base_si) : base,
+				name, NULL, 0);
 		goto out;
 	}
 	if (kind == OK_REG && ovl_kernel_wh(s) && hit->st.st_size == 0) {
@@ -482,6 +553,16 @@ static bool may_follow(const struct ovl_ld *d, bool upperredirect)
 	return true;
 }
 
+/* -EPERM, with the detail: which of may_follow's rules refused. */
+static int follow_error(const struct ovl_ld *d)
+{
+	if (d->metacopy && !(d->s->cfg & OVL_CFG_METACOPY))
+		return ovl_error(d->s, -EPERM, d->mlayer, WHY_METACOPY_OFF, d->mpath, NULL,
+				 NULL, 0);
+	return ovl_error(d->s, -EPERM, d->rlayer, WHY_NOFOLLOW, d->rpath, NULL, d->rvalue,
+			 d->rvalue ? strlen(d->rvalue) : 0);
+}
+
 static void record(struct ovl_ld *d, struct ovl_hit *h)
 {
 	if (d->nfound == 0) {
@@ -575,8 +656,12 @@ static int install_file(struct ovl_ld *d, const struct ovl_hit *top,
 	struct ovl_fill *f;
 	void *x;
 
+	/* Without data, the path holds the redirect that found none (for the
+	 * error detail, ovl_mc_error). */
+	const char *mcpath = data ? data->path : data_err ? d->name : "";
+
 	if (top->metacopy)
-		extra = sizeof(struct ovl_mcdata) + (data ? strlen(data->path) : 0) + 1;
+		extra = sizeof(struct ovl_mcdata) + strlen(mcpath) + 1;
 	else if (d->target)
 		extra = strlen(d->target) + 1;
 	f = fill_alloc(p, &top->st, extra);
@@ -592,7 +677,7 @@ static int install_file(struct ovl_ld *d, const struct ovl_hit *top,
 			     /* no data: the kernel's guess before its lazy lookup */
 			     ((top->st.st_size + top->st.st_blksize - 1) / top->st.st_blksize) *
 			     (top->st.st_blksize / 512);
-		strcpy(mc->path, data ? data->path : "");
+		strcpy(mc->path, mcpath);
 		/* inode.c:ovl_map_dev_ino: an upper file with a lower origin
 		 * reports the origin's inode when that has one link. */
 		mc->origin_ino = d->has_upper && d->nfound && d->first.st.st_nlink == 1 ?
@@ -708,7 +793,7 @@ int ovl_resolve_ent(struct ovl_walk *w, struct ovl_dir *p, struct ovl_ent *e)
 			base_si = (int)(lo + i);
 		}
 		if (!may_follow(&d, upperredirect)) {
-			err = -EPERM;
+			err = follow_error(&d);
 			goto out;
 		}
 		if (!check_redirect)
@@ -742,11 +827,12 @@ int ovl_resolve_ent(struct ovl_walk *w, struct ovl_dir *p, struct ovl_ent *e)
 		d.metacopy = false;
 		data_err = data_layers_lookup(s, d.name, &data_hit);
 	} else if (!may_follow(&d, upperredirect)) {
-		err = -EPERM;
+		err = follow_error(&d);
 		goto out;
 	}
 	if (d.metacopy || (uppermetacopy && !d.nfound)) {
-		err = -EIO;	/* "metacopy with no lower data found" */
+		/* "metacopy with no lower data found" */
+		err = ovl_error(s, -EIO, d.mlayer, WHY_NO_DATA, d.mpath, NULL, NULL, 0);
 		goto out;
 	}
 	if (!d.has_upper && !d.nfound) {
@@ -755,7 +841,9 @@ int ovl_resolve_ent(struct ovl_walk *w, struct ovl_dir *p, struct ovl_ent *e)
 		goto out;
 	}
 	if (d.is_dir) {
-		err = d.child ? install_dir(&d) : -ESTALE;
+		err = d.child ? install_dir(&d) :
+		      ovl_error(s, -ESTALE, p->stack[e->top].layer, WHY_TYPE,
+				ovl_dl_path(p, e->top), e->name, NULL, 0);
 	} else {
 		const struct ovl_hit *top = d.has_upper ? &d.upper : &d.first;
 		const struct ovl_hit *data = NULL;
@@ -766,8 +854,9 @@ int ovl_resolve_ent(struct ovl_walk *w, struct ovl_dir *p, struct ovl_ent *e)
 			else if (!data_err)
 				data = d.nfound > 1 ? &d.data : &d.first;
 		}
-		if (IFTODT(top->st.st_mode) != e->dtype)
-			err = -ESTALE;	/* replaced behind our back: invalidate() */
+		if (IFTODT(top->st.st_mode) != e->dtype)	/* replaced behind our back */
+			err = ovl_error(s, -ESTALE, top->layer, WHY_TYPE, top->path, NULL,
+					NULL, 0);
 		else
 			err = install_file(&d, top, data, data_err);
 	}
@@ -784,6 +873,9 @@ out:
 	hit_free(&data_hit);
 	free(d.name);
 	free(d.target);
+	free(d.mpath);
+	free(d.rpath);
+	free(d.rvalue);
 	return err;
 }
 

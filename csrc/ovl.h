@@ -35,7 +35,7 @@
 extern "C" {
 #endif
 
-#define OVL_API_VERSION 2
+#define OVL_API_VERSION 3
 
 /* What libovl.so exports: these functions and nothing else (the core is
  * built with -fvisibility=hidden), as libuv marks its API with UV_EXTERN. */
@@ -126,6 +126,34 @@ OVL_API void ovl_stack_close(struct ovl_stack *s);
 OVL_API int ovl_stack_nlayers(const struct ovl_stack *s);
 /* Host path of layer idx as given at open, or NULL (no upper / bad idx). */
 OVL_API const char *ovl_stack_layer_path(const struct ovl_stack *s, int idx);
+
+/* Why a call failed when the layers themselves are to blame: a lookup that
+ * meets a damaged or inconsistent stack fails with the errno the kernel
+ * gives (-EINVAL an invalid redirect, -EIO a metacopy file with no data
+ * below or a malformed metacopy xattr, -EACCES "." or ".." in a redirect,
+ * -EPERM a metacopy file or redirect the configuration does not follow,
+ * -ELOOP the upper or work dir reached through a lower layer, -EXDEV a
+ * mount point inside a layer, -ESTALE a layer changed behind the cache,
+ * -ENOENT and the like for a metacopy redirect found in no data-only layer)
+ * and records, for the calling thread, which layer holds what is wrong and
+ * why, as psutil names the syscall next to the errno.  Text is cut to fit
+ * (OVL_ERROR_TEXT_MAX - 1 bytes). */
+#define OVL_ERROR_TEXT_MAX 256
+struct ovl_error_detail {
+	int layer;		/* index as in ovl_stack_layer_path */
+	const char *reason;	/* static text, e.g. "metacopy file with no data
+				   in the layers below" */
+	char path[OVL_ERROR_TEXT_MAX];	/* the object, relative to the layer
+					   root ("" for the root itself) */
+	char value[OVL_ERROR_TEXT_MAX];	/* the offending value (a redirect) or "" */
+};
+
+/* Return 0 and fill *out if the calling thread's last call on s returned
+ * err (a -errno) and recorded a detail for it; -ENODATA otherwise (a
+ * missing name, a failed syscall, a successful call...).  Every call that
+ * can record a detail forgets the previous one when it starts, so a
+ * detail never outlives the call that made it. */
+OVL_API int ovl_last_error(const struct ovl_stack *s, int err, struct ovl_error_detail *out);
 
 /* ovl_lookup flags */
 #define OVL_LOOKUP_FOLLOW 0x1	/* follow a symlink in the last component */

@@ -283,6 +283,22 @@ long ovl_at_listxattr(const struct ovl_stack *s, int dfd, const char *name,
 long ovl_at_getxattr(const struct ovl_stack *s, int dfd, const char *name,
 		     const char *xname, void *buf, size_t size);
 char *ovl_path_join(const char *a, size_t alen, const char *b, size_t blen);
+/* The calling thread's error detail (ovl_last_error): written only where a
+ * damaged stack makes a call fail (ovl_error), forgotten by one store when
+ * a call starts (ovl_error_clear: ovl_run, ovl_change_begin and the public
+ * calls that can fail before them). */
+struct ovl_errd {
+	const struct ovl_stack *s;
+	int err;			/* what the call returns; 0: nothing recorded */
+	struct ovl_error_detail d;
+};
+extern _Thread_local struct ovl_errd ovl_errd __attribute__((visibility("hidden")));
+static inline void ovl_error_clear(void)
+{
+	ovl_errd.err = 0;
+}
+int ovl_error(const struct ovl_stack *s, int err, int layer, const char *reason,
+	      const char *dir, const char *name, const char *value, size_t vlen);
 
 /* cred.c */
 int ovl_cred_current(struct ovl_cred *c);
@@ -355,6 +371,7 @@ struct ovl_fill *ovl_fill_new(struct ovl_arena *a, const struct stat *st, size_t
 void ovl_fill_stat(const struct ovl_fill *f, struct stat *st);
 const char *ovl_ent_target(const struct ovl_ent *e);
 void ovl_ent_attr(const struct ovl_dir *node, const struct ovl_ent *e, struct stat *st);
+int ovl_mc_error(const struct ovl_stack *s, const struct ovl_dir *d, const struct ovl_ent *e);
 
 /* readdir.c */
 int ovl_index_layer(struct ovl_stack *s, struct ovl_dir *d, uint32_t si,

@@ -162,6 +162,7 @@ int ovl_truncate(struct ovl_stack *s, const char *path, off_t length)
 {
 	struct attr_arg a = { .op = A_TRUNCATE, .length = length };
 
+	ovl_error_clear();
 	if (length < 0)
 		return -EINVAL;
 	return setattr_common(s, path, OVL_LOOKUP_FOLLOW, &a);

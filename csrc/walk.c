@@ -161,6 +161,7 @@ int ovl_run(struct ovl_stack *s, const char *path, unsigned flags,
 	struct ovl_cred cred;
 	int err, locked, entered = 0;
 
+	ovl_error_clear();	/* no detail outlives its call: one store */
 	cred.groups = cred.inline_groups;
 	cred.ngroups = 0;
 	if ((flags & OVL_RUN_CHECKED) && ovl_cred_reads_as_opener(s)) {
@@ -217,6 +218,7 @@ int ovl_change_begin(struct ovl_stack *s, struct ovl_change *c)
 {
 	int err;
 
+	ovl_error_clear();
 	if (s->work_fd < 0)
 		return -EROFS;
 	c->s = s;

@@ -70,6 +70,7 @@ static int xattr_change(struct ovl_stack *s, const char *path, unsigned flags,
 	char *real = stored_xattr_name(s, name);
 	int udir = -1, fd, err;
 
+	ovl_error_clear();
 	if (!real)
 		return strncmp(name, s->xprefix, s->xprefixlen) ? -ENOMEM : -EINVAL;
 	err = ovl_change_begin(s, &ch);

@@ -155,3 +155,14 @@ def busybox_image(dockerd, tmp_path_factory):
     root = peers.busybox_rootfs(str(tmp_path_factory.mktemp("busybox-rootfs")))
     dockerd.import_rootfs(root, "ovltest-busybox:1")
     return "ovltest-busybox:1"
+
+
+@pytest.fixture(scope="session")
+def podman():
+    """A podman on a private store (see peers.py); skipped, or failed under
+    OVERLAYFS_REQUIRE_KERNEL=1, where podman is missing or cannot use the overlay driver."""
+    import peers
+
+    pm = peers.start_podman()
+    yield pm
+    pm.close()

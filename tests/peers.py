@@ -1,4 +1,4 @@
-"""The real peers the layer tests compare with: dockerd, GNU tar, umoci, skopeo.
+"""The real peers the layer tests compare with: dockerd, podman, GNU tar, umoci, skopeo.
 
 A test that needs a peer asks for it through :func:`require_tool` or the
 ``dockerd`` fixture (conftest.py).  Where the peer is missing the test is
@@ -12,6 +12,10 @@ one under a temp dir and stops it at the end of the session.  No registry is
 reachable, so every image is made here: :func:`busybox_rootfs` builds a tiny
 rootfs around Debian's static busybox, ``Docker.import_rootfs`` imports it,
 and ``Docker.build`` runs a Dockerfile over it with ``--network none``.
+
+Podman (:class:`Podman`, the ``podman`` fixture) runs on a private root, runroot and
+tmpdir with the overlay driver; ``podman run`` may be refused by rlimits on CI machines,
+so tests change a container through ``podman create`` + ``podman mount``.
 """
 
 from __future__ import annotations
@@ -167,3 +171,61 @@ def start_docker() -> Docker:
     shutil.rmtree(base, ignore_errors=True)
     kernel.skip_or_fail("dockerd did not start: " + tail)
     raise AssertionError("unreachable")
+
+
+class Podman:
+    """A podman with a private store: ``run(*args)`` is ``podman ARGS`` on its own root,
+    runroot and tmpdir (overlay driver, cgroupfs, file events), so nothing of the host's
+    containers-storage is read or changed.  ``close()`` removes everything."""
+
+    def __init__(self, base: str):
+        self.podman = require_tool("podman")
+        self.base = base
+        self.root = os.path.join(base, "root")
+        self.global_args = [
+            "--root", self.root, "--runroot", os.path.join(base, "run"),
+            "--tmpdir", os.path.join(base, "tmp"), "--storage-driver", "overlay",
+            "--cgroup-manager", "cgroupfs", "--events-backend", "file",
+        ]
+
+    def run(self, *args: str, check: bool = True) -> subprocess.CompletedProcess:
+        """Run ``podman ARGS`` on the private store (text output)."""
+        res = subprocess.run([self.podman, *self.global_args, *args], capture_output=True,
+                             text=True)
+        if check and res.returncode != 0:
+            raise AssertionError("podman %s failed (%d): %s"
+                                 % (" ".join(args), res.returncode, res.stderr.strip()[-800:]))
+        return res
+
+    def import_rootfs(self, root: str, tag: str) -> str:
+        """``podman import`` the tree at *root* as *tag*; returns the image id."""
+        with tempfile.NamedTemporaryFile(suffix=".tar") as t:
+            with tarfile.open(fileobj=t, mode="w", format=tarfile.PAX_FORMAT) as tf:
+                for name in sorted(os.listdir(root)):
+                    tf.add(os.path.join(root, name), arcname=name)
+            t.flush()
+            self.run("import", t.name, tag)
+        return self.run("image", "inspect", "--format", "{{.Id}}", tag).stdout.strip()
+
+    def inspect(self, ref: str) -> dict:
+        return json.loads(self.run("inspect", ref).stdout)[0]
+
+    def close(self) -> None:
+        self.run("rm", "-a", "-f", check=False)
+        self.run("rmi", "-a", "-f", check=False)
+        subprocess.run(["umount", "-R", "-l", self.base], capture_output=True)
+        shutil.rmtree(self.base, ignore_errors=True)
+
+
+def start_podman(base: str | None = None) -> Podman:
+    """A :class:`Podman` over a fresh private store (skip/fail where podman is missing)."""
+    require_tool("podman")
+    if base is None:
+        base = tempfile.mkdtemp(prefix="ovl-podman-", dir="/var/tmp")
+    pm = Podman(base)
+    res = pm.run("info", "--format", "{{.Store.GraphDriverName}}", check=False)
+    if res.returncode != 0 or res.stdout.strip() != "overlay":
+        pm.close()
+        kernel.skip_or_fail("podman with the overlay driver does not work here: "
+                            + (res.stderr.strip()[-400:] or res.stdout.strip()))
+    return pm

@@ -133,9 +133,11 @@ def test_str_bytes_in_out(st, kind):
 
 
 def test_not_picklable(st):
+    """Entries and scandir iterators do not pickle (a Stack does, as its
+    arguments: tests/test_pickle.py)."""
     e = next(iter(st.scandir()))
     it = st.scandir()
-    for obj in (st, e, it):
+    for obj in (e, it):
         for proto in range(pickle.HIGHEST_PROTOCOL + 1):
             with pytest.raises(TypeError):
                 pickle.dumps(obj, proto)
@@ -220,12 +222,13 @@ def test_methods_check_their_self():
 
 def test_stack_is_the_python_subclass():
     """overlayfs.Stack is a plain Python class over the binding's _Stack: it
-    adds no per-instance state (no __dict__, as before) and every Stack the
-    package hands out is one."""
+    adds no __dict__, only the options it was opened with and whether it is
+    an unpickled copy (for pickling), and every Stack the package hands out
+    is one."""
     from overlayfs import _core
     assert Stack.__mro__[1] is _core._Stack
     assert Stack.__module__ == "overlayfs.stack"
-    assert Stack.__slots__ == ()
+    assert Stack.__slots__ == ("_options", "_unpickled")
     assert not hasattr(_core, "Stack")
     assert all(not hasattr(_core._Stack, n) for n in vars(Stack) if not n.startswith("__"))
     # the warm calls are the compiled ones, inherited unchanged

@@ -255,6 +255,63 @@ static void test_metacopy(void)
 	ovl_stack_close(s);
 }
 
+/* What ovl_last_error says after a lookup meets a damaged stack: the
+ * layer, the object in it, a reason and the offending value, for the call
+ * that failed only (never after a success or another error). */
+static void test_last_error(void)
+{
+	struct ovl_stack *s, *other;
+	const char *lw[] = { "l1", "l2" };
+	struct ovl_error_detail d;
+	struct ovl_info info;
+	char buf[16];
+
+	t_mkdir("l1/x/bad");
+	t_xattr("l1/x/bad", "trusted.overlay.redirect", "a/b");
+	t_mkdir("l2/x/bad");
+	t_file("l1/ok", "ok");
+	t_file("l1/orphan", "");
+	t_xattr("l1/orphan", "trusted.overlay.metacopy", "");
+	s = t_open(lw, 2, 0);
+	other = t_open(lw, 2, 0);
+
+	CHECK_EQ(ovl_lookup(s, "x/bad", 0, &info), -EINVAL);
+	CHECK_EQ(ovl_last_error(s, -EINVAL, &d), 0);
+	CHECK_EQ(d.layer, 1);
+	CHECK(!strcmp(d.path, "x/bad"));
+	CHECK(!strcmp(d.value, "a/b"));
+	CHECK(d.reason && strstr(d.reason, "redirect"));
+	/* Only for that errno and that stack. */
+	CHECK_EQ(ovl_last_error(s, -EIO, &d), -ENODATA);
+	CHECK_EQ(ovl_last_error(other, -EINVAL, &d), -ENODATA);
+	/* Below a bad directory: the same detail. */
+	CHECK_EQ(ovl_lookup(s, "x/bad/y", 0, &info), -EINVAL);
+	CHECK_EQ(ovl_last_error(s, -EINVAL, &d), 0);
+	CHECK(!strcmp(d.path, "x/bad"));
+
+	/* A success forgets it; so does an error with no detail. */
+	CHECK_EQ(ovl_lookup(s, "ok", 0, &info), 0);
+	CHECK_EQ(ovl_last_error(s, -EINVAL, &d), -ENODATA);
+	CHECK_EQ(ovl_lookup(s, "x/bad", 0, &info), -EINVAL);
+	CHECK_EQ(ovl_readlink(s, "ok", buf, sizeof(buf)), -EINVAL);	/* not a symlink */
+	CHECK_EQ(ovl_last_error(s, -EINVAL, &d), -ENODATA);
+	CHECK_EQ(ovl_lookup(s, "missing", 0, &info), -ENOENT);
+	CHECK_EQ(ovl_last_error(s, -ENOENT, &d), -ENODATA);
+
+	/* metacopy without data (here not even followed: EPERM, and why). */
+	CHECK_EQ(ovl_lookup(s, "orphan", 0, &info), -EPERM);
+	CHECK_EQ(ovl_last_error(s, -EPERM, &d), 0);
+	CHECK_EQ(d.layer, 1);
+	CHECK(!strcmp(d.path, "orphan"));
+	CHECK(d.reason && strstr(d.reason, "metacopy"));
+	CHECK(!strcmp(d.value, ""));
+	/* From the cache too: the second lookup answers without I/O. */
+	CHECK_EQ(ovl_lookup(s, "x/bad", OVL_LOOKUP_CACHED, &info), -EAGAIN);
+	CHECK_EQ(ovl_last_error(s, -EAGAIN, &d), -ENODATA);
+	ovl_stack_close(other);
+	ovl_stack_close(s);
+}
+
 int main(void)
 {
 	int rc = 0;
@@ -276,6 +333,9 @@ int main(void)
 	rc |= t_teardown();
 	t_setup("metacopy");
 	test_metacopy();
+	rc |= t_teardown();
+	t_setup("last_error");
+	test_last_error();
 	rc |= t_teardown();
 	return rc;
 }

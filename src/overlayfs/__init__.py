@@ -11,6 +11,8 @@
   short links, ``lower`` files) that Docker's tools recognize.
 - ``Stack.diff``/``LayerStore.diff`` (``overlayfs.changes``): what an upper
   layer changes in the view of its lowers, as ``Change`` tuples.
+- ``Stack.path()`` (``StackPath``, pathlib-style, a Traversable) and, with
+  fsspec installed, the ``overlay://`` filesystem (``overlayfs.fsspec``).
 """
 from ._check import CheckReport, check
 from ._core import CacheInfo, CopyUp, Entry
@@ -19,6 +21,8 @@ from ._mountinfo import MountInfo, mounts
 from ._mountopts import MAX_LOWERS
 from ._namespace import run_in_private_namespace, run_in_user_namespace
 from .changes import Change
+from .containers import Target, open_container, resolve_target
+from .path import StackPath
 from .stack import Stack
 from .store import Layer, LayerStore, stack_from_layer_dir
 
@@ -34,9 +38,13 @@ __all__ = [
     "Mount",
     "MountInfo",
     "Stack",
+    "StackPath",
+    "Target",
     "check",
     "mount",
     "mounts",
+    "open_container",
+    "resolve_target",
     "run_in_private_namespace",
     "run_in_user_namespace",
     "stack_from_layer_dir",

@@ -51,6 +51,12 @@ cdef extern from "ovl.h" nogil:
         int other
         bint inside
 
+    struct ovl_error_detail:
+        int layer
+        const char *reason
+        char path[256]
+        char value[256]
+
     struct ovl_info:
         struct_stat st
         int layer
@@ -81,6 +87,7 @@ cdef extern from "ovl.h" nogil:
 
     int ovl_stack_open(const ovl_config *cfg, ovl_stack **out, ovl_open_error *err)
     void ovl_stack_close(ovl_stack *s)
+    int ovl_last_error(const ovl_stack *s, int err, ovl_error_detail *out)
     int ovl_lookup(ovl_stack *s, const char *path, unsigned flags, ovl_info *out)
     long ovl_realpath(ovl_stack *s, const char *path, unsigned flags, int want_data,
                       char *buf, size_t bufsize, int *layer)

@@ -146,9 +146,18 @@ cdef enum _AttrOp:
     _CHMOD, _CHOWN, _UTIMENS, _TRUNCATE
 
 
-cdef inline object _oserror(long rc, object path):
-    cdef int err = <int>-rc
-    return OSError(err, os.strerror(err), path)
+cdef str _describe(str msg, const ovl_error_detail *d, tuple layers):
+    """msg followed by what ovl_last_error recorded: the layer (index and
+    host path), the object in it, the reason and the offending value."""
+    text = f"layer {d.layer}"
+    if 0 <= d.layer < len(layers) and layers[d.layer] is not None:
+        text += f" {os.fsdecode(layers[d.layer])!r}"
+    if d.path[0]:
+        text += f", {os.fsdecode(<bytes>d.path)!r}"
+    text += ": " + (<bytes>d.reason).decode("utf-8", "replace")
+    if d.value[0]:
+        text += f": {os.fsdecode(<bytes>d.value)!r}"
+    return f"{msg} ({text})"
 
 
 cdef class _CPath:
@@ -434,6 +443,20 @@ cdef class _Stack:
         return (f"<{state}overlayfs.Stack upper={self.upper!r} "
                 f"lowers={len(self.lowers)} data_layers={len(self.data_layers)}>")
 
+    cdef object _error(self, long rc, object path, object path2=None):
+        """OSError(errno, message, path[, None, path2]) for a C call of this
+        stack that returned rc (a -errno), as os.stat raises it; when the
+        call recorded why (a damaged stack: ovl_last_error), the message
+        names the layer, the object in it and the reason."""
+        cdef int err = <int>-rc
+        cdef ovl_error_detail d
+        msg = os.strerror(err)
+        if self._s != NULL and ovl_last_error(self._s, <int>rc, &d) == 0:
+            msg = _describe(msg, &d, self.layers)
+        if path2 is not None:
+            return OSError(err, msg, path, None, path2)
+        return OSError(err, msg, path)
+
     # -- lookup ---------------------------------------------------------
 
     cdef int _lookup(self, object path, unsigned flags, ovl_info *info) except -1:
@@ -447,7 +470,7 @@ cdef class _Stack:
                 rc = ovl_lookup(s, p, flags, info)
             self._leave()
         if rc < 0:
-            raise _oserror(rc, path)
+            raise self._error(rc, path)
         return 0
 
     cdef int _try_lookup(self, object path, unsigned flags, ovl_info *info) except? -65536:
@@ -555,7 +578,7 @@ cdef class _Stack:
             return _out(buf, n, h.is_bytes)
         if n == -ENOENT or n == -ENOTDIR:
             return None
-        raise _oserror(n, path)
+        raise self._error(n, path)
 
     def readlink(self, path):
         """Target of the symlink at path, as stored in its layer."""
@@ -569,7 +592,7 @@ cdef class _Stack:
             n = ovl_readlink(s, p, buf, sizeof(buf))
         self._leave()
         if n < 0:
-            raise _oserror(n, path)
+            raise self._error(n, path)
         return _out(buf, n, h.is_bytes)
 
     def open(self, path, mode="rb", buffering=-1, encoding=None, errors=None,
@@ -579,8 +602,9 @@ cdef class _Stack:
         Reading needs no copy-up (the data of a metacopy file is read from
         the layer holding it).  A write mode ("w", "a", "x", "+") copies the
         file up first, or creates it in the upper layer; without an upper
-        layer it raises OSError(EROFS).  Cost: the lookup, then one contained
-        open in the layer (plus the copy-up for writing)."""
+        layer it raises OSError(EROFS).  The file object's .name is path (the
+        union path, str or bytes as given).  Cost: the lookup, then one
+        contained open in the layer (plus the copy-up for writing)."""
         cdef int flags
         plus = "+" in mode
         if "w" in mode:
@@ -593,10 +617,19 @@ cdef class _Stack:
             flags = O_RDWR if plus else O_RDONLY
         fd = self.os_open(path, flags | O_CLOEXEC, 0o666)
         try:
-            return io.open(fd, mode, buffering, encoding, errors, newline, closefd=True)
+            f = io.open(fd, mode, buffering, encoding, errors, newline, closefd=True)
         except BaseException:
             os.close(fd)
             raise
+        # .name is the union path, as open(path).name is the path (not the fd).
+        if "b" not in mode:
+            raw = f.buffer.raw
+        elif buffering == 0:
+            raw = f
+        else:
+            raw = f.raw
+        raw.name = os.fspath(path)
+        return f
 
     def os_open(self, path, int flags=O_RDONLY, int mode=0o777):
         """Open path like os.open and return the fd.
@@ -623,7 +656,7 @@ cdef class _Stack:
         if write:
             self._listings = {}
         if fd < 0:
-            raise _oserror(fd, path)
+            raise self._error(fd, path)
         return fd
 
     # -- changes -------------------------------------------------------------
@@ -631,7 +664,7 @@ cdef class _Stack:
     cdef inline int _changed(self, int rc, object path) except -1:
         self._listings = {}
         if rc < 0:
-            raise _oserror(rc, path)
+            raise self._error(rc, path)
         return 0
 
     cdef inline ovl_stack *_writable(self, object path) except NULL:
@@ -730,7 +763,7 @@ cdef class _Stack:
         self._leave()
         self._listings = {}
         if rc < 0:
-            raise OSError(-rc, os.strerror(-rc), src, None, dst)
+            raise self._error(rc, src, dst)
         return 0
 
     def rename(self, src, dst):
@@ -834,7 +867,7 @@ cdef class _Stack:
                 rc = ovl_listdir(s, p, 0, &l)
             self._leave()
         if rc < 0:
-            raise _oserror(rc, path)
+            raise self._error(rc, path)
         return l
 
     def listdir(self, path=""):
@@ -965,7 +998,7 @@ cdef class _Stack:
             rc = ovl_copy_up(s, p, flags)
         self._leave()
         if rc < 0:
-            raise _oserror(rc, path)
+            raise self._error(rc, path)
         self._listings = {}
         # tuple.__new__: the namedtuple's own __new__ is a Python call.
         return tuple.__new__(CopyUp, (self.resolve(path, follow_symlinks=follow_symlinks),
@@ -990,7 +1023,7 @@ cdef class _Stack:
             with nogil:
                 n = ovl_getxattr(s, p, flags, a, NULL, 0)
             if n < 0:
-                raise _oserror(n, path)
+                raise self._error(n, path)
             size = <size_t>n + 1
             buf = <char *>PyMem_Malloc(size)
             if buf == NULL:
@@ -999,7 +1032,7 @@ cdef class _Stack:
                 with nogil:
                     n = ovl_getxattr(s, p, flags, a, buf, size)
                 if n < 0:
-                    raise _oserror(n, path)
+                    raise self._error(n, path)
                 return PyBytes_FromStringAndSize(buf, n)
             finally:
                 PyMem_Free(buf)
@@ -1019,7 +1052,7 @@ cdef class _Stack:
             with nogil:
                 n = ovl_listxattr(s, p, flags, NULL, 0)
             if n < 0:
-                raise _oserror(n, path)
+                raise self._error(n, path)
             buf = <char *>PyMem_Malloc(<size_t>n + 1)
             if buf == NULL:
                 raise MemoryError()
@@ -1027,7 +1060,7 @@ cdef class _Stack:
                 with nogil:
                     n = ovl_listxattr(s, p, flags, buf, <size_t>n + 1)
                 if n < 0:
-                    raise _oserror(n, path)
+                    raise self._error(n, path)
                 raw = PyBytes_FromStringAndSize(buf, n)
             finally:
                 PyMem_Free(buf)

@@ -113,9 +113,21 @@ _ST_INO = 1
 _ST_NLINK = 3
 
 
-def _oserror(err: int | None, path=None) -> OSError:
+def _oserror(err: int | None, path=None, strerror=None) -> OSError:
     err = err or errno.EIO  # an OSError without an errno cannot come from a syscall here
-    return OSError(err, os.strerror(err), path) if path is not None else OSError(err, os.strerror(err))
+    msg = strerror or os.strerror(err)
+    return OSError(err, msg, path) if path is not None else OSError(err, msg)
+
+
+# Why a lookup fails when the layers are to blame, worded as the C core's
+# error details (csrc/namei.c WHY_*, ovl_last_error).
+_WHY_BAD_REDIRECT = "invalid redirect xattr, neither one name nor an absolute path without empty components"
+_WHY_DOT_REDIRECT = 'redirect xattr with a "." or ".." component'
+_WHY_NO_DATA = "metacopy file with no data in the layers below"
+_WHY_BAD_METACOPY = "invalid metacopy xattr of 1 to 3 bytes"
+_WHY_METACOPY_OFF = "metacopy file, not followed without metacopy=on"
+_WHY_NOFOLLOW = "redirect, not followed with redirect_dir=nofollow"
+_WHY_NO_DATA_LAYER = "metacopy file whose redirect leads to no regular file in the data-only layers"
 
 
 def _stat_replace(st: os.stat_result, *, ino=None, nlink=None, blocks=None) -> os.stat_result:
@@ -198,7 +210,7 @@ class _Node:
     object below an upper one, whose inode number the union reports.
     """
 
-    __slots__ = ("key", "entry", "dirs", "data", "data_errno", "origin")
+    __slots__ = ("key", "entry", "dirs", "data", "data_errno", "data_error", "origin")
 
     def __init__(self, key: tuple, entry: _Entry, dirs=(), data=None, data_errno=None, origin=None):
         self.key = key
@@ -206,6 +218,7 @@ class _Node:
         self.dirs = tuple(dirs)
         self.data = data
         self.data_errno = data_errno
+        self.data_error: str | None = None  # its message, naming the layer
         self.origin = origin
 
     @property
@@ -220,10 +233,15 @@ class _Node:
 class _LookupData:
     """Per-lookup state, as the kernel's ``struct ovl_lookup_data``."""
 
-    __slots__ = ("name", "is_dir", "opaque", "stop", "last", "redirect", "metacopy", "absolute_redirect")
+    __slots__ = ("name", "is_dir", "opaque", "stop", "last", "redirect", "metacopy", "absolute_redirect",
+                 "mc_at", "redirect_at")
 
     def __init__(self, name: bytes):
         self.name = name
+        # For error messages: (layer, rel) of the last metacopy file found,
+        # (layer, rel, value) of the last redirect.
+        self.mc_at: tuple | None = None
+        self.redirect_at: tuple | None = None
         self.is_dir = False
         self.opaque = False
         self.stop = False
@@ -437,7 +455,7 @@ class ReferenceStack:
         self._namemax = namemax or 255
 
         self._cache_enabled = bool(cache)
-        self._children: dict = {}  # (parent key, name) -> _Node or errno
+        self._children: dict = {}  # (parent key, name) -> _Node or (errno, None, message)
         self._listings: dict = {}  # dir key -> [_Listed]
         self._hits = 0
         self._misses = 0
@@ -548,19 +566,34 @@ class ReferenceStack:
         # The kernel reads into a one-byte buffer: longer values do not count.
         return val if val is not None and len(val) == 1 else None
 
+    def _damaged(self, err: int, layer: int, rel: bytes | None, reason: str, value: bytes | None = None) -> OSError:
+        """OSError(err) whose message says which layer holds what is wrong
+        and why, in the C core's words: "<strerror> (layer N '<host path>',
+        '<path in the layer>': <reason>[: '<value>'])"."""
+        text = "layer %d" % layer
+        if 0 <= layer < len(self._public) and self._public[layer] is not None:
+            text += " %r" % os.fsdecode(self._public[layer])
+        if rel:
+            text += ", %r" % os.fsdecode(rel)
+        text += ": " + reason
+        if value:
+            text += ": %r" % os.fsdecode(value.split(b"\0", 1)[0][:255])
+        return _oserror(err, None, "%s (%s)" % (os.strerror(err), text))
+
     def _get_redirect(self, layer: int, rel: bytes):
         """The X.redirect value, validated like ovl_get_redirect_xattr; None if absent."""
         buf = self._getxattr(self._apath(layer, rel), self._x_redirect)
         if buf is None:
             return None
         if not buf:
-            raise _oserror(errno.EINVAL)
+            raise self._damaged(errno.EINVAL, layer, rel, "empty redirect xattr")
+        raw = buf
         buf = buf.split(b"\0", 1)[0]  # the kernel treats the value as a C string
         if buf.startswith(b"/"):
             if any(part == b"" for part in buf[1:].split(b"/")):
-                raise _oserror(errno.EINVAL)
+                raise self._damaged(errno.EINVAL, layer, rel, _WHY_BAD_REDIRECT, raw)
         elif b"/" in buf:
-            raise _oserror(errno.EINVAL)
+            raise self._damaged(errno.EINVAL, layer, rel, _WHY_BAD_REDIRECT, raw)
         return buf
 
     def _check_metacopy(self, layer: int, rel: bytes, st: os.stat_result) -> bool:
@@ -571,8 +604,16 @@ class ReferenceStack:
         if val is None:
             return False
         if 0 < len(val) < _METACOPY_MIN_SIZE:
-            raise _oserror(errno.EIO)
+            raise self._damaged(errno.EIO, layer, rel, _WHY_BAD_METACOPY)
         return True
+
+    def _follow_error(self, d: _LookupData) -> OSError:
+        """EPERM, saying which of _check_follow_redirect's rules refused."""
+        if d.metacopy and not self.metacopy:
+            mlayer, mrel = d.mc_at or (0, None)
+            return self._damaged(errno.EPERM, mlayer, mrel, _WHY_METACOPY_OFF)
+        rlayer, rrel, rvalue = d.redirect_at or (0, None, None)
+        return self._damaged(errno.EPERM, rlayer, rrel, _WHY_NOFOLLOW, rvalue)
 
     def _check_follow_redirect(self, d: _LookupData, upperredirect) -> bool:
         """May the lookup go on below (namei.c:ovl_check_follow_redirect)?"""
@@ -594,7 +635,9 @@ class ReferenceStack:
         last_element = not post
         is_upper = layer == 0
         if name in (b"", b".", b".."):
-            raise _oserror(errno.EACCES)  # lookup_one() refuses these names
+            # lookup_one() refuses these names; only a redirect has them
+            rlayer, rrel, rvalue = d.redirect_at or (layer, None, d.name)
+            raise self._damaged(errno.EACCES, rlayer, rrel, _WHY_DOT_REDIRECT, rvalue)
         rel = _join(base_rel, name)
         try:
             st = os.lstat(self._apath(layer, rel))
@@ -621,6 +664,8 @@ class ReferenceStack:
                 d.stop = True
                 return None
             entry.metacopy = d.metacopy = self._check_metacopy(layer, rel, st)
+            if d.metacopy:
+                d.mc_at = (layer, rel)
             d.stop = not d.metacopy or oci_whiteout
             if not d.metacopy or d.last:
                 return entry
@@ -647,6 +692,7 @@ class ReferenceStack:
         buf = self._get_redirect(layer, rel)
         if buf is None:
             return
+        d.redirect_at = (layer, rel, buf)
         if buf.startswith(b"/"):
             d.absolute_redirect = True
             # An opaque ancestor in an absolute path walk may have set stop;
@@ -709,7 +755,7 @@ class ReferenceStack:
         while not d.stop and i < len(poe):
             lower = poe[i]
             if not self._check_follow_redirect(d, upperredirect):
-                raise _oserror(errno.EPERM)
+                raise self._follow_error(d)
             if not check_redirect:
                 d.last = i == len(poe) - 1
             elif d.is_dir or not self._data_layer_ids:
@@ -730,9 +776,11 @@ class ReferenceStack:
             d.metacopy = False  # the data is looked up in the data-only layers
             data_redirect = d.redirect
         elif not self._check_follow_redirect(d, upperredirect):
-            raise _oserror(errno.EPERM)
+            raise self._follow_error(d)
         if d.metacopy or (uppermetacopy and not found):
-            raise _oserror(errno.EIO)  # metacopy with no data found
+            # metacopy with no data found
+            mlayer, mrel = d.mc_at or (0, None)
+            raise self._damaged(errno.EIO, mlayer, mrel, _WHY_NO_DATA)
         if upper is None and not found:
             raise _oserror(errno.ENOENT)
         key = parent.key + (name,)
@@ -747,6 +795,8 @@ class ReferenceStack:
                     node.data = self._lookup_data_layers(data_redirect)
                 except OSError as e:
                     node.data_errno = e.errno
+                    node.data_error = self._damaged(e.errno or errno.EIO, top.layer, top.rel,
+                                                    _WHY_NO_DATA_LAYER, data_redirect).strerror
             else:
                 node.data = found[-1]
         return node
@@ -811,16 +861,16 @@ class ReferenceStack:
         cached = self._children.get(key)
         if cached is not None:
             self._hits += 1
-            if isinstance(cached, int):
-                raise _oserror(cached)
+            if isinstance(cached, tuple):
+                raise _oserror(*cached)
             return cached
         self._misses += 1
         try:
             node = self._lookup(parent, name)
         except OSError as e:
             if self._cache_enabled:
-                self._children[key] = e.errno
-            raise _oserror(e.errno) from None
+                self._children[key] = (e.errno, None, e.strerror)
+            raise _oserror(e.errno, None, e.strerror) from None
         if self._cache_enabled:
             self._children[key] = node
         return node
@@ -878,7 +928,7 @@ class ReferenceStack:
                         raise _oserror(errno.ENOTDIR)
                     dirs.append(node)
         except OSError as e:
-            raise _oserror(e.errno, path) from None
+            raise _oserror(e.errno, path, e.strerror) from None
         return node
 
     # -- attributes -------------------------------------------------------------------
@@ -975,7 +1025,7 @@ class ReferenceStack:
         entry = node.entry
         if data and entry.metacopy:
             if node.data is None:
-                raise _oserror(node.data_errno or errno.EIO, path)
+                raise _oserror(node.data_errno or errno.EIO, path, node.data_error)
             entry = node.data
         host = self._ppath(entry)
         return host if isinstance(os.fspath(path), bytes) else os.fsdecode(host)
@@ -989,7 +1039,7 @@ class ReferenceStack:
         if not node.entry.metacopy:
             return node.entry
         if node.data is None:
-            raise _oserror(node.data_errno or errno.EIO, path)
+            raise _oserror(node.data_errno or errno.EIO, path, node.data_error)
         return node.data
 
     def _nodev(self, st: os.stat_result) -> bool:

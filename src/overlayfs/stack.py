@@ -5,8 +5,8 @@ call that needs the C core or sits on the warm path (``lstat``, ``listdir``,
 ``scandir``, ``open``, the changes, ``copy_up``...) is a method of ``_Stack``.  What
 only strings those calls together -- ``walk``, ``makedirs``, ``move``, ``mkfifo``,
 ``diff``, ``from_layer_dir`` -- lives here, in plain Python, as uvloop's ``Loop``
-subclasses its compiled ``__BaseLoop``.  The subclass adds no per-instance state
-(``__slots__ = ()``): the inherited methods run exactly as on the base.
+subclasses its compiled ``__BaseLoop``.  The subclass adds one slot, the options it
+was opened with (for pickling); the inherited methods run exactly as on the base.
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any, overload
 
 from ._core import _Stack
 from .changes import Change, changes
+from .path import StackPath
 from .store import stack_from_layer_dir
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -79,9 +80,22 @@ class Stack(_Stack):
     mount: open() and os_open() of a char or block device raise
     PermissionError (EACCES), so a layer's dev/sda never reaches the host's
     disk.  devices=True opens them.
+
+    A Stack pickles (and copy.copy()s) as its arguments: unpickling opens a
+    new Stack over the same layers (their absolute paths) with the same
+    options, with the credentials of the process that unpickles it, so a
+    Stack can be sent to multiprocessing and concurrent.futures workers.
+    The copy has its own fds and cache, and is closed without a
+    ResourceWarning when collected (a worker cannot close what a pool
+    unpickled for it).  Pass a Stack to a pool's initializer to open it
+    once per worker rather than once per task.  A closed Stack does not
+    pickle (ValueError).
     """
 
-    __slots__ = ()
+    __slots__ = ("_options", "_unpickled")
+
+    _options: dict[str, Any]
+    _unpickled: bool
 
     def __init__(
         self,
@@ -106,6 +120,31 @@ class Stack(_Stack):
                         metacopy=metacopy, redirect_follow=redirect_follow,
                         redirect_dir=redirect_dir, cache_max_bytes=cache_max_bytes,
                         volatile=volatile, devices=devices)
+        # What __reduce__ re-opens with (the layer paths are kept by the base).
+        self._options = dict(
+            xattr_namespace=xattr_namespace, whiteouts=whiteouts, cache=cache, metacopy=metacopy,
+            redirect_follow=redirect_follow, redirect_dir=redirect_dir,
+            cache_max_bytes=cache_max_bytes, volatile=volatile, devices=devices)
+
+    def __del__(self) -> None:
+        if getattr(self, "_unpickled", False):
+            self.close()
+        else:
+            super().__del__()
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        """Pickle as the arguments: the layers' absolute paths and the options."""
+        self._check_open()
+        return (_reopen, (type(self), self.lowers, self.upper, self.work,
+                          {**self._options, "data_layers": self.data_layers}))
+
+    def path(self, *parts: str | os.PathLike[str]) -> StackPath:
+        """A pathlib-style path in the union: ``overlayfs.path.StackPath``
+        (an importlib.resources Traversable, read side of pathlib.Path; the
+        write side too where the stack has an upper).  No parts: the root.
+        Cost: none until a method of the path is called."""
+        self._check_open()
+        return StackPath(self, *parts)
 
     @classmethod
     def from_layer_dir(cls, path: str | os.PathLike[str], **kwargs: Any) -> Stack:
@@ -290,3 +329,11 @@ class Stack(_Stack):
         or a binary file object): overlayfs.export.flatten(self, out, **options)."""
         from .export import flatten
         return flatten(self, out, **options)
+
+
+def _reopen(cls: type[Stack], lowers: Sequence[_Path], upper: _Path | None, work: _Path | None,
+            options: dict[str, Any]) -> Stack:
+    """Unpickle a Stack: open a new one with the pickled arguments."""
+    st = cls(lowers, upper, work, **options)
+    st._unpickled = True
+    return st
