@@ -1216,6 +1216,11 @@ cdef class Entry:
 from cpython.buffer cimport PyObject_GetBuffer, PyBuffer_Release, PyBUF_WRITABLE
 
 
+cdef inline object _export_oserror(long rc, object path):
+    cdef int err = <int>-rc
+    return OSError(err, os.strerror(err), path)
+
+
 class UnsupportedLayerError(ValueError):
     """A layer that cannot be exported on its own: a directory renamed with
     redirect_dir=on (<ns>.overlay.redirect) or a metacopy file keeps part of
@@ -1268,7 +1273,7 @@ def _tar_header(name, typeflag, mode, uid, gid, size, mtime, linkname=b"",
         e.xattrs = xs
         n = ovl_tar_header(&e, NULL, 0)
         if n < 0:
-            raise _oserror(n, os.fsdecode(bname))
+            raise _export_oserror(n, os.fsdecode(bname))
         out = bytearray(n)
         n = ovl_tar_header(&e, <char *>out, n)
         return bytes(out)
@@ -1330,7 +1335,7 @@ cdef class _Export:
             else:
                 self._stack = stack
         if rc < 0:
-            raise _oserror(rc, self.source if layer is not None else "")
+            raise _export_oserror(rc, self.source if layer is not None else "")
         self._e = e
 
     def readinto(self, buf):
@@ -1359,7 +1364,7 @@ cdef class _Export:
         path = os.fsdecode(where) if where != NULL else ""
         if reason != NULL:
             raise UnsupportedLayerError(path, reason.decode())
-        raise _oserror(n, path)
+        raise _export_oserror(n, path)
 
     def stats(self):
         """(entries, bytes) produced so far."""

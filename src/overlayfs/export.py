@@ -79,10 +79,11 @@ class ExportResult(NamedTuple):
 # -- the pipeline: a producer thread, hashing/compressing/writing here ----------------
 
 
-def _c_chunks(exp: _Export) -> Iterator[memoryview]:
-    """The archive in chunks, read by the C producer into _NBUF reused buffers (the
-    hashing side is never more than _NBUF - 2 chunks behind, see _pump)."""
-    bufs = [bytearray(CHUNK) for _ in range(_NBUF)]
+def _c_chunks(exp: _Export, bufs: list[bytearray]) -> Iterator[memoryview]:
+    """The archive in chunks, read by the C producer into the _NBUF reused buffers
+    ``bufs`` (the hashing side is never more than _NBUF - 2 chunks behind, see _pump).
+    They are allocated by the calling thread, not the producer's: a new thread's
+    allocations may land in a new malloc arena each time."""
     i = 0
     while True:
         buf = bufs[i % _NBUF]
@@ -233,10 +234,11 @@ def _native(layer: _Path | None, stack: Stack | None, xattr_ns: str, xattrs: str
                   source_date_epoch=source_date_epoch)
 
     count = [0]
+    bufs = [bytearray(CHUNK) for _ in range(_NBUF)]
 
     def chunks() -> Iterator[bytes | memoryview]:
         with exp:
-            yield from _c_chunks(exp)
+            yield from _c_chunks(exp, bufs)
             count[0] = exp.stats()[0]
 
     return chunks(), lambda: count[0]
