@@ -117,7 +117,7 @@ struct ovl_apply {
 	/* the entry being applied */
 	char path[PATH_MAX];
 	size_t plen;
-	const struct ovl_tar_entry *e;
+	const struct ovl_tar_member *e;
 	int fd;			/* regular file being written, -1 */
 	bool seq;		/* data written sequentially (not sparse) */
 
@@ -504,14 +504,14 @@ static int set_one_xattr(int fd, int dfd, const char *name,
 	return r;
 }
 
-static int check_ids(struct ovl_apply *a, const struct ovl_tar_entry *e)
+static int check_ids(struct ovl_apply *a, const struct ovl_tar_member *e)
 {
 	if (e->uid >= 0xffffffffu || e->gid >= 0xffffffffu)
 		return set_error(a, OVL_APPLY_E_CORRUPT, -ERANGE);
 	return 0;
 }
 
-static bool need_chown(const struct ovl_apply *a, const struct ovl_tar_entry *e)
+static bool need_chown(const struct ovl_apply *a, const struct ovl_tar_member *e)
 {
 	gid_t g = a->psetgid ? a->pgid : a->egid;
 
@@ -519,7 +519,7 @@ static bool need_chown(const struct ovl_apply *a, const struct ovl_tar_entry *e)
 }
 
 /* Owner, mode, xattrs (times separately) on fd of the new object. */
-static int meta_fd(struct ovl_apply *a, int fd, const struct ovl_tar_entry *e, bool chmod_needed)
+static int meta_fd(struct ovl_apply *a, int fd, const struct ovl_tar_member *e, bool chmod_needed)
 {
 	int err;
 
@@ -537,7 +537,7 @@ static int meta_fd(struct ovl_apply *a, int fd, const struct ovl_tar_entry *e, b
 	return 0;
 }
 
-static void entry_times(const struct ovl_tar_entry *e, struct timespec ts[2])
+static void entry_times(const struct ovl_tar_member *e, struct timespec ts[2])
 {
 	ts[1] = e->mtime;
 	ts[0] = e->has_atime ? e->atime : e->mtime;
@@ -787,7 +787,7 @@ static int replace(struct ovl_apply *a, int dfd, const char *name)
 
 /* --- entries --------------------------------------------------------------- */
 
-static int do_file(struct ovl_apply *a, int dfd, const char *name, const struct ovl_tar_entry *e)
+static int do_file(struct ovl_apply *a, int dfd, const char *name, const struct ovl_tar_member *e)
 {
 	bool exact = mode_exact(a, e->mode);
 	mode_t cmode = exact ? e->mode & 0777 : 0600;
@@ -811,7 +811,7 @@ static int do_file(struct ovl_apply *a, int dfd, const char *name, const struct 
 
 static int finish_file(struct ovl_apply *a)
 {
-	const struct ovl_tar_entry *e = a->e;
+	const struct ovl_tar_member *e = a->e;
 	struct timespec ts[2];
 	int err = 0, fd = a->fd;
 
@@ -829,7 +829,7 @@ static int finish_file(struct ovl_apply *a)
 }
 
 static int add_dir_time(struct ovl_apply *a, const char *path, size_t len, ino_t ino,
-			const struct ovl_tar_entry *e)
+			const struct ovl_tar_member *e)
 {
 	struct dir_time *d;
 
@@ -852,7 +852,7 @@ static int add_dir_time(struct ovl_apply *a, const char *path, size_t len, ino_t
 	return 0;
 }
 
-static int do_dir(struct ovl_apply *a, int dfd, const char *name, const struct ovl_tar_entry *e)
+static int do_dir(struct ovl_apply *a, int dfd, const char *name, const struct ovl_tar_member *e)
 {
 	bool exact = mode_exact(a, e->mode) && !a->psetgid;
 	struct stat st;
@@ -891,7 +891,7 @@ static int do_dir(struct ovl_apply *a, int dfd, const char *name, const struct o
 
 /* Owner, xattrs and times of a non-file dfd/name, never followed; mode
  * too unless a symlink. */
-static int meta_at(struct ovl_apply *a, int dfd, const char *name, const struct ovl_tar_entry *e,
+static int meta_at(struct ovl_apply *a, int dfd, const char *name, const struct ovl_tar_member *e,
 		   bool is_link)
 {
 	struct timespec ts[2];
@@ -915,7 +915,7 @@ static int meta_at(struct ovl_apply *a, int dfd, const char *name, const struct 
 	return utimensat(dfd, name, ts, AT_SYMLINK_NOFOLLOW) < 0 ? -errno : 0;
 }
 
-static int do_symlink(struct ovl_apply *a, int dfd, const char *name, const struct ovl_tar_entry *e)
+static int do_symlink(struct ovl_apply *a, int dfd, const char *name, const struct ovl_tar_member *e)
 {
 	if (memchr(e->linkname, 0, e->linklen))
 		return set_error(a, OVL_APPLY_E_CORRUPT, -EINVAL);
@@ -932,7 +932,7 @@ static int do_symlink(struct ovl_apply *a, int dfd, const char *name, const stru
 	return meta_at(a, dfd, name, e, true);
 }
 
-static int do_node(struct ovl_apply *a, int dfd, const char *name, const struct ovl_tar_entry *e)
+static int do_node(struct ovl_apply *a, int dfd, const char *name, const struct ovl_tar_member *e)
 {
 	mode_t type = e->type == '3' ? S_IFCHR : e->type == '4' ? S_IFBLK : S_IFIFO;
 	dev_t dev = 0;
@@ -1046,7 +1046,7 @@ out:
 }
 
 static int do_hardlink(struct ovl_apply *a, int dfd, const char *name,
-		       const struct ovl_tar_entry *e)
+		       const struct ovl_tar_member *e)
 {
 	char target[PATH_MAX];
 	size_t tlen, tdl;
@@ -1191,7 +1191,7 @@ static int make_whiteout(struct ovl_apply *a, int dfd, const char *name, bool ro
 }
 
 static int do_whiteout(struct ovl_apply *a, const char *hidden, size_t hlen,
-		       const struct ovl_tar_entry *e)
+		       const struct ovl_tar_member *e)
 {
 	char path[PATH_MAX];
 	size_t dl, plen;
@@ -1234,7 +1234,7 @@ static int do_whiteout(struct ovl_apply *a, const char *hidden, size_t hlen,
 	return err;
 }
 
-static int on_entry(void *ctx, const struct ovl_tar_entry *e)
+static int on_entry(void *ctx, const struct ovl_tar_member *e)
 {
 	struct ovl_apply *a = ctx;
 	const char *base;

@@ -35,7 +35,7 @@
 extern "C" {
 #endif
 
-#define OVL_API_VERSION 4
+#define OVL_API_VERSION 5
 
 /* What libovl.so exports: these functions and nothing else (the core is
  * built with -fvisibility=hidden), as libuv marks its API with UV_EXTERN. */
@@ -412,6 +412,78 @@ OVL_API int ovl_apply_error(const struct ovl_apply *a, const char **entry, size_
 OVL_API size_t ovl_apply_split(struct ovl_apply *a, const void **buf);
 /* Free a; an unfinished layer-mode apply removes its temp dir. */
 OVL_API void ovl_apply_free(struct ovl_apply *a);
+
+/* Tar headers (tar_write.c) and tar streams of layers (export.c). */
+
+#define OVL_TAR_BLOCK 512
+/* typeflags */
+#define OVL_TAR_REG	'0'
+#define OVL_TAR_LINK	'1'
+#define OVL_TAR_SYMLINK	'2'
+#define OVL_TAR_CHR	'3'
+#define OVL_TAR_BLK	'4'
+#define OVL_TAR_DIR	'5'
+#define OVL_TAR_FIFO	'6'
+
+struct ovl_tar_xattr {
+	const char *name;	/* "security.capability" */
+	const void *value;	/* binary-safe */
+	size_t size;
+};
+
+struct ovl_tar_entry {
+	const char *name;	/* archive path: relative, a directory's ends in '/' */
+	size_t namelen;
+	const char *linkname;	/* symlink target, or the hardlink's first name */
+	size_t linklen;
+	char type;		/* OVL_TAR_* */
+	uint32_t mode;		/* permission bits incl. set-id and sticky, and the
+				   S_IFMT bits as moby writes them (st_mode) */
+	int64_t uid, gid;
+	int64_t size;		/* data bytes that follow (regular files) */
+	int64_t mtime;		/* whole seconds */
+	uint32_t devmajor, devminor;
+	const struct ovl_tar_xattr *xattrs;	/* SCHILY.xattr.* records, in this order */
+	size_t nxattrs;
+};
+
+/* Encode the header of entry e into buf: a ustar block, after a PAX
+ * extended header when a field does not fit ustar (see tar_write.c).
+ * Return its length (a multiple of 512; nothing is written when it is more
+ * than size: call again with that much room), or -EINVAL (an empty name, a
+ * NUL in a name, a negative size, a device number past 07777777). */
+OVL_API long ovl_tar_header(const struct ovl_tar_entry *e, void *buf, size_t size);
+
+struct ovl_export;
+
+/* struct ovl_export_opts.flags */
+#define OVL_EXPORT_ALL_XATTRS	0x1	/* every xattr but the overlay's private ones */
+#define OVL_EXPORT_CLAMP_MTIME	0x2	/* no mtime later than source_date_epoch */
+
+struct ovl_export_opts {
+	const char *layer;		/* a layer dir (an upper or diff dir), or NULL */
+	struct ovl_stack *stack;	/* or a stack's merged view (kept open by the caller) */
+	int xattr_ns;			/* enum ovl_xattr_ns of the layer's overlay xattrs */
+	unsigned flags;			/* OVL_EXPORT_* */
+	int64_t source_date_epoch;	/* with OVL_EXPORT_CLAMP_MTIME */
+};
+
+/* Start a tar stream of a layer dir (whiteouts and opaque directories as
+ * OCI ".wh." entries) or of a stack's merged view; see export.c for the
+ * rules.  Return 0 and set *out, -EINVAL (neither or both sources), or the
+ * error of opening the layer or listing the root. */
+OVL_API int ovl_export_open(const struct ovl_export_opts *o, struct ovl_export **out);
+/* Fill buf with the next bytes of the archive.  Return how many (less than
+ * len only at the end), 0 at the end, or -errno: -EOPNOTSUPP for a layer
+ * holding a redirect or a metacopy file, the error of a read otherwise
+ * (ovl_export_error names the path).  After an error every call fails. */
+OVL_API long ovl_export_read(struct ovl_export *e, void *buf, size_t len);
+/* The path an error is about (NULL if none); *reason (if reason is not
+ * NULL) "redirect", "metacopy" or NULL. */
+OVL_API const char *ovl_export_error(const struct ovl_export *e, const char **reason);
+/* Entries (headers) and bytes produced so far. */
+OVL_API void ovl_export_stats(const struct ovl_export *e, uint64_t *entries, uint64_t *bytes);
+OVL_API void ovl_export_close(struct ovl_export *e);
 
 #ifdef __cplusplus
 }

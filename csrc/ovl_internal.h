@@ -470,7 +470,7 @@ int ovl_create_common(struct ovl_stack *s, const struct ovl_cred *cred, const ch
 /* tar.c */
 /* One entry of a tar stream as the reader hands it out.  Pointers stay
  * valid until the entry's data is over (ops->entry_end). */
-struct ovl_tar_xattr {
+struct ovl_tar_member_xattr {
 	char *name;		/* NUL-terminated (SCHILY.xattr.NAME) */
 	char *value;		/* binary, len bytes */
 	size_t len;
@@ -478,7 +478,7 @@ struct ovl_tar_xattr {
 struct ovl_tar_seg {
 	uint64_t off, len;	/* a data extent of a sparse file */
 };
-struct ovl_tar_entry {
+struct ovl_tar_member {
 	char *name;		/* NUL-terminated; may hold a NUL (namelen counts) */
 	size_t namelen;
 	char *linkname;		/* symlink target or hardlink target */
@@ -495,7 +495,7 @@ struct ovl_tar_entry {
 	bool is_sparse;
 	struct ovl_tar_seg *sparse;	/* the data extents, in order */
 	size_t nsparse;
-	struct ovl_tar_xattr *xattrs;
+	struct ovl_tar_member_xattr *xattrs;
 	size_t nxattrs;
 	const uint8_t *raw;	/* every header byte of the entry (extension
 				   headers and sparse maps too), if recording */
@@ -506,7 +506,7 @@ struct ovl_tar_entry {
 #define OVL_TAR_RAW_PAD 1	/* padding after an entry's data */
 #define OVL_TAR_RAW_TRAILER 2	/* the end blocks and what follows them */
 struct ovl_tar_ops {
-	int (*entry)(void *ctx, const struct ovl_tar_entry *e);
+	int (*entry)(void *ctx, const struct ovl_tar_member *e);
 	int (*data)(void *ctx, const void *buf, size_t len, uint64_t off);
 	int (*entry_end)(void *ctx);
 	int (*raw)(void *ctx, int kind, const void *buf, size_t len);	/* may be NULL */
@@ -516,9 +516,9 @@ int ovl_tar_new(const struct ovl_tar_ops *ops, void *ctx, bool record,
 		struct ovl_tar **out);
 int ovl_tar_feed(struct ovl_tar *t, const void *buf, size_t n);
 int ovl_tar_finish(struct ovl_tar *t);
-const struct ovl_tar_entry *ovl_tar_current(const struct ovl_tar *t);
+const struct ovl_tar_member *ovl_tar_current(const struct ovl_tar *t);
 void ovl_tar_free(struct ovl_tar *t);
 
-/* apply.c: only the functions of ovl.h */
+/* tar_write.c, apply.c, export.c: only the functions of ovl.h */
 
 #endif /* OVL_INTERNAL_H */

@@ -67,7 +67,7 @@ struct tar_pending {
 	size_t nsegs, capsegs;
 	uint64_t pending_off;			/* PAX 0.0: an offset waiting for numbytes */
 	bool has_pending_off;
-	struct ovl_tar_xattr *xattrs;
+	struct ovl_tar_member_xattr *xattrs;
 	size_t nxattrs, capxattrs;
 };
 
@@ -93,7 +93,7 @@ struct ovl_tar {
 	bool in_entry;		/* an entry was handed out and not ended */
 	bool ext_pending;	/* extension headers wait for their entry */
 	struct tar_pending p;
-	struct ovl_tar_entry e;
+	struct ovl_tar_member e;
 	uint64_t consumed;
 	int err;
 };
@@ -356,7 +356,7 @@ static int pax_record(struct tar_pending *p, const char *k, size_t klen,
 		return parse_time(v, vlen, &p->atime);
 	}
 	if (klen > 13 && !memcmp(k, "SCHILY.xattr.", 13)) {
-		struct ovl_tar_xattr *x;
+		struct ovl_tar_member_xattr *x;
 
 		if (klen - 13 > 255 || memchr(k + 13, 0, klen - 13))
 			return -EBADMSG;
@@ -509,7 +509,7 @@ static int gnu_sparse_array(struct tar_pending *p, const uint8_t *a, int n)
 
 /* The sparse map must be in order, not overlap and end inside the file;
  * its lengths add up to the archive data.  Return 0 or -EBADMSG. */
-static int check_map(const struct ovl_tar_entry *e)
+static int check_map(const struct ovl_tar_member *e)
 {
 	uint64_t pos = 0, sum = 0;
 
@@ -529,7 +529,7 @@ static int start_data(struct ovl_tar *t);
 /* Everything about the entry is known: hand it out. */
 static int emit_entry(struct ovl_tar *t)
 {
-	struct ovl_tar_entry *e = &t->e;
+	struct ovl_tar_member *e = &t->e;
 	int err;
 
 	if (e->is_sparse) {
@@ -621,7 +621,7 @@ static int parse_map10(struct ovl_tar *t)
 static int header(struct ovl_tar *t, const uint8_t *b)
 {
 	struct tar_pending *p = &t->p;
-	struct ovl_tar_entry *e = &t->e;
+	struct ovl_tar_member *e = &t->e;
 	uint8_t type = b[156];
 	bool ustar = !memcmp(b + 257, "ustar\0", 6);
 	bool gnu = !memcmp(b + 257, "ustar  \0", 8);
@@ -1052,7 +1052,7 @@ int ovl_tar_finish(struct ovl_tar *t)
 
 /* Bytes of the stream read past the header of the current entry?  (For
  * the caller's error messages: the entry being read, or NULL.) */
-const struct ovl_tar_entry *ovl_tar_current(const struct ovl_tar *t)
+const struct ovl_tar_member *ovl_tar_current(const struct ovl_tar *t)
 {
 	return t->e.name ? &t->e : NULL;
 }

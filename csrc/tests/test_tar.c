@@ -27,7 +27,7 @@ static void logf_(struct log *l, const char *fmt, ...)
 	va_end(ap);
 }
 
-static int on_entry(void *ctx, const struct ovl_tar_entry *e)
+static int on_entry(void *ctx, const struct ovl_tar_member *e)
 {
 	struct log *l = ctx;
 
@@ -68,7 +68,7 @@ struct acc {
 	unsigned long long sum, n;
 };
 
-static int a_entry(void *ctx, const struct ovl_tar_entry *e)
+static int a_entry(void *ctx, const struct ovl_tar_member *e)
 {
 	struct acc *a = ctx;
 

@@ -1,4 +1,4 @@
-"""Command line: ``python -m overlayfs demo | tree LOWER... | check [PATH]``.
+"""Command line: ``python -m overlayfs demo | tree LOWER... | check [PATH] | diff | export | squash``.
 
 demo  builds a small layer stack (whiteouts, an opaque directory, a symlink)
       in a temp dir, prints the merged tree and the layer each path comes
@@ -18,6 +18,11 @@ unpack IMAGE STORE_DIR  imports the image into an overlay2-style layer store.
 apply applies a layer tar (plain, gzip, zstd; "-" for stdin) to a new layer
       directory as dockerd's overlay2 does, or with --rootfs into an existing
       tree (``python -m overlayfs apply --help``).
+
+diff    UPPER -o OUT|- [--compress gzip|zstd] [--source-date-epoch N] [--all-xattrs] [--json]
+        exports a layer dir as an OCI layer tar (graphdriver Diff).
+export  LAYER... -o OUT|-  flattens layers (top-most first) into one tar, no mount.
+squash  LAYER... -o OUT [--below DIR]...  squashes layers into one layer tar.
 """
 from __future__ import annotations
 
@@ -347,6 +352,8 @@ def main_image(argv: Sequence[str], out: IO[str] | None = None) -> int:
     except KeyboardInterrupt:
         sys.stderr.write(f"overlayfs {args.cmd}: interrupted\n")
         return 130
+
+
 # --- apply: a layer tar into a layer dir or a rootfs ------------------------
 
 def main_apply(argv: Sequence[str] | None = None, out: IO[str] | None = None) -> int:
@@ -415,6 +422,83 @@ def main_apply(argv: Sequence[str] | None = None, out: IO[str] | None = None) ->
     return 0
 
 
+# -- diff / export / squash: layers out as tars (overlayfs.export) --------------------
+
+_EXPORT_HELP = {
+    "diff": "export a layer dir (an upper or overlay2 diff dir) as an OCI layer tar",
+    "export": "flatten layers (top-most first) into one tar of the merged tree, no mount",
+    "squash": "squash layers (top-most first) into one layer tar, keeping needed whiteouts",
+}
+
+
+def main_export(argv: Sequence[str]) -> int:
+    """``python -m overlayfs diff|export|squash ...``: write a layer tar (see
+    :mod:`overlayfs.export`).  Errors are one line on stderr and exit status 1."""
+    from . import export as ex
+
+    verb = argv[0]
+    parser = argparse.ArgumentParser(prog=f"python -m overlayfs {verb}", description=_EXPORT_HELP[verb])
+    if verb == "diff":
+        parser.add_argument("layer", help="the layer dir (kernel form: char 0:0 whiteouts, opaque xattrs)")
+        parser.add_argument("--lower", action="append", default=None, metavar="DIR",
+                            help="its lower layers, top-most first (for a layer with redirects or "
+                                 "metacopy files: the naive diff); repeatable")
+    elif verb == "export":
+        parser.add_argument("layers", nargs="*", help="layer dirs, top-most first")
+        parser.add_argument("--upper", metavar="DIR", help="the top-most layer (before the others)")
+        parser.add_argument("--lower", action="append", default=[], metavar="DIR",
+                            help="a lower layer, top-most first; repeatable")
+    else:
+        parser.add_argument("layers", nargs="+", help="the layer dirs to squash, top-most first")
+        parser.add_argument("--below", action="append", default=None, metavar="DIR",
+                            help="a layer under them, top-most first (keeps only the whiteouts "
+                                 "whose target exists there); repeatable")
+    parser.add_argument("-o", "--output", required=True, metavar="OUT", help="the tar to write, - for stdout")
+    parser.add_argument("--compress", choices=["gzip", "zstd"], default=None)
+    parser.add_argument("--source-date-epoch", type=int, default=None, metavar="N",
+                        help="no mtime later than N (default: $SOURCE_DATE_EPOCH if set)")
+    parser.add_argument("--all-xattrs", action="store_true",
+                        help="write every xattr, not only security.capability")
+    if verb != "export":
+        parser.add_argument("--userxattr", action="store_true",
+                            help="the layers use user.overlay.* xattrs")
+    parser.add_argument("--json", action="store_true", help="print a JSON summary")
+    args = parser.parse_args(list(argv[1:]))
+    sde = args.source_date_epoch
+    if sde is None and os.environ.get("SOURCE_DATE_EPOCH", "").strip():
+        try:
+            sde = int(os.environ["SOURCE_DATE_EPOCH"])
+        except ValueError:
+            print(f"overlayfs {verb}: error: SOURCE_DATE_EPOCH is not an integer", file=sys.stderr)
+            return 1
+    to_stdout = args.output == "-"
+    out = sys.stdout.buffer if to_stdout else args.output
+    common: dict = {"compression": args.compress, "source_date_epoch": sde,
+                    "xattrs": "all" if args.all_xattrs else "capability"}
+    if verb != "export":
+        common["xattr_ns"] = "user" if args.userxattr else "trusted"
+    try:
+        if verb == "diff":
+            r = ex.export_layer(args.layer, out, lowers=args.lower, **common)
+        elif verb == "squash":
+            r = ex.squash(args.layers, out, below=args.below, **common)
+        else:
+            layers = ([args.upper] if args.upper else []) + list(args.layers) + args.lower
+            if not layers:
+                parser.error("no layers given")
+            with Stack(layers) as st:
+                r = ex.flatten(st, out, **common)
+    except (OSError, ValueError) as e:
+        print(f"overlayfs {verb}: error: {e}", file=sys.stderr)
+        return 1
+    summary = {"diff_id": r.diff_id, "digest": r.digest, "size": r.size, "entries": r.entries}
+    if args.json:
+        print(json.dumps(summary), file=sys.stderr if to_stdout else sys.stdout)
+    elif not to_stdout:
+        print(f"{args.output}: {r.entries} entries, {r.size} bytes, diff ID {r.diff_id}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m overlayfs", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -431,6 +515,8 @@ def main(argv: list[str] | None = None) -> int:
                    add_help=False)
     for verb in _IMAGE_VERBS:
         sub.add_parser(verb, help=_IMAGE_VERBS[verb], add_help=False)
+    for verb, text in _EXPORT_HELP.items():
+        sub.add_parser(verb, help=text, add_help=False)
     argv = sys.argv[1:] if argv is None else argv
     if argv and argv[0] == "check":
         return main_check(argv[1:])
@@ -438,6 +524,8 @@ def main(argv: list[str] | None = None) -> int:
         return main_apply(argv[1:])
     if argv and argv[0] in _IMAGE_VERBS:
         return main_image(argv)
+    if argv and argv[0] in _EXPORT_HELP:
+        return main_export(argv)
     args = parser.parse_args(argv)
     if args.cmd == "demo":
         return demo()

@@ -3,7 +3,7 @@
 from posix.stat cimport struct_stat
 from posix.types cimport mode_t, dev_t, uid_t, gid_t, off_t
 from posix.time cimport timespec
-from libc.stdint cimport uint8_t, uint16_t, uint32_t, uint64_t
+from libc.stdint cimport uint8_t, uint16_t, uint32_t, uint64_t, int64_t
 
 cdef extern from "ovl.h" nogil:
     struct ovl_stack:
@@ -166,3 +166,38 @@ cdef extern from "ovl.h" nogil:
     int ovl_apply_error(const ovl_apply *a, const char **entry, size_t *len, int *err)
     size_t ovl_apply_split(ovl_apply *a, const void **buf)
     void ovl_apply_free(ovl_apply *a)
+# Tar headers and layer tar streams (csrc/tar_write.c, csrc/export.c).
+cdef extern from "ovl.h" nogil:
+    enum:
+        OVL_TAR_BLOCK
+        OVL_EXPORT_ALL_XATTRS
+        OVL_EXPORT_CLAMP_MTIME
+    struct ovl_tar_xattr:
+        const char *name
+        const void *value
+        size_t size
+    struct ovl_tar_entry:
+        const char *name
+        size_t namelen
+        const char *linkname
+        size_t linklen
+        char type
+        uint32_t mode
+        int64_t uid, gid, size, mtime
+        uint32_t devmajor, devminor
+        const ovl_tar_xattr *xattrs
+        size_t nxattrs
+    long ovl_tar_header(const ovl_tar_entry *e, void *buf, size_t size)
+    struct ovl_export:
+        pass
+    struct ovl_export_opts:
+        const char *layer
+        ovl_stack *stack
+        int xattr_ns
+        unsigned flags
+        int64_t source_date_epoch
+    int ovl_export_open(const ovl_export_opts *o, ovl_export **out)
+    long ovl_export_read(ovl_export *e, void *buf, size_t len)
+    const char *ovl_export_error(const ovl_export *e, const char **reason)
+    void ovl_export_stats(const ovl_export *e, uint64_t *entries, uint64_t *bytes)
+    void ovl_export_close(ovl_export *e)

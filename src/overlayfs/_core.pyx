@@ -1335,3 +1335,190 @@ cdef class _Applier:
 
     def __reduce__(self):
         raise TypeError("cannot pickle '_Applier' objects")
+# -- layer tar streams (csrc/tar_write.c, csrc/export.c) ---------------------
+
+from cpython.buffer cimport PyObject_GetBuffer, PyBuffer_Release, PyBUF_WRITABLE
+
+
+cdef inline object _export_oserror(long rc, object path):
+    cdef int err = <int>-rc
+    return OSError(err, os.strerror(err), path)
+
+
+class UnsupportedLayerError(ValueError):
+    """A layer that cannot be exported on its own: a directory renamed with
+    redirect_dir=on (<ns>.overlay.redirect) or a metacopy file keeps part of
+    its meaning in the layers below.  ``path`` names the entry, ``reason`` is
+    "redirect" or "metacopy"."""
+
+    def __init__(self, path, reason):
+        super().__init__(f"{path}: the layer holds a {reason} "
+                         f"(<ns>.overlay.{reason}); export it with its lower layers")
+        self.path = path
+        self.reason = reason
+
+
+def _tar_header(name, typeflag, mode, uid, gid, size, mtime, linkname=b"",
+                devmajor=0, devminor=0, xattrs=()):
+    """The header bytes (PAX and ustar blocks) of one tar entry, as
+    ovl_tar_header encodes them.  name, linkname: bytes; xattrs: (name,
+    value) pairs in the order to write."""
+    cdef ovl_tar_entry e
+    cdef ovl_tar_xattr *xs = NULL
+    cdef Py_ssize_t i, nx = len(xattrs)
+    cdef long n
+    cdef bytearray out
+    keep = [(os.fsencode(k), bytes(v)) for k, v in xattrs]
+    bname = bytes(name)
+    blink = bytes(linkname)
+    e.name = PyBytes_AS_STRING(bname)
+    e.namelen = PyBytes_GET_SIZE(bname)
+    e.linkname = PyBytes_AS_STRING(blink)
+    e.linklen = PyBytes_GET_SIZE(blink)
+    e.type = ord(typeflag)
+    e.mode = mode
+    e.uid = uid
+    e.gid = gid
+    e.size = size
+    e.mtime = mtime
+    e.devmajor = devmajor
+    e.devminor = devminor
+    e.nxattrs = nx
+    e.xattrs = NULL
+    if nx:
+        xs = <ovl_tar_xattr *>PyMem_Malloc(nx * sizeof(ovl_tar_xattr))
+        if xs == NULL:
+            raise MemoryError()
+    try:
+        for i in range(nx):
+            xs[i].name = PyBytes_AS_STRING(keep[i][0])
+            xs[i].value = PyBytes_AS_STRING(keep[i][1])
+            xs[i].size = PyBytes_GET_SIZE(keep[i][1])
+        e.xattrs = xs
+        n = ovl_tar_header(&e, NULL, 0)
+        if n < 0:
+            raise _export_oserror(n, os.fsdecode(bname))
+        out = bytearray(n)
+        n = ovl_tar_header(&e, <char *>out, n)
+        return bytes(out)
+    finally:
+        PyMem_Free(xs)
+
+
+cdef class _Export:
+    """A tar stream of a layer dir or of a Stack's merged view, read with
+    readinto() (the GIL released while the C producer walks and reads).
+    Use overlayfs.export; this is its engine."""
+    cdef ovl_export *_e
+    cdef _Stack _stack
+    cdef readonly object source
+    cdef int _busy
+
+    def __cinit__(self):
+        self._e = NULL
+        self._stack = None
+
+    def __init__(self, layer=None, _Stack stack=None, *, xattr_namespace="trusted",
+                 all_xattrs=False, source_date_epoch=None):
+        cdef ovl_export_opts o
+        cdef ovl_export *e = NULL
+        cdef int rc
+        cdef bytes blayer = None
+        if (layer is None) == (stack is None):
+            raise ValueError("give a layer dir or a stack")
+        if xattr_namespace not in _XATTR_NS:
+            raise ValueError(f"xattr_namespace must be 'trusted' or 'user', not {xattr_namespace!r}")
+        o.layer = NULL
+        o.stack = NULL
+        o.xattr_ns = _XATTR_NS[xattr_namespace]
+        o.flags = OVL_EXPORT_ALL_XATTRS if all_xattrs else 0
+        o.source_date_epoch = 0
+        if source_date_epoch is not None:
+            o.flags |= OVL_EXPORT_CLAMP_MTIME
+            o.source_date_epoch = int(source_date_epoch)
+        if layer is not None:
+            self.source = _fspath_layer(layer)
+            blayer = os.fsencode(self.source)
+            if b"\0" in blayer:
+                raise ValueError("embedded null byte in a layer path")
+            o.layer = blayer
+            with nogil:
+                rc = ovl_export_open(&o, &e)
+        else:
+            o.stack = stack._get()
+            self.source = stack
+            stack._enter()
+            try:
+                with nogil:
+                    rc = ovl_export_open(&o, &e)
+            except BaseException:
+                stack._leave()
+                raise
+            if rc < 0:
+                stack._leave()
+            else:
+                self._stack = stack
+        if rc < 0:
+            raise _export_oserror(rc, self.source if layer is not None else "")
+        self._e = e
+
+    def readinto(self, buf):
+        """Fill buf (a writable buffer) with the next bytes of the archive;
+        return how many (0 at the end).  Raises OSError naming the path, or
+        UnsupportedLayerError."""
+        cdef Py_buffer view
+        cdef long n
+        cdef const char *reason = NULL
+        cdef const char *where
+        if self._e == NULL:
+            raise ValueError("I/O operation on a closed export")
+        if self._busy:
+            raise RuntimeError("export read from two threads at once")
+        PyObject_GetBuffer(buf, &view, PyBUF_WRITABLE)
+        self._busy = 1
+        try:
+            with nogil:
+                n = ovl_export_read(self._e, view.buf, <size_t>view.len)
+        finally:
+            self._busy = 0
+            PyBuffer_Release(&view)
+        if n >= 0:
+            return n
+        where = ovl_export_error(self._e, &reason)
+        path = os.fsdecode(where) if where != NULL else ""
+        if reason != NULL:
+            raise UnsupportedLayerError(path, reason.decode())
+        raise _export_oserror(n, path)
+
+    def stats(self):
+        """(entries, bytes) produced so far."""
+        cdef uint64_t entries = 0, nbytes = 0
+        if self._e != NULL:
+            ovl_export_stats(self._e, &entries, &nbytes)
+        return entries, nbytes
+
+    def close(self):
+        """Release the producer (and the Stack's hold).  Safe to call twice."""
+        if self._e != NULL:
+            ovl_export_close(self._e)
+            self._e = NULL
+        if self._stack is not None:
+            self._stack._leave()
+            self._stack = None
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    def __dealloc__(self):
+        if self._e != NULL:
+            ovl_export_close(self._e)
+            self._e = NULL
+        if self._stack is not None:
+            self._stack._leave()
+            self._stack = None
+
+    def __reduce__(self):
+        raise TypeError("cannot pickle '_Export' objects")

@@ -15,12 +15,15 @@ import errno
 import os
 import stat
 from collections.abc import Callable, Iterator, Sequence
-from typing import Any, overload
+from typing import TYPE_CHECKING, Any, overload
 
 from ._core import _Stack
 from .changes import Change, changes
 from .path import StackPath
 from .store import stack_from_layer_dir
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .export import ExportResult
 
 __all__ = ["Stack"]
 
@@ -318,6 +321,14 @@ class Stack(_Stack):
             raise ValueError("a diff needs an upper layer: this Stack has none")
         return changes(self.upper, self.lowers, xattr_namespace=self.xattr_namespace,
                        whiteouts=self.whiteouts, data_layers=self.data_layers)
+
+    # -- export -------------------------------------------------------------------------
+
+    def export(self, out: Any, **options: Any) -> ExportResult:
+        """The merged view as one tar (``docker export``), written to out (a path
+        or a binary file object): overlayfs.export.flatten(self, out, **options)."""
+        from .export import flatten
+        return flatten(self, out, **options)
 
 
 def _reopen(cls: type[Stack], lowers: Sequence[_Path], upper: _Path | None, work: _Path | None,
