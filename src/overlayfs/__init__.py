@@ -15,6 +15,10 @@
   archives, their layers, diff IDs and chain IDs; ``LayerStore.import_image``.
 - ``apply_layer`` (``overlayfs.apply``): a layer tar into a layer directory
   (dockerd's overlay2 ApplyDiff) or a rootfs; its errors in ``overlayfs.errors``.
+- ``export_layer``/``flatten``/``squash`` (``overlayfs.export``): a layer dir,
+  a merged view, or a range of layers out as one layer tar.
+- ``open_container`` (``overlayfs.containers``): a Docker or podman container's
+  or image's layers, read from the engine's own store without a daemon.
 - ``Stack.path()`` (``StackPath``, pathlib-style, a Traversable) and, with
   fsspec installed, the ``overlay://`` filesystem (``overlayfs.fsspec``).
 """
@@ -35,7 +39,9 @@ from .errors import (
     InvalidWhiteoutError,
     TruncatedArchiveError,
     UnsafeArchiveError,
+    UnsupportedLayerError,
 )
+from .export import ExportResult, export_layer, flatten, squash
 from .image import Image, ImageLayer, Platform, chain_id, diff_id, open_image, write_oci_layout
 from .path import StackPath
 from .stack import Stack
@@ -46,20 +52,18 @@ __all__ = [
     "ApplyResult",
     "ArchiveError",
     "ArchiveTooLargeError",
-    "CorruptArchiveError",
-    "DiffIDMismatchError",
-    "InvalidWhiteoutError",
-    "TruncatedArchiveError",
-    "UnsafeArchiveError",
-    "apply_layer",
     "CacheInfo",
     "Change",
     "CheckReport",
     "CopyUp",
+    "CorruptArchiveError",
+    "DiffIDMismatchError",
     "Entry",
+    "ExportResult",
     "Image",
     "ImageLayer",
     "ImportResult",
+    "InvalidWhiteoutError",
     "Layer",
     "LayerStore",
     "Mount",
@@ -68,16 +72,23 @@ __all__ = [
     "Stack",
     "StackPath",
     "Target",
+    "TruncatedArchiveError",
+    "UnsafeArchiveError",
+    "UnsupportedLayerError",
+    "apply_layer",
     "chain_id",
     "check",
     "diff_id",
+    "export_layer",
+    "flatten",
     "mount",
     "mounts",
     "open_container",
-    "resolve_target",
     "open_image",
+    "resolve_target",
     "run_in_private_namespace",
     "run_in_user_namespace",
+    "squash",
     "stack_from_layer_dir",
     "unmount",
     "write_oci_layout",

@@ -1345,19 +1345,6 @@ cdef inline object _export_oserror(long rc, object path):
     return OSError(err, os.strerror(err), path)
 
 
-class UnsupportedLayerError(ValueError):
-    """A layer that cannot be exported on its own: a directory renamed with
-    redirect_dir=on (<ns>.overlay.redirect) or a metacopy file keeps part of
-    its meaning in the layers below.  ``path`` names the entry, ``reason`` is
-    "redirect" or "metacopy"."""
-
-    def __init__(self, path, reason):
-        super().__init__(f"{path}: the layer holds a {reason} "
-                         f"(<ns>.overlay.{reason}); export it with its lower layers")
-        self.path = path
-        self.reason = reason
-
-
 def _tar_header(name, typeflag, mode, uid, gid, size, mtime, linkname=b"",
                 devmajor=0, devminor=0, xattrs=()):
     """The header bytes (PAX and ustar blocks) of one tar entry, as
@@ -1487,7 +1474,7 @@ cdef class _Export:
         where = ovl_export_error(self._e, &reason)
         path = os.fsdecode(where) if where != NULL else ""
         if reason != NULL:
-            raise UnsupportedLayerError(path, reason.decode())
+            raise _errors.UnsupportedLayerError(path, reason.decode())
         raise _export_oserror(n, path)
 
     def stats(self):

@@ -1,4 +1,5 @@
-"""The errors of applying a layer tar (overlayfs.apply).
+"""The errors of moving layers in and out: applying a layer tar
+(overlayfs.apply) and exporting a layer (overlayfs.export).
 
 A layer tar is hostile input: what is wrong with it is a ``ValueError``
 subclass carrying ``.entry``, the name of the entry at fault as the tar
@@ -20,6 +21,7 @@ __all__ = [
     "InvalidWhiteoutError",
     "TruncatedArchiveError",
     "UnsafeArchiveError",
+    "UnsupportedLayerError",
 ]
 
 
@@ -84,3 +86,16 @@ def _from_class(cls: int, err: int, entry: bytes | None) -> ArchiveError:
     if cls == 4 and entry is not None and entry.rstrip(b"/").rsplit(b"/", 1)[-1] == b".wh..wh..opq":
         message = "an opaque layer root needs the lower layers (lowers=) to be emulated"
     return kind(message, entry)
+
+
+class UnsupportedLayerError(ValueError):
+    """A layer that cannot be exported on its own: a directory renamed with
+    redirect_dir=on (<ns>.overlay.redirect) or a metacopy file keeps part of
+    its meaning in the layers below.  ``path`` names the entry, ``reason`` is
+    "redirect" or "metacopy"."""
+
+    def __init__(self, path: str, reason: str):
+        super().__init__(f"{path}: the layer holds a {reason} "
+                         f"(<ns>.overlay.{reason}); export it with its lower layers")
+        self.path = path
+        self.reason = reason

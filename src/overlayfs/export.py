@@ -49,7 +49,8 @@ import threading
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import IO, TYPE_CHECKING, Any, Final, Literal, NamedTuple
 
-from ._core import UnsupportedLayerError, _Export, _tar_header
+from ._core import _Export, _tar_header
+from .errors import UnsupportedLayerError
 
 if TYPE_CHECKING:  # pragma: no cover
     from .stack import Stack
