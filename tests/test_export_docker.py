@@ -60,12 +60,15 @@ def test_export_matches_docker_save(dockerd, image, tmp_path):
         ours = tarcmp.records(buf.getvalue(), order=order, raw_mode=True)
         theirs_order: list = []
         theirs = tarcmp.records(want_tar, order=theirs_order, raw_mode=True)
-        # Observed once in ~10 runs: a whiteout's header mtime in docker's tar one
-        # second before the mtime its char device has when we read it (cause not
-        # found; the whiteout inode may be shared by all the layer's whiteouts).
+        # A whiteout's time differs by rule, not by accident: docker's tar header
+        # carries the time of the whiteout in the build container's upper (the
+        # kernel's one shared whiteout inode, made by the RUN's first delete),
+        # while the char device in this diff dir is the one moby's ConvertRead
+        # mknod'ed when dockerd applied that tar as the image layer, with no
+        # times set -- later, usually within the same second.
         for name, rec in theirs.items():
             if name.rpartition(b"/")[2].startswith(b".wh.") and name in ours and \
-                    abs(ours[name]["mtime"] - rec["mtime"]) <= 1:
+                    0 <= ours[name]["mtime"] - rec["mtime"] <= 5:
                 rec["mtime"] = ours[name]["mtime"]
         diffs = tarcmp.differences(ours, theirs)
         assert not diffs, "\n".join(diffs)
