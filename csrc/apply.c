@@ -309,42 +309,51 @@ static bool all_zero(const uint8_t *p, size_t n)
 
 /* --- names --------------------------------------------------------------- */
 
-/* Clean name lexically into out.  Return 0 (out "" for the root), -EXDEV
- * if it escapes, -EINVAL if empty or holding a NUL, -ENAMETOOLONG. */
-static int clean_name(const char *name, size_t len, char *out, size_t *outlen)
+/* Join the components of in (len bytes) to out (*olen bytes, already
+ * clean), dropping "" and "." components.  ".." removes the last component
+ * of out; at the root it is -EXDEV, or with clamp stays at the root (the
+ * way RESOLVE_IN_ROOT walks).  Return 0 or -EXDEV or -ENAMETOOLONG. */
+static int join_clean(char *out, size_t *olen, const char *in, size_t len, bool clamp)
 {
-	size_t n = 0, i = 0;
+	size_t n = *olen, i = 0;
 
-	if (!len || memchr(name, 0, len))
-		return -EINVAL;
 	while (i < len) {
 		size_t j = i, cl;
 
-		while (j < len && name[j] != '/')
+		while (j < len && in[j] != '/')
 			j++;
 		cl = j - i;
-		if (cl == 0 || (cl == 1 && name[i] == '.')) {
-			/* nothing */
-		} else if (cl == 2 && name[i] == '.' && name[i + 1] == '.') {
-			if (!n)
+		if (cl == 2 && in[i] == '.' && in[i + 1] == '.') {
+			if (!n && !clamp)
 				return -EXDEV;
 			while (n && out[n - 1] != '/')
 				n--;
 			if (n)
 				n--;
-		} else {
+		} else if (cl && !(cl == 1 && in[i] == '.')) {
 			if (cl > OVL_NAME_MAX || n + cl + 2 >= PATH_MAX)
 				return -ENAMETOOLONG;
 			if (n)
 				out[n++] = '/';
-			memcpy(out + n, name + i, cl);
+			memcpy(out + n, in + i, cl);
 			n += cl;
 		}
 		i = j + 1;
 	}
 	out[n] = 0;
-	*outlen = n;
+	*olen = n;
 	return 0;
+}
+
+/* Clean an entry name or hardlink target lexically into out.  Return 0
+ * (out "" for the root), -EXDEV if it escapes, -EINVAL if empty or holding
+ * a NUL, -ENAMETOOLONG. */
+static int clean_name(const char *name, size_t len, char *out, size_t *outlen)
+{
+	if (!len || memchr(name, 0, len))
+		return -EINVAL;
+	*outlen = 0;
+	return join_clean(out, outlen, name, len, false);
 }
 
 static int name_error(struct ovl_apply *a, int r)
@@ -600,39 +609,6 @@ static int whiteout_to_dir(struct ovl_apply *a, int dfd, const char *name, mode_
 	return xattr_set_at(dfd, name, a->x_opaque, "y", 1);
 }
 
-/* Join the components of in (len bytes) to out (olen bytes, cleaned) the
- * way RESOLVE_IN_ROOT walks them: ".." at the root stays at the root.
- * Return 0 or -ENAMETOOLONG. */
-static int clamp_join(char *out, size_t *olen, const char *in, size_t len)
-{
-	size_t n = *olen, i = 0;
-
-	while (i < len) {
-		size_t j = i, cl;
-
-		while (j < len && in[j] != '/')
-			j++;
-		cl = j - i;
-		if (cl == 2 && in[i] == '.' && in[i + 1] == '.') {
-			while (n && out[n - 1] != '/')
-				n--;
-			if (n)
-				n--;
-		} else if (cl && !(cl == 1 && in[i] == '.')) {
-			if (n + cl + 2 >= PATH_MAX)
-				return -ENAMETOOLONG;
-			if (n)
-				out[n++] = '/';
-			memcpy(out + n, in + i, cl);
-			n += cl;
-		}
-		i = j + 1;
-	}
-	out[n] = 0;
-	*olen = n;
-	return 0;
-}
-
 static int open_parent_at(struct ovl_apply *a, const char *path, size_t len, bool create,
 			  int depth);
 
@@ -658,9 +634,9 @@ static int follow_dangling(struct ovl_apply *a, int prev, const char *comp, cons
 		n = dl;
 		np[n] = 0;
 	}
-	err = clamp_join(np, &n, target, (size_t)tl);
+	err = join_clean(np, &n, target, (size_t)tl, true);
 	if (!err)
-		err = clamp_join(np, &n, rest, restlen);
+		err = join_clean(np, &n, rest, restlen, true);
 	if (err)
 		return io(a, err);
 	return open_parent_at(a, np, n, true, depth + 1);
