@@ -1484,14 +1484,17 @@ cdef class _Export:
             ovl_export_stats(self._e, &entries, &nbytes)
         return entries, nbytes
 
-    def close(self):
-        """Release the producer (and the Stack's hold).  Safe to call twice."""
+    cdef void _release(self):
         if self._e != NULL:
             ovl_export_close(self._e)
             self._e = NULL
         if self._stack is not None:
             self._stack._leave()
             self._stack = None
+
+    def close(self):
+        """Release the producer (and the Stack's hold).  Safe to call twice."""
+        self._release()
 
     def __enter__(self):
         return self
@@ -1500,12 +1503,7 @@ cdef class _Export:
         self.close()
 
     def __dealloc__(self):
-        if self._e != NULL:
-            ovl_export_close(self._e)
-            self._e = NULL
-        if self._stack is not None:
-            self._stack._leave()
-            self._stack = None
+        self._release()
 
     def __reduce__(self):
         raise TypeError("cannot pickle '_Export' objects")
