@@ -178,32 +178,40 @@ def read_record(src: _Path | IO[bytes] | bytes) -> list[_Rec]:
     out: list[_Rec] = []
     i = 8
     end = len(raw)
-    u64 = struct.Struct("<Q")
+    u64 = struct.Struct("<Q").unpack_from
+    u16 = struct.Struct("<H").unpack_from
+    seg = struct.Struct("<QQ").unpack_from
+    append = out.append
     try:
         while i < end:
             kind = raw[i]
-            i += 1
             if kind == RAW:
-                (n,) = u64.unpack_from(raw, i)
-                if i + 8 + n > end:
+                (n,) = u64(raw, i + 1)
+                i += 9
+                if i + n > end:
                     raise SplitError("truncated RAW record")
-                out.append((RAW, raw[i + 8:i + 8 + n]))
-                i += 8 + n
+                append((RAW, raw[i:i + n]))
+                i += n
             elif kind == ZERO:
-                (n,) = u64.unpack_from(raw, i)
-                out.append((ZERO, n))
-                i += 8
+                append((ZERO, u64(raw, i + 1)[0]))
+                i += 9
             elif kind == DATA:
-                (pl,) = struct.unpack_from("<H", raw, i)
-                path = raw[i + 2:i + 2 + pl]
-                i += 2 + pl
-                (nseg,) = u64.unpack_from(raw, i)
+                (pl,) = u16(raw, i + 1)
+                i += 3
+                path = raw[i:i + pl]
+                i += pl
+                (nseg,) = u64(raw, i)
                 i += 8
                 if i + 16 * nseg > end:
                     raise SplitError("truncated DATA record")
-                segs = tuple(struct.unpack_from("<QQ", raw, i + 16 * k) for k in range(nseg))
+                if nseg == 1:
+                    segs: tuple[tuple[int, int], ...] = (seg(raw, i),)
+                    total = segs[0][1]
+                else:
+                    segs = tuple(seg(raw, i + 16 * k) for k in range(nseg))
+                    total = sum(s[1] for s in segs)
                 i += 16 * nseg
-                out.append((DATA, path, segs, sum(s[1] for s in segs)))
+                append((DATA, path, segs, total))
             else:
                 raise SplitError(f"unknown record type {kind}")
     except struct.error:
@@ -236,6 +244,11 @@ class _Stream:
     def read(self, pos: int, n: int) -> bytes:
         """``n`` recorded bytes at ``pos``."""
         i = bisect.bisect_right(self.starts, pos) - 1
+        if i >= 0:
+            r = self.recs[i]
+            off = pos - self.starts[i]
+            if r[0] == RAW and off + n <= len(r[1]):  # the common case: one header record
+                return r[1][off:off + n]  # type: ignore[no-any-return]
         out = []
         while n > 0:
             if i < 0 or i >= len(self.recs):
@@ -256,6 +269,10 @@ class _Stream:
 
 
 def _num(field_: bytes) -> int:
+    try:
+        return int(field_.rstrip(b" \0"), 8)  # the common case: NUL-terminated octal
+    except ValueError:
+        pass
     if field_ and field_[0] & 0x80:  # base-256
         v = int.from_bytes(field_, "big", signed=False) & ~(0x80 << (8 * (len(field_) - 1)))
         return v if not field_[0] & 0x40 else -1
@@ -371,8 +388,8 @@ def plan(layer_dir: _Path, src: _Path | IO[bytes] | bytes, xattr_ns: str = "trus
         records = read_record(src)
         stream = _Stream(records)
         entries = _headers(stream)
-    except (SplitError, ValueError, OSError, EOFError) as e:
-        return f"unusable tar-split record: {e}"
+    except (SplitError, ValueError, OSError, EOFError) as exc:
+        return f"unusable tar-split record: {exc}"
     # The DATA records: each inside the data area of the regular file it names.
     k = 0
     for at, rec in stream.data_at:
