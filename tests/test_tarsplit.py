@@ -349,3 +349,11 @@ def test_docker_save_layers_reassemble(dockerd, busybox_image, tmp_path):
         assert e.reassembled, e.fallback_reason
         assert out.getvalue() == blob
         assert e.diff_id == diff_id == "sha256:" + hashlib.sha256(out.getvalue()).hexdigest()
+
+
+def test_data_of_a_name_a_later_entry_replaced(tmp_path):
+    """A file entry, then a symlink of the same name (last wins): the DATA record names
+    a symlink now; the export falls back instead of following or failing."""
+    data = tar(file(b"f", b"first"), symlink(b"f", b"/etc/passwd"))
+    r, e, out, _ = _roundtrip(data, tmp_path)
+    assert not e.reassembled and "later entry" in (e.fallback_reason or "")

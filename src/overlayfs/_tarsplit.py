@@ -438,6 +438,9 @@ def plan(layer_dir: _Path, src: _Path | IO[bytes] | bytes, xattr_ns: str = "trus
         elif e.type in ("3", "4", "6"):
             want[name] = (e.type, None)
         # 'V': a volume label, not made
+    for _, rec in stream.data_at:  # the name a DATA record reads is still that file
+        if not rec[1] or want.get(rec[1], ("",))[0] != "f":
+            return f"DATA {rec[1]!r}: a later entry made it something else"
     for name in list(want):
         d = name.rpartition(b"/")[0]
         while d and d not in want:
