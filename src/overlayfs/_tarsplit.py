@@ -25,6 +25,7 @@ import gzip
 import os
 import stat
 import struct
+import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import IO, Final
@@ -384,6 +385,15 @@ def plan(layer_dir: _Path, src: _Path | IO[bytes] | bytes, xattr_ns: str = "trus
          ) -> Plan | str:
     """A :class:`Plan` replaying the record *src* from *layer_dir*, or the reason why
     not (the first difference between the record and the layer dir)."""
+    walk = _Walk(os.fsencode(layer_dir), xattr_ns)
+    walk.start()
+    try:
+        return _plan(walk, src)
+    finally:
+        walk.join()
+
+
+def _plan(walk: _Walk, src: _Path | IO[bytes] | bytes) -> Plan | str:
     try:
         records = read_record(src)
         stream = _Stream(records)
@@ -446,83 +456,96 @@ def plan(layer_dir: _Path, src: _Path | IO[bytes] | bytes, xattr_ns: str = "trus
         while d and d not in want:
             want[d] = ("d", None)
             d = d.rpartition(b"/")[0]
-    return _compare(os.fsencode(layer_dir), want, opaque, root_opaque, xattr_ns, records,
-                    len(entries))
+    return _compare(walk, want, opaque, root_opaque, records, len(entries))
 
 
-def _compare(root: bytes, want: dict[bytes, tuple[str, object]], opaque: set[bytes],
-             root_opaque: bool, xattr_ns: str, records: list[_Rec], nentries: int
-             ) -> Plan | str:
-    opq_x = f"{xattr_ns}.overlay.opaque"
-    wh_x = f"{xattr_ns}.overlay.whiteout"
-    inodes: dict[bytes, tuple[int, int]] = {}
-    seen: set[bytes] = set()
-    stack = [b""]
-    while stack:
-        rel = stack.pop()
+class _Walk(threading.Thread):
+    """The layer dir listed in a thread while the record is parsed (its system calls
+    release the GIL): ``{path: (mode, size, (dev, ino), rdev, extra)}``, *extra* the
+    symlink's target, a directory's opaque flag, a zero-size file's whiteout flag."""
+
+    def __init__(self, root: bytes, xattr_ns: str):
+        super().__init__(name="overlayfs-tarsplit-walk", daemon=True)
+        self.root = root
+        self.opq_x = f"{xattr_ns}.overlay.opaque"
+        self.wh_x = f"{xattr_ns}.overlay.whiteout"
+        self.found: dict[bytes, tuple[int, int, tuple[int, int], int, object]] = {}
+        self.error: str | None = None
+
+    def run(self) -> None:
+        found = self.found
+        stack = [b""]
+        root = self.root
         try:
-            it = os.scandir(root + b"/" + rel if rel else root)
+            while stack:
+                rel = stack.pop()
+                with os.scandir(root + b"/" + rel if rel else root) as it:
+                    for de in it:
+                        path = rel + b"/" + de.name if rel else de.name
+                        st = de.stat(follow_symlinks=False)
+                        mode = st.st_mode
+                        extra: object = None
+                        if stat.S_ISDIR(mode):
+                            extra = _xattr(de.path, self.opq_x) == b"y"
+                            stack.append(path)
+                        elif stat.S_ISLNK(mode):
+                            extra = os.readlink(de.path)
+                        elif stat.S_ISREG(mode) and st.st_size == 0:
+                            extra = _xattr(de.path, self.wh_x) is not None
+                        found[path] = (mode, st.st_size, (st.st_dev, st.st_ino), st.st_rdev,
+                                       extra)
         except OSError as e:
-            return f"cannot list {rel!r}: {e}"
-        with it:
-            for de in it:
-                path = rel + b"/" + de.name if rel else de.name
-                st = de.stat(follow_symlinks=False)
-                mode = st.st_mode
-                w = want.get(path)
-                if w is None:
-                    if not rel and root_opaque and _is_whiteout(de.path, st, wh_x):
-                        continue  # an opaque root emulated with whiteouts of the lowers
-                    return f"{path!r}: not in the record"
-                seen.add(path)
-                kind, arg = w
-                if kind == "d":
-                    if not stat.S_ISDIR(mode):
-                        return f"{path!r}: not a directory"
-                    try:
-                        is_opq = os.getxattr(de.path, opq_x, follow_symlinks=False) == b"y"
-                    except OSError:
-                        is_opq = False
-                    if is_opq != (path in opaque):
-                        return f"{path!r}: opaque marker differs"
-                    stack.append(path)
-                elif kind == "f" or kind == "h":
-                    if not stat.S_ISREG(mode):
-                        return f"{path!r}: not a regular file"
-                    if kind == "f" and arg is not None and st.st_size != arg:
-                        return f"{path!r}: size {st.st_size}, recorded {arg}"
-                    inodes[path] = (st.st_dev, st.st_ino)
-                elif kind == "l":
-                    if not stat.S_ISLNK(mode) or os.readlink(de.path) != arg:
-                        return f"{path!r}: not the recorded symlink"
-                elif kind == "w":
-                    if not _is_whiteout(de.path, st, wh_x):
-                        return f"{path!r}: not a whiteout"
-                elif kind == "3":
-                    if not stat.S_ISCHR(mode) or st.st_rdev == 0:
-                        return f"{path!r}: not a char device"
-                elif kind == "4":
-                    if not stat.S_ISBLK(mode):
-                        return f"{path!r}: not a block device"
-                elif kind == "6":
-                    if not stat.S_ISFIFO(mode):
-                        return f"{path!r}: not a fifo"
-    if len(seen) != len(want):
-        missing = next(p for p in want if p not in seen)
+            self.error = f"cannot list the layer: {e}"
+
+
+def _xattr(path: bytes, name: str) -> bytes | None:
+    try:
+        return os.getxattr(path, name, follow_symlinks=False)
+    except OSError:
+        return None
+
+
+def _compare(walk: _Walk, want: dict[bytes, tuple[str, object]], opaque: set[bytes],
+             root_opaque: bool, records: list[_Rec], nentries: int) -> Plan | str:
+    walk.join()
+    if walk.error is not None:
+        return walk.error
+    found = walk.found
+    for path, (mode, size, ino, rdev, extra) in found.items():
+        w = want.get(path)
+        whiteout = (stat.S_ISCHR(mode) and rdev == 0) or (stat.S_ISREG(mode) and extra is True)
+        if w is None:
+            if root_opaque and b"/" not in path and whiteout:
+                continue  # an opaque root emulated with whiteouts of the lowers
+            return f"{path!r}: not in the record"
+        kind, arg = w
+        if kind == "d":
+            if not stat.S_ISDIR(mode):
+                return f"{path!r}: not a directory"
+            if extra != (path in opaque):
+                return f"{path!r}: opaque marker differs"
+        elif kind == "f" or kind == "h":
+            if not stat.S_ISREG(mode):
+                return f"{path!r}: not a regular file"
+            if kind == "f" and arg is not None and size != arg:
+                return f"{path!r}: size {size}, recorded {arg}"
+            if kind == "h" and (arg not in found or found[arg][2] != ino):  # type: ignore[index]
+                return f"{path!r}: no longer a hardlink to {arg!r}"
+        elif kind == "l":
+            if not stat.S_ISLNK(mode) or extra != arg:
+                return f"{path!r}: not the recorded symlink"
+        elif kind == "w":
+            if not whiteout:
+                return f"{path!r}: not a whiteout"
+        elif kind == "3":
+            if not stat.S_ISCHR(mode) or rdev == 0:
+                return f"{path!r}: not a char device"
+        elif kind == "4":
+            if not stat.S_ISBLK(mode):
+                return f"{path!r}: not a block device"
+        elif kind == "6" and not stat.S_ISFIFO(mode):
+            return f"{path!r}: not a fifo"
+    if len(found) < len(want) or any(p not in found for p in want):
+        missing = next(p for p in want if p not in found)
         return f"{missing!r}: recorded, not in the layer"
-    for name, (kind, arg) in want.items():
-        if kind == "h" and inodes.get(name) != inodes.get(arg):  # type: ignore[call-overload]
-            return f"{name!r}: no longer a hardlink to {arg!r}"
-    return Plan(root, records, nentries)
-
-
-def _is_whiteout(path: bytes | str, st: os.stat_result, wh_x: str) -> bool:
-    if stat.S_ISCHR(st.st_mode):
-        return st.st_rdev == 0
-    if stat.S_ISREG(st.st_mode) and st.st_size == 0:
-        try:
-            os.getxattr(path, wh_x, follow_symlinks=False)
-        except OSError:
-            return False
-        return True
-    return False
+    return Plan(walk.root, records, nentries)
