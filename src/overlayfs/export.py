@@ -49,8 +49,9 @@ import threading
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import IO, TYPE_CHECKING, Any, Final, Literal, NamedTuple
 
+from . import _tarsplit
 from ._core import _Export, _tar_header
-from .errors import UnsupportedLayerError
+from .errors import DiffIDMismatchError, UnsupportedLayerError
 
 if TYPE_CHECKING:  # pragma: no cover
     from .stack import Stack
@@ -75,6 +76,10 @@ class ExportResult(NamedTuple):
     digest: str  #: "sha256:..." of the bytes written (the diff ID when uncompressed)
     size: int  #: bytes written
     entries: int  #: tar entries (whiteouts and opaque markers included)
+    #: the original stream replayed from a tar-split record (``export_layer(tar_split=)``)
+    reassembled: bool = False
+    #: why a tar-split record given was not replayed (the first difference found), or None
+    fallback_reason: str | None = None
 
 
 # -- the pipeline: a producer thread, hashing/compressing/writing here ----------------
@@ -209,7 +214,7 @@ class _Target:
 def _run(make: Callable[[], tuple[Iterator[bytes | memoryview], Callable[[], int]]], out: _Out,
          compression: str | None, level: int | None,
          fallback: Callable[[], tuple[Iterator[bytes | memoryview], Callable[[], int]]] | None = None,
-         ) -> ExportResult:
+         expect_diff_id: str | None = None) -> ExportResult:
     if compression not in (None, "none", "gzip", "zstd"):
         raise ValueError(f"compression must be None, 'gzip' or 'zstd', not {compression!r}")
     target = _Target(out)
@@ -223,6 +228,8 @@ def _run(make: Callable[[], tuple[Iterator[bytes | memoryview], Callable[[], int
                 raise
             chunks, entries = fallback()
             diff_id, digest, size = _pump(chunks, target.f, compression, level)
+        if expect_diff_id is not None and diff_id != expect_diff_id:
+            raise DiffIDMismatchError(expect_diff_id, diff_id)
         ok = True
         return ExportResult(diff_id, digest, size, entries())
     finally:
@@ -259,9 +266,27 @@ def export_layer(layer_dir: _Path, out: _Out, *, compression: Literal["gzip", "z
                  level: int | None = None, source_date_epoch: int | None = None,
                  xattrs: Literal["capability", "all"] = "capability",
                  xattr_ns: Literal["trusted", "user"] = "trusted",
-                 lowers: Sequence[_Path] | None = None) -> ExportResult:
+                 lowers: Sequence[_Path] | None = None,
+                 tar_split: _Path | IO[bytes] | bytes | None = None,
+                 expect_diff_id: str | None = None) -> ExportResult:
     """Write the layer dir ``layer_dir`` (an upper or overlay2 ``diff`` dir, in the
     kernel's form) to ``out`` as an OCI layer tar: graphdriver ``Diff``.
+
+    ``tar_split``: the record :func:`overlayfs.apply.apply_layer` wrote when it made
+    ``layer_dir`` (a path, a binary file object or its bytes; docs/tar-split.md).
+    If the layer dir still fits it -- checked before anything is written: the names
+    the record implies (whiteouts and opaque markers in their kernel form, hardlinks,
+    implied parents), each one's type, regular files' sizes, symlink targets -- the
+    ORIGINAL tar stream is written (recorded headers, padding and trailer, file data
+    read from the layer dir, fd-relative and never through a symlink) and the result
+    says ``reassembled=True``; else the deterministic export runs and
+    ``fallback_reason`` says what differed.  The other options (``source_date_epoch``,
+    ``xattrs``) only shape that fallback.  Metadata-only changes (mode, owner, times,
+    xattrs) are not detected: the recorded headers are written.  ``expect_diff_id``
+    (the diff ID the apply reported) is checked after the last byte:
+    :class:`overlayfs.errors.DiffIDMismatchError` when a file's content changed
+    without changing its size; ``out`` then holds an invalid stream (removed if
+    ``out`` was a path to a regular file).
 
     ``out``: a path (removed again if the export fails) or a binary file object
     (written from its position, not closed).  ``compression``: ``"gzip"`` or
@@ -284,8 +309,23 @@ def export_layer(layer_dir: _Path, out: _Out, *, compression: Literal["gzip", "z
         def fallback() -> tuple[Iterator[bytes | memoryview], Callable[[], int]]:
             return _naive_diff(layer_dir, below, xattr_ns, xattrs, source_date_epoch)
 
-    return _run(lambda: _native(layer_dir, None, xattr_ns, xattrs, source_date_epoch), out,
-                compression, level, fallback)
+    reason = None
+    if tar_split is not None:
+        plan = _tarsplit.plan(layer_dir, tar_split, xattr_ns)
+        if isinstance(plan, str):
+            reason = plan
+        else:
+            replay = plan
+
+            def make() -> tuple[Iterator[bytes | memoryview], Callable[[], int]]:
+                return replay.chunks([bytearray(CHUNK) for _ in range(_NBUF)]), \
+                    lambda: replay.entries
+
+            r = _run(make, out, compression, level, expect_diff_id=expect_diff_id)
+            return r._replace(reassembled=True)
+    r = _run(lambda: _native(layer_dir, None, xattr_ns, xattrs, source_date_epoch), out,
+             compression, level, fallback)
+    return r._replace(fallback_reason=reason) if reason is not None else r
 
 
 def flatten(stack: Stack, out: _Out, *, compression: Literal["gzip", "zstd"] | None = None,

@@ -11,6 +11,9 @@ Layout under ``root`` (moby ``daemon/graphdriver/overlay2/overlay.go``)::
     <id>/merged                 the mount point, created by mount() and removed by unmount()
     <id>/committed              present once the layer is read-only: it has a child, or
                                 commit() was called; it then mounts without an upper
+    <id>/tar-split.gz           layers import_image applied: the tar's header bytes
+    <id>/diff-id                (docs/tar-split.md) and its diff ID, to export the same
+                                bytes again (moby's layerdb ``tar-split.json.gz``/``diff``)
 
 Creation is atomic: a layer is assembled in ``.tmp-<id>-*`` and published with one
 ``renameat2(RENAME_NOREPLACE)``, so a failure leaves no partial layer and a concurrent
@@ -46,6 +49,7 @@ from .changes import Change, changes
 
 if TYPE_CHECKING:  # pragma: no cover
     from overlayfs import Stack
+    from overlayfs.export import ExportResult
     from overlayfs.image import Image, Platform
 
 __all__ = ["Change", "ImportResult", "Layer", "LayerStore", "stack_from_layer_dir"]
@@ -59,6 +63,9 @@ _TMP_PREFIX: Final = ".tmp-"
 _TRASH_PREFIX: Final = ".trash-"
 #: Where import_image records the images it imported (not a layer id: starts with '.').
 IMAGES_DIR: Final = ".images"
+#: Beside ``diff``: the tar-split record of the tar a layer was applied from, and its diff ID.
+TAR_SPLIT: Final = "tar-split.gz"
+DIFF_ID: Final = "diff-id"
 
 # Mount reference counts, per mount point, shared by every LayerStore in the process
 # (moby daemon/internal/mountref: the first use adopts a mount that already exists).
@@ -562,16 +569,23 @@ class LayerStore:
 
                     def populate(diff: str, layer: Any = layer, lowers: list[str] = lowers,
                                  report: Callable[[int], None] = report) -> None:
-                        with layer.open() as blob:
+                        here = os.path.dirname(diff)
+                        with layer.open() as blob, \
+                                open(os.path.join(here, TAR_SPLIT), "wb") as split:
                             result = apply_layer(blob, diff, lowers=lowers, mode="layer",
                                                  whiteouts=whiteouts, xattr_ns=self.xattr_namespace,
                                                  expect_diff_id=layer.diff_id,
                                                  max_size=max_layer_size, sync=self.durable,
-                                                 progress=report)
+                                                 tar_split=split, progress=report)
+                            if self.durable:
+                                split.flush()
+                                os.fsync(split.fileno())
                         if layer.digest.startswith("sha256:") and result.digest != layer.digest:
                             raise DiffIDMismatchError(
                                 f"layer {layer.digest}: the blob hashes to {result.digest}",
                                 layer.digest, result.digest)
+                        _write_file(os.path.join(here, DIFF_ID), result.diff_id.encode(), 0o644,
+                                    self.durable)
 
                     try:
                         self.create(layer_id, parent, populate=populate)
@@ -609,20 +623,14 @@ class LayerStore:
 
         Each layer's ``diff`` dir, bottom first, becomes a layer tar through
         ``exporter(diff_dir, out)``, which writes the tar to the binary file *out*; the
-        default is :func:`overlayfs.export.export_layer` (graphdriver ``Diff``) where this
-        build has it. The config is the one :meth:`import_image` recorded for an image with
+        default is :meth:`export_layer` (graphdriver ``Diff``), which gives an imported,
+        unchanged layer's original bytes back (with ``compression="none"`` the layer
+        digests are then the original diff IDs). The config is the one :meth:`import_image` recorded for an image with
         exactly these layers, if any (its ``rootfs`` recomputed from the tars written),
         else a minimal one for the running machine. Temporary tars go beside *dest*.
         """
         from .image import write_oci_layout
 
-        if exporter is None:
-            try:
-                from .export import export_layer  # type: ignore[import-not-found,unused-ignore]
-            except ImportError:
-                raise ValueError("export_image: this build has no overlayfs.export; pass "
-                                 "exporter=") from None
-            exporter = export_layer
         ids = list(reversed(self.chain(layer_id)))
         config = next((rec.get("config") for rec in self.images()
                        if rec.get("layers") == ids), None)
@@ -633,9 +641,37 @@ class LayerStore:
             for n, lid in enumerate(ids):
                 path = os.path.join(tmp, f"{n}.tar")
                 with open(path, "wb") as out:
-                    exporter(os.path.join(self.root, lid, "diff"), out)
+                    if exporter is None:
+                        self.export_layer(lid, out)
+                    else:
+                        exporter(os.path.join(self.root, lid, "diff"), out)
                 tars.append(path)
             return write_oci_layout(dest, tars, config=config, compression=compression, ref=ref)
+
+    def export_layer(self, layer_id: str, out: str | os.PathLike[str] | IO[bytes],
+                     **options: Any) -> ExportResult:
+        """Write layer ``layer_id`` as a layer tar to ``out`` (graphdriver ``Diff``):
+        :func:`overlayfs.export.export_layer` of its ``diff`` dir, with the store's xattr
+        namespace and its lower layers (for the naive-diff fallback). A layer that
+        :meth:`import_image` applied keeps the tar-split record of its tar
+        (``<id>/tar-split.gz``) and its diff ID (``<id>/diff-id``): while the layer is
+        unchanged the original bytes come out (``result.reassembled``), so the
+        original diff ID; a changed layer exports deterministically;
+        :class:`overlayfs.errors.DiffIDMismatchError` if a file's content changed
+        with its size kept. ``options`` as for :func:`overlayfs.export.export_layer`.
+        """
+        from .export import export_layer
+
+        layer = self.get(layer_id)
+        split = os.path.join(layer.path, TAR_SPLIT)
+        if "tar_split" not in options and os.path.exists(split):
+            options["tar_split"] = split
+            if "expect_diff_id" not in options:
+                options["expect_diff_id"] = (_read_text(os.path.join(layer.path, DIFF_ID))
+                                             or "").strip() or None
+        options.setdefault("xattr_ns", self.xattr_namespace)
+        options.setdefault("lowers", self.lower_dirs(layer_id))
+        return export_layer(layer.diff, out, **options)
 
     def images(self) -> list[dict[str, Any]]:
         """The records :meth:`import_image` wrote (``id``, ``ref``, ``repo_tags``,
