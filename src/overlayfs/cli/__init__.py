@@ -252,7 +252,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     def run() -> int:
         try:
-            ns = parser_for(verb).parse_args(args[1:])
+            ns = parser_for(verb).parse_intermixed_args(args[1:])
         except SystemExit as e:  # --help
             return int(e.code or 0)
         return verb.run(ns)

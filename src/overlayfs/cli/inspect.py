@@ -465,7 +465,7 @@ def cmd_which(args: argparse.Namespace) -> int:
         recs = [which_record(target, st, rel_path(p), p) for p in paths]
         if args.json:
             print_json(recs)
-            return 0
+            return 0 if all(rec["exists"] for rec in recs) else 1
         for rec in recs:
             if rec["exists"]:
                 sys.stdout.write(f"{rec['path']}: {rec['type']} from "
