@@ -433,3 +433,55 @@ def test_docker_container_target(dockerd: Any, busybox_image: str) -> None:
         fail("ls", f"docker:{name}", "--whiteouts", "oci", *root, rc=2)
     finally:
         dockerd.run("rm", "-f", name, check=False)
+
+
+# --- podman ----------------------------------------------------------------------------------
+
+def test_podman_container_target(podman: Any, tmp_path: Any) -> None:
+    import peers
+
+    root = peers.busybox_rootfs(str(tmp_path / "rootfs"))
+    podman.import_rootfs(root, "localhost/ovlcli-bb:1")
+    podman.run("create", "--network", "none", "--name", "pm-cli", "localhost/ovlcli-bb:1", "true")
+    try:
+        mnt = podman.run("mount", "pm-cli").stdout.strip()
+        try:
+            subprocess.run(["sh", "-c", "echo hi > $M/hello; rm $M/etc/group; mkdir $M/srv"],
+                           env=dict(os.environ, M=mnt), check=True)
+        finally:
+            podman.run("umount", "pm-cli")
+        opts = ["--podman-root", podman.root]
+        want = sorted(podman.run("diff", "pm-cli").stdout.splitlines())
+        assert sorted(ok("changes", "podman:pm-cli", *opts).splitlines()) == want
+        assert ok("cat", "podman:pm-cli", *opts, "/hello") == "hi\n"
+        assert "busybox" in ok("ls", "podman-image:ovlcli-bb:1", *opts, "/bin").split()
+        (rec,) = ok_json("which", "podman:pm-cli", *opts, "/etc/passwd")
+        assert rec["exists"] and rec["layer"] == 2  # the image layer, under the container's
+        fail("ls", "podman:no-such", *opts)
+    finally:
+        podman.run("rm", "-f", "pm-cli", check=False)
+        podman.run("rmi", "-f", "localhost/ovlcli-bb:1", check=False)
+
+
+def test_progress_only_on_a_terminal(tmp_path: Any) -> None:
+    blob = tmp_path / "layer.tar"
+    with tarfile.open(blob, "w") as tf:
+        info = tarfile.TarInfo("big")
+        info.size = 24 << 20
+        tf.addfile(info, io.BytesIO(b"\0" * info.size))
+    master, slave = pty.openpty()
+    try:
+        p = subprocess.run([*PY, "diffid", str(blob)], stdout=subprocess.PIPE, stderr=slave,
+                           timeout=60)
+    finally:
+        os.close(slave)
+    shown = b""
+    try:
+        while chunk := os.read(master, 65536):
+            shown += chunk
+    except OSError:
+        pass
+    os.close(master)
+    assert p.returncode == 0 and p.stdout.startswith(b"sha256:")
+    assert b"layer.tar: " in shown and b"25.2 / 25.2 MB (100%)" in shown
+    assert run("diffid", blob).stderr == b""  # not a terminal: nothing

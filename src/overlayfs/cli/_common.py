@@ -143,18 +143,22 @@ class Progress:
             return
         mb = self.done / 1e6
         if self.total:
-            text = f"{self.label}: {mb:.1f} / {self.total / 1e6:.1f} MB"
+            figures = f"{mb:.1f} / {self.total / 1e6:.1f} MB ({100 * self.done // self.total}%)"
         else:
-            text = f"{self.label}: {mb:.1f} MB"
-        self.stream.write("\r" + text[:78].ljust(78))
+            figures = f"{mb:.1f} MB"
+        self._show(figures)
+
+    def _show(self, figures: str) -> None:
+        room = 78 - len(figures) - 2
+        label = self.label if len(self.label) <= room else "..." + self.label[-(room - 3):]
+        self.stream.write("\r" + f"{label}: {figures}".ljust(78))
         self.stream.flush()
 
     def count(self) -> None:
         """One more item (a walk): shown every 1000 items."""
         self.done += 1
         if self.on and self.done % 1000 == 0:
-            self.stream.write("\r" + f"{self.label}: {self.done} entries"[:78].ljust(78))
-            self.stream.flush()
+            self._show(f"{self.done} entries")
 
     def close(self) -> None:
         if self.on and self.done:
