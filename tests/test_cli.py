@@ -485,3 +485,14 @@ def test_progress_only_on_a_terminal(tmp_path: Any) -> None:
     assert p.returncode == 0 and p.stdout.startswith(b"sha256:")
     assert b"layer.tar: " in shown and b"25.2 / 25.2 MB (100%)" in shown
     assert run("diffid", blob).stderr == b""  # not a terminal: nothing
+
+
+def test_undecodable_names_print_as_their_bytes(tmp_path: Any) -> None:
+    layer = tmp_path / "layer"
+    layer.mkdir()
+    open(os.path.join(os.fsencode(layer), b"bad\xff"), "w").close()
+    for env in ({"LC_ALL": "C.UTF-8"}, {"LC_ALL": "C"}):
+        p = run("ls", layer, env=dict(os.environ, **env))
+        assert p.returncode == 0 and p.stdout == b"bad\xff\n", (env, p.stderr)
+        p = run("find", layer, "-type", "f", env=dict(os.environ, **env))
+        assert p.returncode == 0 and p.stdout == b"/bad\xff\n"

@@ -234,6 +234,10 @@ def parser_for(verb: Verb) -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     """Run ``overlayfs ARGV...``; returns the exit status."""
     args = list(sys.argv[1:] if argv is None else argv)
+    for stream in (sys.stdout, sys.stderr):  # names that are not UTF-8 print as their bytes
+        reconfigure = getattr(stream, "reconfigure", None)
+        if reconfigure is not None:
+            reconfigure(errors="surrogateescape")
     if not args or args[0] in ("-h", "--help", "help"):
         if len(args) > 1 and args[0] == "help" and args[1] in VERBS:
             args = [args[1], "--help"]
