@@ -346,10 +346,32 @@ def test_head_closes_the_pipe_without_a_traceback(tmp_path: Any) -> None:
         assert p.stderr == b"", (cmd, p.stderr.decode())
 
 
+def _reading_stdin(pid: int) -> bool:
+    """Is a thread of ``pid`` blocked in read(0, ...)? (x86-64 and arm64 syscall numbers)"""
+    try:
+        tasks = os.listdir(f"/proc/{pid}/task")
+    except OSError:
+        return False
+    for tid in tasks:
+        try:
+            with open(f"/proc/{pid}/task/{tid}/syscall") as f:
+                fields = f.read().split()
+        except OSError:
+            continue
+        if len(fields) > 1 and fields[0] in ("0", "63") and int(fields[1], 16) == 0:
+            return True
+    return False
+
+
 def test_ctrl_c_exits_130_with_one_line() -> None:
+    # SIGINT as a terminal's Ctrl-C gives it: default disposition in the child (a
+    # background shell job, as CI may run us, starts with SIGINT ignored)
     p = subprocess.Popen([*PY, "diffid", "-"], stdin=subprocess.PIPE, stderr=subprocess.PIPE,
-                         stdout=subprocess.PIPE)
-    time.sleep(1.0)
+                         stdout=subprocess.PIPE,
+                         preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and not _reading_stdin(p.pid):
+        time.sleep(0.05)
     p.send_signal(signal.SIGINT)
     _, err = p.communicate(timeout=30)
     assert p.returncode == 130 and err.decode().strip() == "overlayfs diffid: interrupted"
