@@ -51,11 +51,8 @@ def describe(exc: BaseException) -> str:
     file name (as coreutils print it), else its text."""
     if isinstance(exc, OSError) and exc.strerror:
         name = exc.filename
-        if name is not None:
-            name = os.fsdecode(name)
-            if isinstance(exc.filename, str) and not os.path.isabs(name) and not name.startswith("/"):
-                name = name  # a union path or a relative host path: as given
-            return one_line(f"{name}: {exc.strerror}")
+        if name is not None:  # a union path or a host path, as the user gave it
+            return one_line(f"{os.fsdecode(name)}: {exc.strerror}")
         return one_line(exc.strerror)
     text = str(exc)
     if isinstance(exc, KeyError) and exc.args:
