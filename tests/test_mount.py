@@ -13,7 +13,6 @@ import ctypes
 import errno
 import hashlib
 import importlib
-import io
 import json
 import os
 import shutil
@@ -31,7 +30,7 @@ mopts = importlib.import_module("overlayfs._mountopts")
 minfo = importlib.import_module("overlayfs._mountinfo")
 ns = importlib.import_module("overlayfs._namespace")
 chk = importlib.import_module("overlayfs._check")
-cli = importlib.import_module("overlayfs.__main__")
+cli = importlib.import_module("overlayfs.cli")
 from overlayfs import Stack  # noqa: E402
 
 REQUIRE_KERNEL = os.environ.get("OVERLAYFS_REQUIRE_KERNEL") == "1"
@@ -906,11 +905,9 @@ def test_check_explains_missing_d_type_on_xfs(monkeypatch: pytest.MonkeyPatch,
     assert any("ftype=1" in p for p in report.problems)
 
 
-def test_main_check_prints_the_report(mountable: None, tmp_path: Any) -> None:
-    out = io.StringIO()
-    assert cli.main_check([str(tmp_path), "--json"], out=out) == 0
-    data = json.loads(out.getvalue())
+def test_main_check_prints_the_report(mountable: None, tmp_path: Any, capsys: Any) -> None:
+    assert cli.main(["check", str(tmp_path), "--json"]) == 0
+    data = json.loads(capsys.readouterr().out)
     assert data["ok"] is True and data["path"] == str(tmp_path)
-    out = io.StringIO()
-    assert cli.main_check([str(tmp_path)], out=out) == 0
-    assert "overlay in /proc/filesystems" in out.getvalue()
+    assert cli.main(["check", str(tmp_path)]) == 0
+    assert "overlay in /proc/filesystems" in capsys.readouterr().out
