@@ -485,15 +485,11 @@ def test_podman_container_target(podman: Any, tmp_path: Any) -> None:
         podman.run("rmi", "-f", "localhost/ovlcli-bb:1", check=False)
 
 
-def test_progress_only_on_a_terminal(tmp_path: Any) -> None:
-    blob = tmp_path / "layer.tar"
-    with tarfile.open(blob, "w") as tf:
-        info = tarfile.TarInfo("big")
-        info.size = 24 << 20
-        tf.addfile(info, io.BytesIO(b"\0" * info.size))
+def _run_on_a_terminal(*args: Any) -> tuple[subprocess.CompletedProcess, bytes]:
+    """Run the CLI with stderr on a pseudo-terminal; return it and what the terminal showed."""
     master, slave = pty.openpty()
     try:
-        p = subprocess.run([*PY, "diffid", str(blob)], stdout=subprocess.PIPE, stderr=slave,
+        p = subprocess.run([*PY, *map(str, args)], stdout=subprocess.PIPE, stderr=slave,
                            timeout=60)
     finally:
         os.close(slave)
@@ -504,9 +500,30 @@ def test_progress_only_on_a_terminal(tmp_path: Any) -> None:
     except OSError:
         pass
     os.close(master)
+    return p, shown
+
+
+def test_progress_only_on_a_terminal(tmp_path: Any) -> None:
+    blob = tmp_path / "layer.tar"
+    with tarfile.open(blob, "w") as tf:
+        info = tarfile.TarInfo("big")
+        info.size = 24 << 20
+        tf.addfile(info, io.BytesIO(b"\0" * info.size))
+    p, shown = _run_on_a_terminal("diffid", blob)
     assert p.returncode == 0 and p.stdout.startswith(b"sha256:")
     assert b"layer.tar: " in shown and b"25.2 / 25.2 MB (100%)" in shown
     assert run("diffid", blob).stderr == b""  # not a terminal: nothing
+    # writing tars: diff -o, export, squash count the tar's bytes as they go out
+    layer = tmp_path / "layer"
+    layer.mkdir()
+    with open(layer / "big", "wb") as f:
+        f.truncate(24 << 20)
+    for verb in (["diff", layer, "-o"], ["export", layer, "-o"], ["squash", layer, "-o"]):
+        out = tmp_path / "out.tar"
+        p, shown = _run_on_a_terminal(*verb, out)
+        assert p.returncode == 0, p
+        assert b"\r" in shown and b": 25.2 MB" in shown, (verb[0], shown)
+        assert run(*verb, out).stderr == b""  # not a terminal: nothing
 
 
 def test_undecodable_names_print_as_their_bytes(tmp_path: Any) -> None:

@@ -60,6 +60,7 @@ __all__ = ["ExportResult", "UnsupportedLayerError", "export_layer", "flatten", "
 
 _Path = str | bytes | os.PathLike[str] | os.PathLike[bytes]
 _Out = _Path | IO[bytes]
+_Progress = Callable[[int], object]
 
 CHUNK: Final = 1 << 20
 _NBUF: Final = 4
@@ -101,7 +102,7 @@ def _c_chunks(exp: _Export, bufs: list[bytearray]) -> Iterator[memoryview]:
 
 
 def _pump(chunks: Iterator[bytes | memoryview], out: IO[bytes], compression: str | None,
-          level: int | None) -> tuple[str, str, int]:
+          level: int | None, progress: _Progress | None = None) -> tuple[str, str, int]:
     """Run *chunks* and write (or compress) each in a thread; hash them here (the diff
     ID).  Both halves hold no GIL for their heavy part (the C producer's reads, the
     writes, ``zlib``, ``hashlib`` on large buffers), so they use two cores.  Return
@@ -148,6 +149,8 @@ def _pump(chunks: Iterator[bytes | memoryview], out: IO[bytes], compression: str
             if isinstance(item, BaseException):
                 raise item
             diff.update(item)
+            if progress is not None:
+                progress(len(item))
     finally:
         stop.set()
         t.join()
@@ -214,7 +217,7 @@ class _Target:
 def _run(make: Callable[[], tuple[Iterator[bytes | memoryview], Callable[[], int]]], out: _Out,
          compression: str | None, level: int | None,
          fallback: Callable[[], tuple[Iterator[bytes | memoryview], Callable[[], int]]] | None = None,
-         expect_diff_id: str | None = None) -> ExportResult:
+         expect_diff_id: str | None = None, progress: _Progress | None = None) -> ExportResult:
     if compression not in (None, "none", "gzip", "zstd"):
         raise ValueError(f"compression must be None, 'gzip' or 'zstd', not {compression!r}")
     target = _Target(out)
@@ -222,12 +225,12 @@ def _run(make: Callable[[], tuple[Iterator[bytes | memoryview], Callable[[], int
     try:
         chunks, entries = make()
         try:
-            diff_id, digest, size = _pump(chunks, target.f, compression, level)
+            diff_id, digest, size = _pump(chunks, target.f, compression, level, progress)
         except UnsupportedLayerError:
             if fallback is None or not target.rewind():
                 raise
             chunks, entries = fallback()
-            diff_id, digest, size = _pump(chunks, target.f, compression, level)
+            diff_id, digest, size = _pump(chunks, target.f, compression, level, progress)
         if expect_diff_id is not None and diff_id != expect_diff_id:
             raise DiffIDMismatchError(expect_diff_id, diff_id)
         ok = True
@@ -268,7 +271,8 @@ def export_layer(layer_dir: _Path, out: _Out, *, compression: Literal["gzip", "z
                  xattr_ns: Literal["trusted", "user"] = "trusted",
                  lowers: Sequence[_Path] | None = None,
                  tar_split: _Path | IO[bytes] | bytes | None = None,
-                 expect_diff_id: str | None = None) -> ExportResult:
+                 expect_diff_id: str | None = None,
+                 progress: _Progress | None = None) -> ExportResult:
     """Write the layer dir ``layer_dir`` (an upper or overlay2 ``diff`` dir, in the
     kernel's form) to ``out`` as an OCI layer tar: graphdriver ``Diff``.
 
@@ -321,16 +325,18 @@ def export_layer(layer_dir: _Path, out: _Out, *, compression: Literal["gzip", "z
                 return replay.chunks([bytearray(CHUNK) for _ in range(_NBUF)]), \
                     lambda: replay.entries
 
-            r = _run(make, out, compression, level, expect_diff_id=expect_diff_id)
+            r = _run(make, out, compression, level, expect_diff_id=expect_diff_id,
+                     progress=progress)
             return r._replace(reassembled=True)
     r = _run(lambda: _native(layer_dir, None, xattr_ns, xattrs, source_date_epoch), out,
-             compression, level, fallback)
+             compression, level, fallback, progress=progress)
     return r._replace(fallback_reason=reason) if reason is not None else r
 
 
 def flatten(stack: Stack, out: _Out, *, compression: Literal["gzip", "zstd"] | None = None,
             level: int | None = None, source_date_epoch: int | None = None,
-            xattrs: Literal["capability", "all"] = "capability") -> ExportResult:
+            xattrs: Literal["capability", "all"] = "capability",
+            progress: _Progress | None = None) -> ExportResult:
     """Write the merged view of ``stack`` to ``out`` as one tar (``docker export``,
     ``crane export``), read through the C core without mounting: no whiteouts, no
     opaque markers; names that share a (layer, inode) are one hardlink group.
@@ -338,14 +344,15 @@ def flatten(stack: Stack, out: _Out, *, compression: Literal["gzip", "zstd"] | N
     its layers unchanged."""
     _check_xattrs(xattrs, "trusted")
     return _run(lambda: _native(None, stack, "trusted", xattrs, source_date_epoch), out,
-                compression, level)
+                compression, level, progress=progress)
 
 
 def squash(layers: Sequence[_Path], out: _Out, *, below: Sequence[_Path] | None = None,
            compression: Literal["gzip", "zstd"] | None = None, level: int | None = None,
            source_date_epoch: int | None = None,
            xattrs: Literal["capability", "all"] = "capability",
-           xattr_ns: Literal["trusted", "user"] = "trusted") -> ExportResult:
+           xattr_ns: Literal["trusted", "user"] = "trusted",
+           progress: _Progress | None = None) -> ExportResult:
     """Write layer dirs ``layers`` (top-most first, in the kernel's form) as ONE layer
     tar: the merged view of those layers, plus what it takes for that one layer to
     hide, over the layers below, what the range hid:
@@ -370,7 +377,7 @@ def squash(layers: Sequence[_Path], out: _Out, *, below: Sequence[_Path] | None 
         return _squash_chunks(w, list(layers), list(below) if below else None, xattr_ns), \
             lambda: w.entries
 
-    return _run(make, out, compression, level)
+    return _run(make, out, compression, level, progress=progress)
 
 
 # -- Python-composed archives: squash and the naive diff ------------------------------

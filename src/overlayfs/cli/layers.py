@@ -8,6 +8,7 @@ import contextlib
 import json
 import os
 import sys
+from collections.abc import Iterator
 from typing import IO, TYPE_CHECKING, Any, cast
 
 from ._common import (
@@ -134,7 +135,9 @@ def cmd_diff(args: argparse.Namespace) -> int:
         else:
             opts["xattr_ns"] = target.xattr_namespace
         lowers = below if (below or args.lower) else None
-        r = ex.export_layer(layer, output_arg(args.output), lowers=lowers, **opts)
+        with _progress(f"exporting {layer}") as progress:
+            r = ex.export_layer(layer, output_arg(args.output), lowers=lowers, progress=progress,
+                                **opts)
     return _summary(args, r)
 
 
@@ -144,7 +147,8 @@ def cmd_export(args: argparse.Namespace) -> int:
     with contextlib.ExitStack() as stack:
         target = resolve(args, list(args.words), stack)
         st = stack.enter_context(target.stack())
-        r = ex.flatten(st, output_arg(args.output), **_tar_options(args))
+        with _progress("flattening") as progress:
+            r = ex.flatten(st, output_arg(args.output), progress=progress, **_tar_options(args))
     return _summary(args, r)
 
 
@@ -155,8 +159,20 @@ def cmd_squash(args: argparse.Namespace) -> int:
         target = resolve(args, list(args.words), stack)
         opts = _tar_options(args)
         opts["xattr_ns"] = "user" if args.userxattr else target.xattr_namespace
-        r = ex.squash(target.layers, output_arg(args.output), below=args.below, **opts)
+        with _progress("squashing") as progress:
+            r = ex.squash(target.layers, output_arg(args.output), below=args.below,
+                          progress=progress, **opts)
     return _summary(args, r)
+
+
+@contextlib.contextmanager
+def _progress(label: str) -> Iterator[Progress]:
+    """A Progress line for a tar being written (bytes of tar so far), cleared after."""
+    progress = Progress(label)
+    try:
+        yield progress
+    finally:
+        progress.close()
 
 
 # --- images: layers, diffid, unpack ----------------------------------------------------------
