@@ -68,10 +68,6 @@
 #define SPLIT_DATA 2
 #define SPLIT_ZERO 3
 
-#ifndef __NR_fchmodat2
-#define __NR_fchmodat2 452
-#endif
-
 /* A parent directory opened lately: its union path, an O_PATH fd, whether
  * it is setgid (new objects take its group).  A key may pass symlinks, so
  * the cache is emptied whenever anything that exists is removed or
@@ -409,7 +405,7 @@ static int chmod_nofollow(int dfd, const char *name, mode_t mode)
 	char proc[64];
 	int fd, r;
 
-	r = syscall(__NR_fchmodat2, dfd, name, mode, AT_SYMLINK_NOFOLLOW) < 0 ? -errno : 0;
+	r = ovl_sys_fchmodat2(dfd, name, mode, AT_SYMLINK_NOFOLLOW);
 	if (r != -ENOSYS && r != -EINVAL)
 		return r;
 	fd = openat(dfd, name, O_PATH | O_NOFOLLOW | O_CLOEXEC);

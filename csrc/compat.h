@@ -13,6 +13,7 @@
 #include <fcntl.h>
 #include <stdint.h>
 #include <sys/syscall.h>
+#include <sys/types.h>
 #include <unistd.h>
 
 #ifndef __NR_openat2
@@ -39,6 +40,9 @@
 #endif
 #ifndef MOUNT_ATTR__ATIME
 #define MOUNT_ATTR__ATIME 0x00000070
+#endif
+#ifndef __NR_fchmodat2
+#define __NR_fchmodat2 452
 #endif
 #ifndef __NR_getxattrat
 #define __NR_getxattrat 464
@@ -116,6 +120,15 @@ static inline int ovl_sys_open_tree_clone(int dfd, const char *path, unsigned fl
 }
 
 /* Return the value length or -errno. */
+/* fchmodat2(2) (6.6): chmod with AT_SYMLINK_NOFOLLOW.  0 or -errno
+ * (-ENOSYS before 6.6). */
+static inline int ovl_sys_fchmodat2(int dfd, const char *path, mode_t mode, int at_flags)
+{
+	long r = syscall(__NR_fchmodat2, dfd, path, mode, at_flags);
+
+	return r < 0 ? -errno : 0;
+}
+
 static inline long ovl_sys_getxattrat(int dfd, const char *path, unsigned at_flags,
 				      const char *name, void *buf, size_t size)
 {
