@@ -300,9 +300,10 @@ def test_kernel_view_matches_dockerd(docker_layers, tmp_path, mountable):
 
 
 def test_rootfs_matches_umoci_raw_unpack(docker_layers, tmp_path):
+    import peers
+
     for tool in ("skopeo", "umoci"):
-        if not shutil.which(tool):
-            pytest.skip(f"{tool} not installed")
+        peers.require_tool(tool)
     layout = tmp_path / "oci"
     subprocess.run(["skopeo", "copy", "--quiet", f"docker-archive:{docker_layers['save']}",
                     f"oci:{layout}:t"], check=True, capture_output=True)
