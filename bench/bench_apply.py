@@ -15,7 +15,7 @@ tmpfs   into /dev/shm: apply_layer(layer mode, sync=False) vs GNU
         ``tar -xf`` (as root: --same-owner, -p) vs
         ``tarfile.extractall(filter="tar")``; targets apply <= 0.8x tar,
         tarfile >= 3x apply.  Also the C core alone (_core._Applier fed
-        from one thread, no sha256): apply_layer hashes on a second
+        from one thread, no sha256): apply_layer hashes on a third
         thread, which costs nothing only when a second core is free.
 ext4    onto a fresh ext4 loop image (4 GiB sparse file under /var/tmp):
         apply_layer with its one syncfs vs ``tar -xf`` + ``sync -f``;

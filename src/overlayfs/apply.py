@@ -46,7 +46,7 @@ from .errors import CorruptArchiveError, DiffIDMismatchError
 __all__ = ["ApplyResult", "apply_layer"]
 
 _Path = str | bytes | os.PathLike[str] | os.PathLike[bytes]
-_QUEUE_DEPTH = 4  # chunks in flight between the reader and the applier (memory bound)
+_QUEUE_DEPTH = 4  # chunks in flight between two stages (memory bound)
 
 
 @dataclass(frozen=True)
@@ -122,7 +122,7 @@ def _read_head(src: IO[bytes], n: int = 6) -> bytes:
 
 
 class _Reader:
-    """Uncompressed chunks of the layer and their digests."""
+    """Uncompressed chunks of the layer; the digest of the input."""
 
     def __init__(self, src: IO[bytes], compression: str):
         head = _read_head(src)
@@ -131,7 +131,6 @@ class _Reader:
         self._plain = self.compression == "none"
         self._src: Any = stream if self._plain else _compress.open_decompressed(
             stream, self.compression)  # type: ignore[arg-type]
-        self._hash = hashlib.sha256()
         self.size = 0
 
     def chunk(self, buf: bytearray) -> memoryview | bytes:
@@ -147,15 +146,12 @@ class _Reader:
                 raise CorruptArchiveError(str(e)) from None
         if not len(data):
             return b""
-        self._hash.update(data)
         self.size += len(data)
         return data
 
-    def diff_id(self) -> str:
-        return "sha256:" + self._hash.hexdigest()
-
-    def digest(self) -> str:
-        return self.diff_id() if self._plain else self._src.digest()
+    def digest(self, diff_id: str) -> str:
+        """The digest of the input as given: *diff_id* when it was not compressed."""
+        return diff_id if self._plain else self._src.digest()
 
     def compressed_size(self) -> int:
         return self.size if self._plain else self._src.compressed_size
@@ -182,6 +178,15 @@ def _pump(reader: _Reader, q: queue.Queue[Any], free: queue.Queue[bytearray],
                 return
     except BaseException as e:  # handed to the applying thread
         q.put((e, None))
+
+
+def _hash_chunks(h: Any, q: queue.Queue[Any], free: queue.Queue[bytearray]) -> None:
+    """The hashing thread: the diff ID over each chunk once applied, in order;
+    then the chunk's buffer goes back to the reader.  None ends it."""
+    while (item := q.get()) is not None:
+        data, buf = item
+        h.update(data)
+        free.put(buf)
 
 
 def apply_layer(
@@ -254,9 +259,16 @@ def apply_layer(
             for _ in range(_QUEUE_DEPTH + 2):
                 free.put(bytearray(_compress.CHUNK))
             stop = threading.Event()
+            # Three stages, so inflating, applying and hashing share the cores:
+            # the reader (read, inflate) -> this thread (the C apply) -> the hasher.
             t = threading.Thread(target=_pump, args=(reader, q, free, stop),
                                  name="overlayfs-apply-read", daemon=True)
+            hq: queue.Queue[Any] = queue.Queue()
+            diff = hashlib.sha256()
+            hasher = threading.Thread(target=_hash_chunks, args=(diff, hq, free),
+                                      name="overlayfs-apply-hash", daemon=True)
             t.start()
+            hasher.start()
             try:
                 while True:
                     data, buf = q.get()
@@ -265,15 +277,17 @@ def apply_layer(
                     if not len(data):
                         break
                     applier.feed(data)
-                    free.put(buf)
+                    hq.put((data, buf))
                     if split_out is not None:
                         split_out.write(applier.split())
                     if progress is not None:
                         progress(reader.compressed_size())
             finally:
+                hq.put(None)
                 stop.set()
                 t.join()
-            diff_id = reader.diff_id()
+                hasher.join()
+            diff_id = "sha256:" + diff.hexdigest()
             if expect_diff_id is not None and expect_diff_id != diff_id and mode == "layer":
                 raise DiffIDMismatchError(expect_diff_id, diff_id)
             stats = applier.end()
@@ -300,5 +314,5 @@ def apply_layer(
         if own_src:
             fsrc.close()
     del stats["bytes"]
-    return ApplyResult(diff_id=diff_id, digest=reader.digest(), compression=reader.compression,
+    return ApplyResult(diff_id=diff_id, digest=reader.digest(diff_id), compression=reader.compression,
                        size=reader.size, compressed_size=reader.compressed_size(), **stats)
