@@ -76,6 +76,14 @@ def impl(stack_impl):
 
 
 @pytest.fixture
+def require_root():
+    """Skip (or fail under OVERLAYFS_REQUIRE_KERNEL=1) unless running as root: owners,
+    devices, trusted.* xattrs and the dockerd data root need it."""
+    if os.geteuid() != 0:
+        kernel.skip_or_fail("needs root (owners, devices, trusted.* xattrs)")
+
+
+@pytest.fixture
 def require_kernel():
     """Skip (or fail under OVERLAYFS_REQUIRE_KERNEL=1) unless overlays can be mounted."""
     kernel.skip_unless_mountable()

@@ -21,7 +21,7 @@ from applyutil import diff_records, dir_, file, kernel_records, reassemble, reco
 from overlayfs import errors
 from overlayfs.apply import apply_layer
 
-pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="needs root (owners, devices, trusted xattrs)")
+pytestmark = pytest.mark.usefixtures("require_root")  # skip_or_fail when not root
 
 CAP = bytes.fromhex("0100000200200000000000000000000000000000")  # cap_net_bind_service, v2
 IGNORED = ("trusted.overlay.origin", "trusted.overlay.impure", "trusted.overlay.uuid")

@@ -32,7 +32,7 @@ from applyutil import (
 from overlayfs import errors
 from overlayfs.apply import apply_layer
 
-pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="needs root (owners, devices, trusted xattrs)")
+pytestmark = pytest.mark.usefixtures("require_root")  # skip_or_fail when not root
 
 
 @pytest.fixture

@@ -20,7 +20,7 @@ import tarcmp
 from overlayfs import Stack
 from overlayfs.export import ExportResult, UnsupportedLayerError, export_layer
 
-pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="needs root (whiteouts, trusted xattrs)")
+pytestmark = pytest.mark.usefixtures("require_root")  # skip_or_fail when not root
 
 T = 1_700_000_000
 CAP_V2 = bytes.fromhex("01000002") + bytes.fromhex("00200000") + bytes(12)

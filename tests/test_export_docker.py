@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import io
 import json
-import os
 import tarfile
 
 import pytest
@@ -15,7 +14,7 @@ import tarcmp
 from overlayfs import Stack
 from overlayfs.export import export_layer, flatten
 
-pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="reads dockerd's data root")
+pytestmark = pytest.mark.usefixtures("require_root")  # skip_or_fail when not root
 
 LONG = "l" * 120
 DOCKERFILE = f"""\
