@@ -5,9 +5,10 @@ gzip -- several members too -- zstd, bzip2 or xz, told apart by magic) and
 hands the uncompressed stream to the C core (``csrc/tar.c`` parses it,
 ``csrc/apply.c`` makes the entries fd-relative under the target: every rule
 about names, links, whiteouts, owners and duplicates is there and in
-``csrc/ovl.h``).  Two threads: one reads, inflates and hashes (the diff ID
-is the sha256 of every uncompressed byte, trailing zeros included), the
-other applies; both release the GIL, so on two cores they overlap.
+``csrc/ovl.h``).  Three stages, each in its own thread: one reads and
+inflates, the caller's applies, one hashes what was applied (the diff ID is
+the sha256 of every uncompressed byte, trailing zeros included); all three
+release the GIL for their heavy part, so they share the cores.
 
 Modes:
 
